@@ -1,0 +1,129 @@
+"""Where everything is: one place that turns the environment into settings.
+
+Connections are Airflow connections given as environment variables
+(``AIRFLOW_CONN_<ID>`` in Airflow's JSON form), so the DAG tasks, the
+console command and docker-compose all read the same source. The console
+command parses them itself and never needs Airflow to be running.
+
+With nothing set, the embedded defaults apply: everything lives under the
+project-local state folder (``.state/``) and the object-store credentials are
+the ones ``imaging-lifecycle platform up`` generated into a 0600 file there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+#: Storage zones and what each holds. Bucket names are ``<prefix><zone>``.
+ZONES: dict[str, str] = {
+    "archive": "primary copy of identified originals (ciphertext)",
+    "research": "de-identified derivatives (ciphertext)",
+    "cache": "temporary working copies handed out for viewing (72-hour rule)",
+    "quarantine": "bad input, kept with its reason code (ciphertext)",
+    "audit-anchor": "write-once heads of the audit hash chain (object lock)",
+    "backup": "second-site replica of archive ciphertext (object lock)",
+}
+#: Zones whose bucket lives on the backup endpoint (the second site).
+BACKUP_SITE_ZONES = frozenset({"backup"})
+#: Zones created with object lock enabled (write-once retention).
+LOCKED_ZONES = frozenset({"backup", "audit-anchor"})
+
+CONN_PRIMARY = "il_s3_primary"
+CONN_BACKUP = "il_s3_backup"
+
+
+class SettingsError(RuntimeError):
+    """The environment or state folder does not describe a usable platform."""
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """One S3 endpoint: host:port plus credentials. ``repr`` hides the secret."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    secure: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    landing_dir: Path
+    catalog_url: str
+    primary: S3Endpoint | None
+    backup: S3Endpoint | None
+    bucket_prefix: str = "il-"
+    airflow_url: str = "http://127.0.0.1:8080"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    def bucket(self, zone: str) -> str:
+        if zone not in ZONES:
+            raise SettingsError(f"unknown storage zone {zone!r}; known: {', '.join(ZONES)}")
+        return f"{self.bucket_prefix}{zone}"
+
+    def endpoint_for(self, zone: str) -> S3Endpoint:
+        ep = self.backup if zone in BACKUP_SITE_ZONES else self.primary
+        if ep is None:
+            raise SettingsError(
+                "no object-store connection: set AIRFLOW_CONN_IL_S3_PRIMARY/_BACKUP "
+                "or run 'imaging-lifecycle platform up' to create the embedded one"
+            )
+        return ep
+
+
+def _conn_from_env(conn_id: str) -> S3Endpoint | None:
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if not raw:
+        return None
+    try:
+        conn = json.loads(raw)
+        extra = conn.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+        url = extra["endpoint_url"]
+    except (ValueError, KeyError, TypeError) as exc:
+        # Never echo the value: it holds the secret key.
+        raise SettingsError(
+            f"AIRFLOW_CONN_{conn_id.upper()} must be Airflow connection JSON with "
+            f"login, password and extra.endpoint_url ({type(exc).__name__})"
+        ) from None
+    secure = url.startswith("https://")
+    return S3Endpoint(url.split("://", 1)[-1].rstrip("/"), conn["login"], conn["password"], secure)
+
+
+def embedded_credentials_file(state_dir: Path) -> Path:
+    return state_dir / "secrets" / "s3-credentials.json"
+
+
+def _conn_from_state(state_dir: Path, which: str) -> S3Endpoint | None:
+    path = embedded_credentials_file(state_dir)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())[which]
+    return S3Endpoint(data["endpoint"], data["access_key"], data["secret_key"], False)
+
+
+def load_settings() -> Settings:
+    state_dir = Path(os.environ.get("IL_STATE_DIR", PROJECT_ROOT / ".state")).resolve()
+    landing = Path(os.environ.get("IL_LANDING_DIR", state_dir / "landing")).resolve()
+    catalog_url = os.environ.get("IL_CATALOG_URL", f"sqlite:///{state_dir / 'catalog.sqlite'}")
+    primary = _conn_from_env(CONN_PRIMARY) or _conn_from_state(state_dir, "primary")
+    backup = _conn_from_env(CONN_BACKUP) or _conn_from_state(state_dir, "backup")
+    return Settings(
+        state_dir=state_dir,
+        landing_dir=landing,
+        catalog_url=catalog_url,
+        primary=primary,
+        backup=backup,
+        bucket_prefix=os.environ.get("IL_BUCKET_PREFIX", "il-"),
+        airflow_url=os.environ.get("IL_AIRFLOW_URL", "http://127.0.0.1:8080"),
+    )
