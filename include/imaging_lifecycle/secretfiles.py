@@ -1,0 +1,65 @@
+"""Local secrets of the embedded platform: random keys kept in 0600 files.
+
+Production deployments inject these through the environment
+(``IL_SECRET_<NAME>`` as base64) or a KMS; the embedded default generates
+each secret once, on first use, into ``<state>/secrets/<name>.key`` so a
+fresh machine needs no hand-made keys and no default password ever exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from imaging_lifecycle.settings import Settings, load_settings
+
+
+class SecretError(RuntimeError):
+    pass
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        # link() fails if another process created the file first: theirs wins.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 atomically; never overwrite an existing file."""
+    _write_private(path, data)
+
+
+def load_or_create_secret(name: str, nbytes: int = 32, settings: Settings | None = None) -> bytes:
+    """The secret called ``name``: from ``IL_SECRET_<NAME>`` or the 0600 file, created on first use."""
+    env = os.environ.get(f"IL_SECRET_{name.upper().replace('-', '_')}")
+    if env:
+        try:
+            return base64.b64decode(env, validate=True)
+        except ValueError:
+            raise SecretError(f"IL_SECRET_{name.upper()} is not valid base64") from None
+    settings = settings or load_settings()
+    path = settings.secrets_dir / f"{name}.key"
+    if not path.exists():
+        _write_private(path, secrets.token_bytes(nbytes))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretError(f"{path} is readable by others (mode {mode:o}); expected 0600")
+    data = path.read_bytes()
+    if len(data) != nbytes:
+        raise SecretError(f"{path} holds {len(data)} bytes, expected {nbytes}")
+    return data
