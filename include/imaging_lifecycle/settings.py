@@ -33,6 +33,16 @@ BACKUP_SITE_ZONES = frozenset({"backup"})
 #: Zones created with object lock enabled (write-once retention).
 LOCKED_ZONES = frozenset({"backup", "audit-anchor"})
 
+#: Every TCP port the embedded platform listens on (all bound to 127.0.0.1).
+#: ``IL_PORT_OFFSET`` shifts them all, so a test platform can run beside a
+#: developer's without a clash.
+DEFAULT_PORTS: dict[str, int] = {
+    "airflow": 8080,
+    "s3_primary": 8333,
+    "s3_backup": 8334,
+    "dicom": 11112,
+}
+
 CONN_PRIMARY = "il_s3_primary"
 CONN_BACKUP = "il_s3_backup"
 
@@ -59,7 +69,14 @@ class Settings:
     primary: S3Endpoint | None
     backup: S3Endpoint | None
     bucket_prefix: str = "il-"
-    airflow_url: str = "http://127.0.0.1:8080"
+    port_offset: int = 0
+
+    def port(self, name: str) -> int:
+        return DEFAULT_PORTS[name] + self.port_offset
+
+    @property
+    def airflow_url(self) -> str:
+        return os.environ.get("IL_AIRFLOW_URL") or f"http://127.0.0.1:{self.port('airflow')}"
 
     @property
     def secrets_dir(self) -> Path:
@@ -104,20 +121,23 @@ def embedded_credentials_file(state_dir: Path) -> Path:
     return state_dir / "secrets" / "s3-credentials.json"
 
 
-def _conn_from_state(state_dir: Path, which: str) -> S3Endpoint | None:
+def _conn_from_state(state_dir: Path, which: str, port: int) -> S3Endpoint | None:
     path = embedded_credentials_file(state_dir)
     if not path.exists():
         return None
     data = json.loads(path.read_text())[which]
-    return S3Endpoint(data["endpoint"], data["access_key"], data["secret_key"], False)
+    return S3Endpoint(f"127.0.0.1:{port}", data["access_key"], data["secret_key"], False)
 
 
 def load_settings() -> Settings:
     state_dir = Path(os.environ.get("IL_STATE_DIR", PROJECT_ROOT / ".state")).resolve()
     landing = Path(os.environ.get("IL_LANDING_DIR", state_dir / "landing")).resolve()
     catalog_url = os.environ.get("IL_CATALOG_URL", f"sqlite:///{state_dir / 'catalog.sqlite'}")
-    primary = _conn_from_env(CONN_PRIMARY) or _conn_from_state(state_dir, "primary")
-    backup = _conn_from_env(CONN_BACKUP) or _conn_from_state(state_dir, "backup")
+    offset = int(os.environ.get("IL_PORT_OFFSET", "0"))
+    primary = _conn_from_env(CONN_PRIMARY) or _conn_from_state(
+        state_dir, "primary", DEFAULT_PORTS["s3_primary"] + offset
+    )
+    backup = _conn_from_env(CONN_BACKUP) or _conn_from_state(state_dir, "backup", DEFAULT_PORTS["s3_backup"] + offset)
     return Settings(
         state_dir=state_dir,
         landing_dir=landing,
@@ -125,5 +145,5 @@ def load_settings() -> Settings:
         primary=primary,
         backup=backup,
         bucket_prefix=os.environ.get("IL_BUCKET_PREFIX", "il-"),
-        airflow_url=os.environ.get("IL_AIRFLOW_URL", "http://127.0.0.1:8080"),
+        port_offset=offset,
     )

@@ -1,0 +1,7 @@
+# The Airflow image plus our pinned dependencies and package.
+FROM apache/airflow:3.3.2-python3.11
+COPY --chown=airflow:0 requirements.txt constraints.txt pyproject.toml /opt/imaging-lifecycle/
+COPY --chown=airflow:0 include /opt/imaging-lifecycle/include
+RUN pip install --no-cache-dir -r /opt/imaging-lifecycle/requirements.txt -c /opt/imaging-lifecycle/constraints.txt \
+        apache-airflow-providers-celery==3.26.0 \
+ && pip install --no-cache-dir --no-deps /opt/imaging-lifecycle

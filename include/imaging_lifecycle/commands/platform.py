@@ -1,0 +1,26 @@
+"""``imaging-lifecycle platform up|down``: the embedded platform (what make run / make stop call)."""
+
+from __future__ import annotations
+
+HELP = "start or stop the embedded platform (object stores, Airflow)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("action", choices=["up", "down"])
+
+
+def run(args) -> int:
+    from imaging_lifecycle import platform
+
+    if args.action == "down":
+        n = platform.down()
+        print(f"stopped {n} process(es); data kept under the state folder")
+        return 0
+    login = platform.up()
+    print(
+        f"\nimaging-lifecycle is up (ready in {login['seconds']} s)\n"
+        f"  Airflow UI:  {login['url']}\n"
+        f"  login:       {login['user']} / {login['password']}\n"
+        "  (the password is generated on first start and kept in .state/secrets/, mode 0600)\n"
+    )
+    return 0

@@ -1,0 +1,395 @@
+"""The embedded platform: two S3 sites (``weed mini``) and Airflow, run as local processes.
+
+``imaging-lifecycle platform up`` (what ``make run`` calls) starts it and
+``platform down`` (``make stop``) stops it. Design points:
+
+* Every service runs in its own session (``setsid``) and carries the
+  environment marker ``IL_PLATFORM=<state dir>``. Stopping kills each
+  recorded process tree *and* any other process carrying our marker, so
+  LocalExecutor workers and task processes that outlived their parent are
+  found too. ``airflow standalone`` is deliberately not used: SIGTERM to it
+  leaves its workers running, and it hides the four components that
+  production runs separately anyway.
+* Everything lives under the state folder; credentials and Airflow's keys are
+  generated on first start into 0600 files. There is no default password.
+* Every port is bound to 127.0.0.1.
+* A second ``up`` reuses the state and leaves running services alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from base64 import urlsafe_b64encode
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from imaging_lifecycle.secretfiles import write_private_file
+from imaging_lifecycle.settings import (
+    CONN_BACKUP,
+    CONN_PRIMARY,
+    PROJECT_ROOT,
+    Settings,
+    embedded_credentials_file,
+    load_settings,
+)
+
+MARKER = "IL_PLATFORM"
+AIRFLOW_PARALLELISM = 4
+
+
+class PlatformError(RuntimeError):
+    pass
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: dict[str, str]
+
+
+# -- state and secrets ---------------------------------------------------------
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's bin next to python)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise PlatformError(f"{name!r} is not installed in this environment")
+    return found
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(30)
+
+
+def ensure_credentials(settings: Settings) -> dict:
+    """The embedded S3 credentials and Airflow keys, generated on first start."""
+    path = embedded_credentials_file(settings.state_dir)
+    if not path.exists():
+        creds = {
+            site: {"access_key": "IL" + secrets.token_hex(9).upper(), "secret_key": _token()}
+            for site in ("primary", "backup")
+        }
+        creds["airflow"] = {
+            "admin_password": _token(),
+            "jwt_secret": _token(),
+            "api_secret_key": _token(),
+            "fernet_key": urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        }
+        write_private_file(path, json.dumps(creds, indent=2).encode())
+    return json.loads(path.read_text())
+
+
+def _s3_identities_file(settings: Settings, site: str, creds: dict) -> Path:
+    path = settings.state_dir / "secrets" / f"weed-{site}-s3.json"
+    content = {
+        "identities": [
+            {
+                "name": "imaging-lifecycle",
+                "credentials": [{"accessKey": creds[site]["access_key"], "secretKey": creds[site]["secret_key"]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    if not path.exists():
+        write_private_file(path, json.dumps(content).encode())
+    return path
+
+
+# -- readiness checks ------------------------------------------------------------
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return 200 <= r.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except Exception:
+        return False
+
+
+def airflow_health(settings: Settings, timeout: float = 2.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{settings.airflow_url}/api/v2/monitor/health", timeout=timeout) as r:
+            return json.loads(r.read())
+    except Exception:
+        return None
+
+
+# -- environment -------------------------------------------------------------------
+
+
+def airflow_env(settings: Settings, creds: dict) -> dict[str, str]:
+    """Airflow's whole configuration, as environment variables (no airflow.cfg edits)."""
+    home = settings.state_dir / "airflow"
+    port = settings.port("airflow")
+
+    def s3_conn(site: str, port_name: str) -> str:
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": creds[site]["access_key"],
+                "password": creds[site]["secret_key"],
+                "extra": {"endpoint_url": f"http://127.0.0.1:{settings.port(port_name)}"},
+            }
+        )
+
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(AIRFLOW_PARALLELISM),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Our DAGs are the product: new ones run at once instead of waiting for a click.
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(settings.state_dir / "secrets" / "airflow-passwords.json"),
+        "AIRFLOW__CORE__FERNET_KEY": creds["airflow"]["fernet_key"],
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__SECRET_KEY": creds["airflow"]["api_secret_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": creds["airflow"]["jwt_secret"],
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        f"AIRFLOW_CONN_{CONN_PRIMARY.upper()}": s3_conn("primary", "s3_primary"),
+        f"AIRFLOW_CONN_{CONN_BACKUP.upper()}": s3_conn("backup", "s3_backup"),
+        "IL_STATE_DIR": str(settings.state_dir),
+        "IL_LANDING_DIR": str(settings.landing_dir),
+        "IL_CATALOG_URL": settings.catalog_url,
+        "IL_PORT_OFFSET": str(settings.port_offset),
+        "GX_ANALYTICS_ENABLED": "False",
+    }
+
+
+def services(settings: Settings, creds: dict) -> list[Service]:
+    weed = _bin("weed")
+    out = []
+    for site, port_name, base in (("primary", "s3_primary", 0), ("backup", "s3_backup", 1)):
+        s3 = settings.port(port_name)
+        # weed mini opens a master, volume, filer and admin server too; give each
+        # site its own ports (gRPC = port + 10000) so the two sites never clash.
+        aux = 9400 + settings.port_offset + 20 * base
+        data = settings.state_dir / "s3" / site
+        out.append(
+            Service(
+                f"s3-{site}",
+                [
+                    weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                    f"-s3.port={s3}", f"-master.port={aux}", f"-volume.port={aux + 1}",
+                    f"-filer.port={aux + 2}", f"-admin.port={aux + 3}", "-admin.ui=false",
+                    "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                    f"-s3.config={_s3_identities_file(settings, site, creds)}",
+                ],
+                lambda s3=s3: http_ok(f"http://127.0.0.1:{s3}/"),
+                {},
+            )
+        )
+    env = airflow_env(settings, creds)
+    airflow = _bin("airflow")
+    for component in ("scheduler", "dag-processor", "triggerer", "api-server"):
+        ready: Callable[[], bool] = lambda: True
+        if component == "api-server":
+            ready = lambda: airflow_health(settings) is not None
+        argv = [airflow, component]
+        if component in ("scheduler", "triggerer"):
+            # Task and trigger logs are local files the api-server reads directly;
+            # the log-serving sidecars would listen on 0.0.0.0, so they stay off.
+            argv.append("--skip-serve-logs")
+        out.append(Service(f"airflow-{component}", argv, ready, env))
+    return out
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+def _run_dir(settings: Settings) -> Path:
+    d = settings.state_dir / "run"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _recorded(settings: Settings, name: str) -> psutil.Process | None:
+    """The live process recorded for ``name``, checked against its start time (no PID reuse)."""
+    pidfile = _run_dir(settings) / f"{name}.json"
+    if not pidfile.exists():
+        return None
+    rec = json.loads(pidfile.read_text())
+    try:
+        p = psutil.Process(rec["pid"])
+        if abs(p.create_time() - rec["started"]) < 1 and p.status() != psutil.STATUS_ZOMBIE:
+            return p
+    except psutil.Error:
+        pass
+    return None
+
+
+def _start(settings: Settings, svc: Service) -> psutil.Process:
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **svc.env, MARKER: str(settings.state_dir)}
+    with open(log_dir / f"{svc.name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            svc.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=settings.state_dir, start_new_session=True,
+        )
+    p = psutil.Process(proc.pid)
+    (_run_dir(settings) / f"{svc.name}.json").write_text(json.dumps({"pid": p.pid, "started": p.create_time()}))
+    return p
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str, proc: psutil.Process | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and not proc.is_running():
+            raise PlatformError(f"{what} exited during start; see its log under .state/logs/")
+        time.sleep(0.3)
+    raise PlatformError(f"{what} not ready after {timeout:.0f}s; see .state/logs/")
+
+
+def _airflow_passwords(settings: Settings, creds: dict) -> Path:
+    path = settings.state_dir / "secrets" / "airflow-passwords.json"
+    if not path.exists():
+        write_private_file(path, json.dumps({"admin": creds["airflow"]["admin_password"]}).encode())
+    return path
+
+
+def start_object_stores(settings: Settings) -> Settings:
+    """Start both S3 sites (if not running) and create the zones; returns settings with credentials."""
+    for d in ("s3/primary", "s3/backup", "logs"):
+        (settings.state_dir / d).mkdir(parents=True, exist_ok=True)
+    creds = ensure_credentials(settings)
+    for svc in services(settings, creds)[:2]:
+        proc = _recorded(settings, svc.name) or _start(settings, svc)
+        _wait(svc.ready, 60, svc.name, proc)
+    from imaging_lifecycle.storage import ObjectStore
+
+    settings = _with_creds(settings, creds)
+    ObjectStore(settings).ensure_zones()
+    return settings
+
+
+def up(settings: Settings | None = None, *, echo: Callable[[str], None] = print) -> dict:
+    """Start whatever is not running; return the login. Idempotent: state is reused."""
+    settings = settings or load_settings()
+    t0 = time.monotonic()
+    for d in ("landing", "airflow", "logs", "tmp"):
+        (settings.state_dir / d).mkdir(parents=True, exist_ok=True)
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    settings = start_object_stores(settings)
+    creds = ensure_credentials(settings)
+    _airflow_passwords(settings, creds)
+    svcs = services(settings, creds)[2:]
+
+    env = {**os.environ, **airflow_env(settings, creds)}
+    if not all(_recorded(settings, s.name) for s in svcs):
+        echo("migrating the Airflow metadata database ...")
+        subprocess.run(
+            [_bin("airflow"), "db", "migrate"], env=env, check=True, cwd=settings.state_dir,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+    for svc in svcs:
+        if not _recorded(settings, svc.name):
+            _start(settings, svc)
+    api = _recorded(settings, "airflow-api-server")
+    _wait(svcs[-1].ready, 180, "airflow-api-server", api)
+    return {
+        "url": settings.airflow_url,
+        "user": "admin",
+        "password": creds["airflow"]["admin_password"],
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+
+
+def _with_creds(settings: Settings, creds: dict) -> Settings:
+    """Settings whose S3 endpoints use ``creds`` (needed on first start, before env has them)."""
+    from dataclasses import replace
+
+    from imaging_lifecycle.settings import S3Endpoint
+
+    return replace(
+        settings,
+        primary=settings.primary
+        or S3Endpoint(f"127.0.0.1:{settings.port('s3_primary')}", creds["primary"]["access_key"], creds["primary"]["secret_key"]),
+        backup=settings.backup
+        or S3Endpoint(f"127.0.0.1:{settings.port('s3_backup')}", creds["backup"]["access_key"], creds["backup"]["secret_key"]),
+    )
+
+
+def ours(settings: Settings) -> list[psutil.Process]:
+    """Every live process carrying this platform's marker, plus recorded trees."""
+    found: dict[int, psutil.Process] = {}
+    run = _run_dir(settings)
+    for pidfile in run.glob("*.json"):
+        p = _recorded(settings, pidfile.stem)
+        if p:
+            found[p.pid] = p
+            for c in p.children(recursive=True):
+                found[c.pid] = c
+    me = os.getpid()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get(MARKER) == str(settings.state_dir):
+                found[p.pid] = p
+        except psutil.Error:
+            continue
+    return [p for p in found.values() if p.pid != me]
+
+
+def down(settings: Settings | None = None, *, timeout: float = 20.0) -> int:
+    """Stop every process of this platform, children included; keep the data."""
+    settings = settings or load_settings()
+    procs = ours(settings)
+    for p in procs:
+        try:
+            # Whole session first: catches children that were just forked.
+            os.killpg(p.pid, signal.SIGTERM) if os.getpgid(p.pid) == p.pid else p.terminate()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    # Anything forked during the shutdown itself.
+    late = ours(settings)
+    for p in late:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(late, timeout=5)
+    for pidfile in _run_dir(settings).glob("*.json"):
+        pidfile.unlink()
+    return len(procs)
