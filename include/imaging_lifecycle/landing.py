@@ -1,0 +1,95 @@
+"""The landing folder: where files arrive, and how we tell a batch is complete.
+
+A batch is complete when nothing in the folder has changed for a quiet
+period, as Orthanc's "stable study" works. Files still being written are
+ignored by name (``*.part``, ``*.tmp``, dot-files): writers (our C-STORE
+receiver, ``make demo``, rsync) write under such a name and rename when done.
+
+This module only looks at the folder; it never reads file content, so the
+trigger that polls it stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+IN_PROGRESS_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
+
+
+def _in_progress(name: str) -> bool:
+    return name.startswith(".") or name.endswith(IN_PROGRESS_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    count: int
+    total_size: int
+    newest_mtime: float
+    digest: str  # changes whenever any name, size or mtime changes
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
+
+
+def entries(landing: Path) -> list[os.DirEntry]:
+    """Every complete entry under ``landing`` (recursively), symlinks included but not followed."""
+    out: list[os.DirEntry] = []
+    stack = [str(landing)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except FileNotFoundError:
+            continue
+        with it:
+            for e in it:
+                if _in_progress(e.name):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    out.append(e)
+    return out
+
+
+def snapshot(landing: Path) -> Snapshot:
+    h = hashlib.sha256()
+    count = total = 0
+    newest = 0.0
+    for e in sorted(entries(landing), key=lambda e: e.path):
+        try:
+            st = e.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        count += 1
+        total += st.st_size
+        newest = max(newest, st.st_mtime)
+        h.update(f"{e.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return Snapshot(count, total, newest, h.hexdigest())
+
+
+def settled_files(landing: Path, quiet_seconds: float, now: float | None = None) -> list[Path]:
+    """Files whose last change is at least ``quiet_seconds`` old: safe to ingest."""
+    now = time.time() if now is None else now
+    out = []
+    for e in entries(landing):
+        try:
+            if now - e.stat(follow_symlinks=False).st_mtime >= quiet_seconds:
+                out.append(Path(e.path))
+        except FileNotFoundError:
+            continue
+    return sorted(out)
+
+
+def remove_empty_dirs(landing: Path) -> None:
+    """Tidy study folders left empty after ingest; the landing root itself stays."""
+    for dirpath, dirnames, filenames in os.walk(landing, topdown=False):
+        if Path(dirpath) != landing and not dirnames and not filenames:
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass

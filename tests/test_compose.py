@@ -1,0 +1,70 @@
+"""docker-compose.yml, checked statically: no Docker engine runs on these machines.
+
+``make compose-check`` also runs Debian's ``docker-compose config -q`` when it
+can be installed; this test checks the shape the deployment promises.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import PROJECT
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+
+
+def test_services_of_the_production_shape(compose):
+    services = compose["services"]
+    for name in ("postgres", "redis", "s3-primary", "s3-backup", "airflow-apiserver", "airflow-scheduler",
+                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
+        assert name in services, name
+    worker = services["airflow-worker"]
+    assert worker["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert "container_name" not in worker  # a fixed name would forbid --scale
+    assert "ports" not in worker
+
+
+def test_every_long_running_service_has_a_healthcheck_and_named_volumes(compose):
+    for name, svc in compose["services"].items():
+        if name == "airflow-init":
+            continue
+        assert "healthcheck" in svc, name
+    assert {"postgres-data", "s3-primary-data", "s3-backup-data"} <= set(compose["volumes"])
+
+
+def test_airflow_metadata_and_catalog_are_separate_postgres_databases(compose):
+    env = compose["x-airflow-common"]["environment"]
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow")
+    assert env["IL_CATALOG_URL"].endswith("@postgres:5432/catalog")
+    init = (PROJECT / "deploy" / "postgres-init.sh").read_text()
+    assert "CREATE DATABASE airflow" in init and "CREATE DATABASE catalog" in init
+
+
+def test_secrets_come_from_env_and_none_are_checked_in():
+    text = (PROJECT / "docker-compose.yml").read_text()
+    # every password/secret/key value is a ${VAR} reference
+    for line in text.splitlines():
+        m = re.match(r"\s*([A-Z_]*(PASSWORD|SECRET|FERNET|MASTER_KEY)[A-Z_]*):\s*(.+)", line)
+        if m:
+            assert "${" in m.group(3), line
+    example = (PROJECT / ".env.example").read_text()
+    values = [l.split("=", 1)[1] for l in example.splitlines() if "=" in l and not l.startswith("#")]
+    assert all(v in ("CHANGE_ME", "latest") for v in values)
+    assert ".env" in (PROJECT / ".gitignore").read_text().split()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian docker-compose not installed")
+def test_docker_compose_config_validates():
+    r = subprocess.run(
+        ["docker-compose", "--env-file", ".env.example", "-f", "docker-compose.yml", "config", "-q"],
+        cwd=PROJECT, capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr

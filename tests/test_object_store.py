@@ -1,0 +1,103 @@
+"""The embedded S3 server, started from the suite, through our storage adapter and the minio SDK."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from minio.error import S3Error
+
+from imaging_lifecycle.settings import ZONES
+
+
+def _key() -> str:
+    return f"test/{uuid.uuid4().hex}"
+
+
+def test_all_zones_exist_versioned_and_locked_where_designed(store):
+    for zone in ZONES:
+        c, b = store.client(zone), store.bucket(zone)
+        assert c.bucket_exists(b), zone
+        assert c.get_bucket_versioning(b).status == "Enabled", zone
+    assert store.ensure_zones() == []  # idempotent: a second run creates nothing
+
+
+def test_backup_zone_is_on_the_second_site(store, object_store_settings):
+    assert object_store_settings.endpoint_for("backup") != object_store_settings.endpoint_for("archive")
+    assert not store.client("archive").bucket_exists(store.bucket("backup"))
+
+
+def test_put_and_get_round_trip(store):
+    key = _key()
+    r = store.put("archive", key, b"ciphertext bytes")
+    assert r.version_id
+    assert store.get("archive", key) == b"ciphertext bytes"
+    assert store.exists("archive", key)
+    assert not store.exists("archive", key + "-missing")
+    with pytest.raises(FileNotFoundError):
+        store.get("archive", key + "-missing")
+
+
+def test_versioning_keeps_old_versions_and_purge_removes_every_version_and_marker(store):
+    key = _key()
+    v1 = store.put("cache", key, b"one").version_id
+    v2 = store.put("cache", key, b"two").version_id
+    assert store.get("cache", key, v1) == b"one"
+    assert store.get("cache", key) == b"two"
+    store.client("cache").remove_object(store.bucket("cache"), key)  # a plain delete: only a marker
+    versions = list(store.versions("cache", key))
+    assert {v.version_id for v in versions} >= {v1, v2}
+    assert any(v.is_delete_marker for v in versions)
+    assert store.purge("cache", [(v.key, v.version_id) for v in versions]) == []
+    assert list(store.versions("cache", key)) == []
+    for vid in (v1, v2):
+        assert not store.exists("cache", key, vid)
+
+
+def test_object_lock_retention_refuses_deletion_until_it_expires(store):
+    key = _key()
+    until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=4)
+    r = store.put("backup", key, b"locked", retain_until=until)
+    ret = store.client("backup").get_object_retention(store.bucket("backup"), key, version_id=r.version_id)
+    assert ret.mode == "GOVERNANCE"
+    failures = store.purge("backup", [(key, r.version_id)])
+    assert failures and failures[0][2] == "AccessDenied"
+    assert store.get("backup", key, r.version_id) == b"locked"
+    import time
+
+    time.sleep(max(0.0, (until - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1.5)
+    assert store.purge("backup", [(key, r.version_id)]) == []
+    assert not store.exists("backup", key, r.version_id)
+
+
+def test_legal_hold_blocks_deletion_until_released(store):
+    key = _key()
+    r = store.put("backup", key, b"held", legal_hold=True)
+    c, b = store.client("backup"), store.bucket("backup")
+    assert c.is_object_legal_hold_enabled(b, key, version_id=r.version_id)
+    with pytest.raises(S3Error) as err:
+        c.remove_object(b, key, version_id=r.version_id)
+    assert err.value.code == "AccessDenied"
+    store.set_legal_hold("backup", key, r.version_id, False)
+    assert store.purge("backup", [(key, r.version_id)]) == []
+
+
+def test_wrong_credentials_are_refused(object_store_settings):
+    from dataclasses import replace
+
+    from imaging_lifecycle.storage import ping
+
+    ep = object_store_settings.primary
+    assert ping(ep) == (True, "ok")
+    up, detail = ping(replace(ep, secret_key="not-the-secret"))
+    assert not up and "answered" in detail
+    assert "not-the-secret" not in repr(replace(ep, secret_key="not-the-secret"))
+
+
+def test_credentials_file_is_private(object_store_settings, state_dir):
+    from imaging_lifecycle.settings import embedded_credentials_file
+
+    path = embedded_credentials_file(state_dir)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (state_dir / "secrets").stat().st_mode & 0o777 == 0o700
