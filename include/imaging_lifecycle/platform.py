@@ -125,6 +125,14 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def airflow_health(settings: Settings, timeout: float = 2.0) -> dict | None:
     try:
         with urllib.request.urlopen(f"{settings.airflow_url}/api/v2/monitor/health", timeout=timeout) as r:
@@ -211,6 +219,15 @@ def services(settings: Settings, creds: dict) -> list[Service]:
             )
         )
     env = airflow_env(settings, creds)
+    dicom = settings.port("dicom")
+    out.append(
+        Service(
+            "dicom-receiver",
+            [_bin("imaging-lifecycle"), "receive"],
+            lambda: _port_open(dicom),
+            {k: v for k, v in env.items() if k.startswith("IL_")},
+        )
+    )
     airflow = _bin("airflow")
     for component in ("scheduler", "dag-processor", "triggerer", "api-server"):
         ready: Callable[[], bool] = lambda: True
@@ -286,7 +303,9 @@ def start_object_stores(settings: Settings) -> Settings:
     for d in ("s3/primary", "s3/backup", "logs"):
         (settings.state_dir / d).mkdir(parents=True, exist_ok=True)
     creds = ensure_credentials(settings)
-    for svc in services(settings, creds)[:2]:
+    for svc in services(settings, creds):
+        if not svc.name.startswith("s3-"):
+            continue
         proc = _recorded(settings, svc.name) or _start(settings, svc)
         _wait(svc.ready, 60, svc.name, proc)
     from imaging_lifecycle.storage import ObjectStore
@@ -306,10 +325,12 @@ def up(settings: Settings | None = None, *, echo: Callable[[str], None] = print)
     settings = start_object_stores(settings)
     creds = ensure_credentials(settings)
     _airflow_passwords(settings, creds)
-    svcs = services(settings, creds)[2:]
+    from imaging_lifecycle.catalog import Catalog
 
+    Catalog(settings.catalog_url)  # creates the lifecycle catalog's tables on first start
+    svcs = [s for s in services(settings, creds) if not s.name.startswith("s3-")]
     env = {**os.environ, **airflow_env(settings, creds)}
-    if not all(_recorded(settings, s.name) for s in svcs):
+    if not all(_recorded(settings, s.name) for s in svcs if s.name.startswith("airflow-")):
         echo("migrating the Airflow metadata database ...")
         subprocess.run(
             [_bin("airflow"), "db", "migrate"], env=env, check=True, cwd=settings.state_dir,
@@ -318,8 +339,8 @@ def up(settings: Settings | None = None, *, echo: Callable[[str], None] = print)
     for svc in svcs:
         if not _recorded(settings, svc.name):
             _start(settings, svc)
-    api = _recorded(settings, "airflow-api-server")
-    _wait(svcs[-1].ready, 180, "airflow-api-server", api)
+    for svc in svcs:
+        _wait(svc.ready, 180, svc.name, _recorded(settings, svc.name))
     return {
         "url": settings.airflow_url,
         "user": "admin",

@@ -1,0 +1,86 @@
+"""DICOM C-STORE receiver: modalities and PACS push studies; we write them into the landing folder.
+
+Files land as ``<landing>/cstore/<calling AE>/<random>.dcm``: the calling AE
+becomes the object's *source* (classification rules may use it), and the
+name is random so no UID or identifier ever appears in a file name. Each file
+is written as ``.part`` and renamed when complete, so the landing trigger
+never sees half a file. Only calling AE titles on the allow-list may
+associate; others are rejected at association time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from imaging_lifecycle.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+#: C-STORE status codes (PS3.4 Annex B).
+SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    ae_title: str
+    port: int
+    allowed_calling_aes: tuple[str, ...]
+    landing: Path
+    bind: str = "127.0.0.1"
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> "ReceiverConfig":
+        settings = settings or load_settings()
+        allowed = os.environ.get("IL_DICOM_ALLOWED_AES", "IL_DEMO_SCU")
+        return cls(
+            ae_title=os.environ.get("IL_DICOM_AE_TITLE", "IL_ARCHIVE"),
+            port=int(os.environ.get("IL_DICOM_PORT", settings.port("dicom"))),
+            allowed_calling_aes=tuple(a.strip() for a in allowed.split(",") if a.strip()),
+            landing=settings.landing_dir,
+            bind=os.environ.get("IL_DICOM_BIND", "127.0.0.1"),
+        )
+
+
+def _ae_folder(calling_ae: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", calling_ae.strip()) or "UNKNOWN"
+
+
+def handle_store(event, landing: Path) -> int:
+    folder = landing / "cstore" / _ae_folder(event.assoc.requestor.ae_title)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{uuid.uuid4().hex}.dcm"
+        part = final.with_suffix(".part")
+        with open(part, "wb") as f:
+            f.write(event.encoded_dataset(include_meta=True))
+            f.flush()
+            os.fsync(f.fileno())
+        part.rename(final)
+    except OSError as exc:
+        log.error("C-STORE could not be written to the landing folder: %s", type(exc).__name__)
+        return OUT_OF_RESOURCES
+    log.info("C-STORE received from %s", _ae_folder(event.assoc.requestor.ae_title))
+    return SUCCESS
+
+
+def build_ae(config: ReceiverConfig) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    ae.require_calling_aet = list(config.allowed_calling_aes) or ["\x00no-caller-allowed"]
+    return ae
+
+
+def serve(config: ReceiverConfig, *, block: bool = True):
+    config.landing.mkdir(parents=True, exist_ok=True)
+    ae = build_ae(config)
+    handlers = [(evt.EVT_C_STORE, handle_store, [config.landing])]
+    return ae.start_server((config.bind, config.port), block=block, evt_handlers=handlers)
