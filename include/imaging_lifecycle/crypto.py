@@ -27,3 +27,615 @@ def keyed_digest(key: bytes, purpose: str, value: str) -> str:
     unless both purposes are known.
     """
     return hmac_sha256(key, purpose.encode() + b"\x00" + value.encode("utf-8", "surrogateescape")).hex()
+
+
+# ---------------------------------------------------------------------------
+# Envelope encryption of stored objects (issue 5).
+#
+# Every object gets its own random 256-bit data key (DEK); the DEK is wrapped
+# under a key-encryption key (KEK) held by ``imaging_lifecycle.keystore`` and
+# the wrapped DEK lives in the catalog, never next to the data. The object is
+# encrypted with AES-256-GCM in chunks using the STREAM construction
+# (Hoang, Reyhanitabar, Rogaway, Vizar 2015):
+#
+#   ciphertext = header || chunk_0 || chunk_1 || ... || chunk_last
+#   header     = MAGIC(4) || format version(1) || chunk size(u32 BE) || nonce prefix(7)
+#   chunk_i    = AES-GCM(DEK, nonce_i, plaintext_i, AD) = ciphertext_i || tag(16)
+#   nonce_i    = nonce prefix(7) || i (u32 BE) || last-chunk flag(1)
+#   AD         = header || AssociatedData.encode()
+#
+# The counter in the nonce detects reordering, dropping and duplication; the
+# last-chunk flag detects truncation at a chunk boundary (the new final chunk
+# was sealed with flag 0); putting the header into every chunk's AD means no
+# header byte can change unnoticed. Only whole chunks that passed their tag
+# are ever released, so memory is bounded by a few chunks whatever the size.
+# ---------------------------------------------------------------------------
+
+import io  # noqa: E402  (the section above is shared and must stay as it is)
+import os  # noqa: E402
+import secrets  # noqa: E402
+import struct  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import BinaryIO  # noqa: E402
+
+from cryptography.exceptions import InvalidTag  # noqa: E402
+from cryptography.hazmat.primitives import keywrap  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+from imaging_lifecycle.settings import ZONES  # noqa: E402
+
+KEY_SIZE = 32  # AES-256 for DEKs, KEKs and sealing keys alike
+TAG_SIZE = 16
+NONCE_PREFIX_SIZE = 7
+MAGIC = b"\x89ILE"  # non-ASCII first byte: never mistaken for text or DICOM
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">4sBI7s")
+HEADER_SIZE = _HEADER.size  # 16
+DEFAULT_CHUNK_SIZE = 1 << 20
+#: Bounds on the chunk size a header may declare: the upper one caps the
+#: memory a hostile or corrupted header can make a reader allocate.
+MIN_CHUNK_SIZE = 1 << 10
+MAX_CHUNK_SIZE = 64 << 20
+_MAX_CHUNKS = 1 << 32  # the counter is 32 bits: 4 PiB at 1 MiB chunks
+_AAD_MAGIC = b"IL-AAD\x01"
+_MAX_AAD_FIELD = 1024
+_SEAL_VERSION = b"\x01"
+_SEAL_NONCE = 12
+
+
+class CryptoError(Exception):
+    """Base of every error this module raises on purpose."""
+
+
+class IntegrityError(CryptoError):
+    """Ciphertext, header, tag, key wrap or hash failed verification.
+
+    The message says what failed (which chunk, which check), never key bytes,
+    plaintext or hashes of content.
+    """
+
+
+class KeyUnavailable(CryptoError):
+    """A key needed to decrypt is missing or has been destroyed."""
+
+
+def generate_key() -> bytes:
+    """A fresh random 256-bit key (DEK, KEK or sealing key)."""
+    return secrets.token_bytes(KEY_SIZE)
+
+
+def new_key_id() -> str:
+    """A fresh opaque id for a DEK; it is what ``AssociatedData.key_version`` binds."""
+    return f"dek-{uuid.uuid4().hex}"
+
+
+def _check_key(key: object, what: str) -> bytes:
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, not {type(key).__name__}")
+    key = bytes(key)
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"{what} must be {KEY_SIZE} bytes, got {len(key)}")
+    return key
+
+
+def _check_chunk_size(chunk_size: object) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError("chunk_size must be an int")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes, got {chunk_size}")
+    return chunk_size
+
+
+@dataclass(frozen=True)
+class AssociatedData:
+    """What a ciphertext is bound to; decrypting with any other value fails.
+
+    ``key_version`` is the id of the object's own DEK, *not* the KEK version:
+    key rotation re-wraps DEKs under a new KEK version without touching the
+    data, so anything bound into the ciphertext must stay stable across
+    rotation. Binding the DEK id still stops a ciphertext from being paired
+    with another object's (wrapped) DEK row in the catalog.
+
+    ``zone`` is the zone the object was encrypted for. A byte-identical replica
+    (the backup copy of an archive object) keeps its original zone here.
+
+    Validation errors never echo the offending value: a caller that passes a
+    patient identifier by mistake must not see it copied into a log.
+    """
+
+    catalog_id: str
+    zone: str
+    tier: int
+    key_version: str
+
+    def __post_init__(self) -> None:
+        for name in ("catalog_id", "zone", "key_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"AssociatedData.{name} must be a non-empty str")
+            try:
+                size = len(value.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValueError(f"AssociatedData.{name} must be valid Unicode text") from None
+            if size > _MAX_AAD_FIELD:
+                raise ValueError(f"AssociatedData.{name} is {size} bytes; at most {_MAX_AAD_FIELD}")
+        if self.zone not in ZONES:
+            raise ValueError(f"AssociatedData.zone is not a known storage zone; known: {', '.join(ZONES)}")
+        if isinstance(self.tier, bool) or not isinstance(self.tier, int) or not 0 <= self.tier <= 255:
+            raise ValueError("AssociatedData.tier must be an int between 0 and 255")
+
+    def encode(self) -> bytes:
+        """Canonical, injective byte encoding: fixed field order, each length-prefixed."""
+        out = [_AAD_MAGIC]
+        for value in (self.catalog_id, self.zone):
+            raw = value.encode("utf-8")
+            out.append(struct.pack(">H", len(raw)) + raw)
+        out.append(struct.pack(">B", self.tier))
+        raw = self.key_version.encode("utf-8")
+        out.append(struct.pack(">H", len(raw)) + raw)
+        return b"".join(out)
+
+
+def _check_aad(aad: object) -> bytes:
+    if not isinstance(aad, AssociatedData):
+        raise TypeError(f"aad must be an AssociatedData, not {type(aad).__name__}")
+    return aad.encode()
+
+
+@dataclass(frozen=True)
+class Header:
+    """The clear-text start of every ciphertext object. Holds no key material."""
+
+    chunk_size: int
+    nonce_prefix: bytes
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(MAGIC, FORMAT_VERSION, self.chunk_size, self.nonce_prefix)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Header:
+        if len(raw) < HEADER_SIZE:
+            raise IntegrityError(f"ciphertext truncated: header has {len(raw)} of {HEADER_SIZE} bytes")
+        magic, version, chunk_size, prefix = _HEADER.unpack(raw[:HEADER_SIZE])
+        if magic != MAGIC:
+            raise IntegrityError("bad header: not an imaging-lifecycle ciphertext (magic mismatch)")
+        if version != FORMAT_VERSION:
+            raise IntegrityError(f"bad header: unsupported format version {version}")
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise IntegrityError("bad header: chunk size out of range")
+        return cls(chunk_size, prefix)
+
+
+def ciphertext_length(plaintext_length: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Exact ciphertext size for a plaintext size, so uploads can stream with a known length.
+
+    Empty plaintext still yields one (empty, final) chunk: its tag is what
+    proves the object is complete.
+    """
+    _check_chunk_size(chunk_size)
+    if isinstance(plaintext_length, bool) or not isinstance(plaintext_length, int) or plaintext_length < 0:
+        raise ValueError("plaintext_length must be a non-negative int")
+    chunks = max(1, -(-plaintext_length // chunk_size))
+    return HEADER_SIZE + plaintext_length + chunks * TAG_SIZE
+
+
+def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
+    return prefix + struct.pack(">IB", counter, 1 if last else 0)
+
+
+def _read_full(src: BinaryIO, n: int) -> bytes:
+    """Read exactly ``n`` bytes unless EOF comes first (raw streams may return short reads)."""
+    data = src.read(n)
+    if data is None:
+        raise IOError("source is in non-blocking mode and has no data")
+    if len(data) == n or not data:
+        return bytes(data)
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = src.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _check_sha256_hex(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError(f"{what} must be a 64-character hex SHA-256")
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a 64-character hex SHA-256") from None
+    return value.lower()
+
+
+def verify_plaintext(expected_sha256: str, actual_sha256: str) -> None:
+    """Raise ``IntegrityError`` unless the two hex SHA-256 digests are equal.
+
+    ``expected_sha256`` is the catalog's value; the message carries neither
+    digest (a content hash can link copies of a patient's file).
+    """
+    expected = _check_sha256_hex(expected_sha256, "expected_sha256")
+    actual = _check_sha256_hex(actual_sha256, "actual_sha256")
+    if not hmac.compare_digest(expected, actual):
+        raise IntegrityError("plaintext SHA-256 does not match the expected (catalog) value")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in blocks (never whole into memory)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class EncryptionResult:
+    """What a finished encryption reports; everything the catalog records about the bytes."""
+
+    plaintext_sha256: str
+    ciphertext_sha256: str
+    plaintext_size: int
+    ciphertext_size: int
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file-like over a generator of byte chunks.
+
+    Once the generator fails, every later read re-raises the same error, so a
+    caller that swallows one exception can never mistake the stop for EOF.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: Iterator[bytes] = iter(())
+        self._buf = b""
+        self._pos = 0
+        self._error: BaseException | None = None
+        self._exhausted = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bool:
+        if self._error is not None:
+            raise self._error
+        if self._exhausted:
+            return False
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._exhausted = True
+            return False
+        except BaseException as exc:
+            self._error = exc
+            raise
+        self._buf, self._pos = chunk, 0
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if size is None or size < 0:
+            parts = [self._buf[self._pos:]]
+            self._buf, self._pos = b"", 0
+            while self._next_chunk():
+                parts.append(self._buf)
+            self._buf = b""
+            return b"".join(parts)
+        parts = []
+        need = size
+        while need > 0:
+            if self._pos >= len(self._buf):
+                if not self._next_chunk():
+                    break
+                continue
+            avail = len(self._buf) - self._pos
+            if self._pos == 0 and avail <= need:
+                parts.append(self._buf)  # whole chunk: no copy
+                self._pos = avail
+                need -= avail
+            else:
+                take = min(need, avail)
+                parts.append(self._buf[self._pos:self._pos + take])
+                self._pos += take
+                need -= take
+        return b"".join(parts)
+
+    def readinto(self, b) -> int:  # noqa: ANN001 - any writable buffer
+        data = self.read(len(b))
+        n = len(data)
+        memoryview(b).cast("B")[:n] = data
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+
+class EncryptingReader(_ChunkReader):
+    """File-like whose ``read(n)`` yields the ciphertext of ``src``: hand it to an S3 upload.
+
+    ``src`` is read one chunk ahead (to know which chunk is the last), so at
+    most about three chunks are in memory. Pass ``expected_size`` (the
+    plaintext size) to get ``.length`` for the upload and to fail, rather than
+    upload a wrong object, if the source turns out longer or shorter.
+
+    ``plaintext_sha256``, ``ciphertext_sha256``, ``plaintext_size`` and
+    ``ciphertext_size`` are available once the last byte has been read; before
+    that they raise, so a partial hash can never be recorded. ``src`` is not
+    closed.
+    """
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        dek: bytes,
+        aad: AssociatedData,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        expected_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._aead = AESGCM(_check_key(dek, "DEK"))
+        self._chunk_size = _check_chunk_size(chunk_size)
+        self.length = None if expected_size is None else ciphertext_length(expected_size, chunk_size)
+        self._expected_size = expected_size
+        header = Header(chunk_size, secrets.token_bytes(NONCE_PREFIX_SIZE))
+        self._header = header
+        self._ad = header.encode() + _check_aad(aad)
+        self._src = src
+        self._pt_hash = hashlib.sha256()
+        self._ct_hash = hashlib.sha256()
+        self._pt_size = 0
+        self._ct_size = 0
+        self._result: EncryptionResult | None = None
+        self._chunks = self._generate()
+
+    def _emit(self, data: bytes) -> bytes:
+        self._ct_hash.update(data)
+        self._ct_size += len(data)
+        return data
+
+    def _generate(self) -> Iterator[bytes]:
+        cs, expected = self._chunk_size, self._expected_size
+        yield self._emit(self._header.encode())
+        pending = _read_full(self._src, cs)
+        counter = 0
+        while True:
+            if len(pending) < cs:
+                nxt, last = b"", True
+            else:
+                nxt = _read_full(self._src, cs)
+                last = not nxt
+            self._pt_hash.update(pending)
+            self._pt_size += len(pending)
+            if expected is not None and (self._pt_size > expected or (last and self._pt_size != expected)):
+                raise IntegrityError(
+                    f"source size changed: expected {expected} plaintext bytes, "
+                    f"got {'more' if self._pt_size > expected else self._pt_size}"
+                )
+            if counter >= _MAX_CHUNKS:
+                raise ValueError("object too large for one stream (2^32 chunks)")
+            ct = self._emit(self._aead.encrypt(_nonce(self._header.nonce_prefix, counter, last), pending, self._ad))
+            if last:
+                self._result = EncryptionResult(
+                    self._pt_hash.hexdigest(), self._ct_hash.hexdigest(), self._pt_size, self._ct_size
+                )
+                yield ct
+                return
+            yield ct
+            counter += 1
+            pending = nxt
+
+    @property
+    def result(self) -> EncryptionResult:
+        if self._result is None:
+            raise RuntimeError("encryption not finished: read the stream to the end first")
+        return self._result
+
+    @property
+    def plaintext_sha256(self) -> str:
+        return self.result.plaintext_sha256
+
+    @property
+    def ciphertext_sha256(self) -> str:
+        return self.result.ciphertext_sha256
+
+    @property
+    def plaintext_size(self) -> int:
+        return self.result.plaintext_size
+
+    @property
+    def ciphertext_size(self) -> int:
+        return self.result.ciphertext_size
+
+
+class DecryptingReader(_ChunkReader):
+    """File-like whose ``read(n)`` yields the plaintext of ciphertext ``src``.
+
+    Only chunks whose GCM tag verified are ever returned. If
+    ``expected_sha256`` is given (the catalog's value), the plaintext hash is
+    checked *before* the final chunk is released, so a reader that reaches EOF
+    has received exactly the expected bytes. Any failure raises
+    ``IntegrityError``; what was read before it is an authenticated prefix and
+    must be discarded by the caller (``decrypt_to_path`` does that).
+    """
+
+    def __init__(
+        self, src: BinaryIO, dek: bytes, aad: AssociatedData, expected_sha256: str | None = None
+    ) -> None:
+        super().__init__()
+        self._aead = AESGCM(_check_key(dek, "DEK"))
+        self._aad = _check_aad(aad)
+        self._expected = None if expected_sha256 is None else _check_sha256_hex(expected_sha256, "expected_sha256")
+        self._src = src
+        self._pt_hash = hashlib.sha256()
+        self._pt_size = 0
+        self._done = False
+        self._chunks = self._generate()
+
+    def _generate(self) -> Iterator[bytes]:
+        raw = _read_full(self._src, HEADER_SIZE)
+        header = Header.parse(raw)
+        ad = raw + self._aad
+        block_len = header.chunk_size + TAG_SIZE
+        carry = b""
+        counter = 0
+        while True:
+            block = carry + _read_full(self._src, block_len - len(carry))
+            carry = b""
+            if len(block) < block_len:
+                last = True
+                if len(block) < TAG_SIZE:
+                    raise IntegrityError(f"ciphertext truncated: chunk {counter} is incomplete")
+            else:
+                carry = _read_full(self._src, 1)  # one byte of look-ahead decides "last"
+                last = not carry
+            try:
+                pt = self._aead.decrypt(_nonce(header.nonce_prefix, counter, last), block, ad)
+            except InvalidTag:
+                raise IntegrityError(
+                    f"chunk {counter} failed authentication: data tampered, reordered or truncated, "
+                    "or wrong key or associated data"
+                ) from None
+            self._pt_hash.update(pt)
+            self._pt_size += len(pt)
+            if last:
+                if self._expected is not None:
+                    verify_plaintext(self._expected, self._pt_hash.hexdigest())
+                self._done = True
+                if pt:
+                    yield pt
+                return
+            yield pt
+            counter += 1
+            if counter >= _MAX_CHUNKS:
+                raise IntegrityError("ciphertext has more chunks than the format allows")
+
+    @property
+    def plaintext_sha256(self) -> str:
+        if not self._done:
+            raise RuntimeError("decryption not finished: read the stream to the end first")
+        return self._pt_hash.hexdigest()
+
+    @property
+    def plaintext_size(self) -> int:
+        if not self._done:
+            raise RuntimeError("decryption not finished: read the stream to the end first")
+        return self._pt_size
+
+
+_COPY_BLOCK = 4 << 20
+
+
+def encrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    dek: bytes,
+    aad: AssociatedData,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    expected_size: int | None = None,
+) -> EncryptionResult:
+    """Encrypt ``src`` into ``dst`` (any object with ``write``) with bounded memory."""
+    reader = EncryptingReader(src, dek, aad, chunk_size, expected_size)
+    while data := reader.read(_COPY_BLOCK):
+        dst.write(data)
+    return reader.result
+
+
+def decrypt_stream(
+    src: BinaryIO, dst: BinaryIO, dek: bytes, aad: AssociatedData, expected_sha256: str | None = None
+) -> str:
+    """Decrypt ``src`` into ``dst``; returns the plaintext hex SHA-256.
+
+    On ``IntegrityError`` ``dst`` may already hold an authenticated prefix:
+    discard it. Use ``decrypt_to_path`` when the target is a file.
+    """
+    reader = DecryptingReader(src, dek, aad, expected_sha256)
+    while data := reader.read(_COPY_BLOCK):
+        dst.write(data)
+    return reader.plaintext_sha256
+
+
+def decrypt_to_path(
+    src: BinaryIO,
+    path: str | os.PathLike,
+    dek: bytes,
+    aad: AssociatedData,
+    expected_sha256: str | None = None,
+) -> str:
+    """Decrypt into a new 0600 file at ``path`` that appears only if everything verified.
+
+    Writes a temporary file beside ``path`` and renames it into place after
+    the last tag (and ``expected_sha256``) checked out; on any failure the
+    temporary file is removed and nothing is left at ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = decrypt_stream(src, out, dek, aad, expected_sha256)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def encrypt_bytes(data: bytes, dek: bytes, aad: AssociatedData, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
+    """Whole-buffer convenience for small objects; same format as the streaming API."""
+    return EncryptingReader(io.BytesIO(data), dek, aad, chunk_size, expected_size=len(data)).read()
+
+
+def decrypt_bytes(blob: bytes, dek: bytes, aad: AssociatedData, expected_sha256: str | None = None) -> bytes:
+    """Whole-buffer convenience for small objects; verifies exactly like ``DecryptingReader``."""
+    return DecryptingReader(io.BytesIO(blob), dek, aad, expected_sha256).read()
+
+
+def wrap_key(kek: bytes, dek: bytes) -> bytes:
+    """Wrap ``dek`` under ``kek`` with AES key wrap (RFC 3394); deterministic, 8 bytes longer."""
+    kek = _check_key(kek, "KEK")
+    if not isinstance(dek, (bytes, bytearray, memoryview)) or len(dek) < 16 or len(dek) % 8:
+        raise ValueError("key to wrap must be bytes, at least 16 long and a multiple of 8")
+    return keywrap.aes_key_wrap(kek, bytes(dek))
+
+
+def unwrap_key(kek: bytes, wrapped: bytes) -> bytes:
+    """Inverse of ``wrap_key``; ``IntegrityError`` if the KEK is wrong or ``wrapped`` was altered."""
+    kek = _check_key(kek, "KEK")
+    if not isinstance(wrapped, (bytes, bytearray, memoryview)) or len(wrapped) < 24 or len(wrapped) % 8:
+        raise IntegrityError("wrapped key is malformed (wrong length)")
+    try:
+        return keywrap.aes_key_unwrap(kek, bytes(wrapped))
+    except keywrap.InvalidUnwrap:
+        raise IntegrityError("key unwrap failed: wrong KEK or corrupted wrapped key") from None
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """AES-256-GCM for small secrets at rest: ``version(1) || nonce(12) || ciphertext || tag``.
+
+    The nonce is random, which is safe for far more than the number of times
+    any one key here seals something (the birthday bound is ~2^32 messages).
+    """
+    aead = AESGCM(_check_key(key, "sealing key"))
+    nonce = secrets.token_bytes(_SEAL_NONCE)
+    return _SEAL_VERSION + nonce + aead.encrypt(nonce, bytes(plaintext), _SEAL_VERSION + bytes(aad))
+
+
+def open_sealed(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
+    """Inverse of ``seal``; ``IntegrityError`` on a wrong key, wrong ``aad`` or any altered byte."""
+    aead = AESGCM(_check_key(key, "sealing key"))
+    blob = bytes(blob)
+    if len(blob) < 1 + _SEAL_NONCE + TAG_SIZE:
+        raise IntegrityError("sealed blob truncated")
+    if blob[:1] != _SEAL_VERSION:
+        raise IntegrityError("sealed blob has an unsupported format version")
+    try:
+        return aead.decrypt(blob[1:1 + _SEAL_NONCE], blob[1 + _SEAL_NONCE:], _SEAL_VERSION + bytes(aad))
+    except InvalidTag:
+        raise IntegrityError("sealed blob failed authentication: wrong key, wrong context or altered data") from None
