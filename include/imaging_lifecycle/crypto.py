@@ -319,19 +319,27 @@ class _ChunkReader(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if self.closed:
             raise ValueError("I/O operation on closed file")
+        if self._error is not None:
+            raise self._error
         if size is None or size < 0:
             parts = [self._buf[self._pos:]]
             self._buf, self._pos = b"", 0
             while self._next_chunk():
                 parts.append(self._buf)
-            self._buf = b""
+                self._buf = b""
             return b"".join(parts)
         parts = []
         need = size
         while need > 0:
             if self._pos >= len(self._buf):
-                if not self._next_chunk():
-                    break
+                self._buf, self._pos = b"", 0
+                try:
+                    if not self._next_chunk():
+                        break
+                except Exception:
+                    if parts:  # hand out what verified; the error comes with the next read
+                        break
+                    raise
                 continue
             avail = len(self._buf) - self._pos
             if self._pos == 0 and avail <= need:
