@@ -1,0 +1,532 @@
+"""Key-encryption keys (KEKs): kept apart from the data, per scope, versioned, destroyable.
+
+A scope is whatever a set of data keys should live and die with ("study:<keyed
+digest>", "grant:<uuid>"); this module treats scope ids as opaque strings.
+Each scope has one KEK lineage (``kek_id``) with numbered versions. Data keys
+(DEKs) are wrapped under the current version; the wrapped DEK and the
+``KekRef`` that wrapped it are stored in the catalog. Destroying a KEK (all
+versions) makes every object of its scope unreadable: crypto-shredding.
+
+Interface: KEK bytes never leave the store
+------------------------------------------
+``KeyStore`` offers ``wrap``/``unwrap``/``rewrap`` rather than ``get(kek) ->
+bytes``. That is what lets a remote KMS or HSM implement it unchanged, and it
+keeps the one local implementation the only code that ever holds a KEK:
+
+* HashiCorp Vault Transit: one transit key per ``kek_id``. ``create_kek`` ->
+  ``POST transit/keys/<kek_id>`` (plus a scope -> kek_id record in Vault KV or
+  the catalog); ``rotate`` -> ``POST transit/keys/<kek_id>/rotate``;
+  ``wrap`` -> ``transit/encrypt/<kek_id>`` with ``key_version``;
+  ``unwrap`` -> ``transit/decrypt``; ``rewrap`` -> ``transit/rewrap`` (the DEK
+  never leaves Vault); ``destroy(kek_id, v)`` -> raise
+  ``min_decryption_version`` past ``v`` and ``transit/keys/<kek_id>/trim``;
+  ``destroy(kek_id)`` -> ``deletion_allowed=true`` then ``DELETE``;
+  ``versions`` -> the key's ``keys`` map.
+* A cloud KMS (AWS KMS, GCP KMS, Azure Key Vault): ``wrap``/``unwrap`` are
+  Encrypt/Decrypt with the DEK as plaintext and ``kek_id`` as the key; GCP
+  and Azure have explicit versions, AWS rotates behind one key id and
+  destruction is ``ScheduleKeyDeletion`` (7-30 days delay: a retention policy
+  must allow for it). Per-study cloud keys cost money each, so a large site
+  would keep this module's per-scope KEKs and replace only the master key by
+  a KMS key (the sealed file then holds KEKs wrapped by the KMS).
+
+The embedded default: ``LocalKeyStore``
+---------------------------------------
+One file holding every KEK, the whole content sealed (AES-256-GCM) under a
+master key from ``IL_MASTER_KEY`` (base64 of 32 bytes) or the 0600 secret file
+``<state>/secrets/master.key``. Writes go to a temporary file, fsync, rename,
+fsync of the directory, all under ``fcntl.flock`` on a lock file, because the
+LocalExecutor runs several worker processes that create KEKs at once. Every
+mutation re-reads the file under the lock, so no update is lost. Reads take
+no file lock (rename is atomic) and reuse the decrypted state while the
+file's identity (inode, size, mtime and a random write id in its header) is
+unchanged, so wrapping and rewrapping cost no file parsing.
+``with store.transaction():`` groups many mutations into one write.
+
+Destroyed key material is removed from the file when the file is rewritten.
+Limits, stated plainly: an older copy of the file (a backup, or blocks the
+filesystem has not reused yet) still holds destroyed KEKs sealed under the
+same master key, and Python cannot wipe ``bytes`` from memory. For shredding
+that must also hold against those, rotate the master key after destroying
+(``rekey``) and do not back up the key store together with the data; in
+production use a KMS whose destruction is authoritative.
+
+Rotation, resumable and idempotent per DEK
+------------------------------------------
+1. ``new = store.rotate(scope)`` once; the DAG records ``new`` in its run
+   state (rotate is not idempotent, a rerun must reuse the recorded ref).
+   From then on ``wrap`` accepts only ``new``: no fresh DEK is wrapped under a
+   retiring version.
+2. For each catalog row ``(wrapped, old_ref)`` with ``old_ref.kek_id ==
+   new.kek_id`` and ``old_ref.version < new.version``:
+   ``w2 = store.rewrap(wrapped, old_ref, new)``, then in the catalog
+   ``UPDATE ... SET wrapped = w2, version = new.version WHERE id = ? AND
+   version = old_ref.version`` (compare-and-set). Data is never touched: the
+   ciphertext's associated data binds the DEK's id, not the KEK version.
+   A crash anywhere leaves each row either old (still readable, the old
+   version is alive) or new; rerunning picks up the old ones. AES key wrap is
+   deterministic, so rewrapping the same row twice yields the same bytes.
+3. Only when no row refers to the old version any more (checked again after
+   the longest in-flight ingest could have committed), ``destroy(kek_id,
+   old_version)``.
+``rewrap`` only reads the key store, so 100k rewraps never rewrite the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from imaging_lifecycle import crypto
+from imaging_lifecycle.crypto import CryptoError, KeyUnavailable
+from imaging_lifecycle.secretfiles import load_or_create_secret
+from imaging_lifecycle.settings import Settings, load_settings
+
+__all__ = [
+    "KekRef",
+    "KeyStore",
+    "LocalKeyStore",
+    "KeyStoreError",
+    "KeyStoreUnreadable",
+    "KeyUnavailable",
+    "KeyNotFound",
+    "KeyDestroyed",
+    "StaleKeyVersion",
+    "load_master_key",
+    "open_default_keystore",
+]
+
+MASTER_KEY_ENV = "IL_MASTER_KEY"
+KEYSTORE_PATH_ENV = "IL_KEYSTORE_PATH"
+#: File layout: MAGIC || write id (16 random bytes) || crypto.seal(master, json, aad=MAGIC || write id)
+FILE_MAGIC = b"\x89ILKEYS\x01"
+_WRITE_ID_SIZE = 16
+_PREFIX_SIZE = len(FILE_MAGIC) + _WRITE_ID_SIZE
+_STATE_FORMAT = 1
+_MAX_SCOPE_ID = 512
+
+
+class KeyStoreError(CryptoError):
+    """The key store cannot do what was asked (bad file, bad argument, refused operation)."""
+
+
+class KeyStoreUnreadable(KeyStoreError):
+    """The key store file cannot be opened: wrong master key, corruption, or not a key store."""
+
+
+class KeyNotFound(KeyUnavailable):
+    """No KEK (or no such version) with that id or scope."""
+
+
+class KeyDestroyed(KeyUnavailable):
+    """The KEK version was destroyed (crypto-shredded); what it wrapped is gone for good."""
+
+
+class StaleKeyVersion(KeyUnavailable):
+    """``wrap`` was given a version that is no longer current; fetch ``current(scope)`` again."""
+
+
+@dataclass(frozen=True, order=True)
+class KekRef:
+    """Which KEK version wrapped a DEK; the catalog stores it beside the wrapped DEK."""
+
+    kek_id: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.kek_id}@v{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> KekRef:
+        """Inverse of ``str(ref)``, for a single catalog column."""
+        kek_id, sep, version = text.rpartition("@v") if isinstance(text, str) else ("", "", "")
+        if not sep or not kek_id or not version.isdigit():
+            raise ValueError("not a KEK reference (expected '<kek_id>@v<version>')")
+        return cls(kek_id, int(version))
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """What the pipeline needs from a key store; implementable by a remote KMS."""
+
+    def create_kek(self, scope_id: str) -> KekRef:
+        """The scope's current KEK, created on first call (idempotent)."""
+
+    def current(self, scope_id: str) -> KekRef | None:
+        """The scope's current KEK version, or None if it has none (or was shredded)."""
+
+    def rotate(self, scope_id: str) -> KekRef:
+        """Make a new version current; older versions stay usable until destroyed."""
+
+    def destroy(self, kek_id: str, version: int | None = None) -> None:
+        """Destroy one version (not the current one alone) or, with None, all of them."""
+
+    def versions(self, kek_id: str) -> list[KekRef]:
+        """Every version ever made, destroyed ones included, oldest first."""
+
+    def is_destroyed(self, kek_id: str, version: int | None = None) -> bool:
+        """Whether that version (with None: every version) is destroyed."""
+
+    def wrap(self, ref: KekRef, dek: bytes) -> bytes:
+        """Wrap a DEK under ``ref``, which must be its KEK's current version."""
+
+    def unwrap(self, ref: KekRef, wrapped: bytes) -> bytes:
+        """The DEK inside ``wrapped``; ``KeyDestroyed`` if ``ref`` was destroyed."""
+
+    def rewrap(self, wrapped: bytes, old_ref: KekRef, new_ref: KekRef) -> bytes:
+        """Move a wrapped DEK from ``old_ref`` to ``new_ref`` (current) without exposing it."""
+
+
+def _check_scope(scope_id: object) -> str:
+    if not isinstance(scope_id, str) or not scope_id or len(scope_id) > _MAX_SCOPE_ID:
+        raise ValueError(f"scope_id must be a non-empty str of at most {_MAX_SCOPE_ID} characters")
+    return scope_id
+
+
+def _check_ref(ref: object) -> KekRef:
+    if not isinstance(ref, KekRef):
+        raise TypeError(f"expected a KekRef, not {type(ref).__name__}")
+    return ref
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _empty_state() -> dict:
+    return {"format": _STATE_FORMAT, "scopes": {}, "keks": {}}
+
+
+def _decode_file(blob: bytes, master_key: bytes, path: Path) -> tuple[bytes, dict]:
+    """(write id, state) of a key store file's bytes."""
+    if len(blob) < _PREFIX_SIZE or blob[: len(FILE_MAGIC)] != FILE_MAGIC:
+        raise KeyStoreUnreadable(f"{path} is not an imaging-lifecycle key store (bad magic)")
+    prefix = blob[:_PREFIX_SIZE]
+    try:
+        raw = crypto.open_sealed(master_key, blob[_PREFIX_SIZE:], aad=prefix)
+    except crypto.IntegrityError:
+        raise KeyStoreUnreadable(
+            f"cannot open key store {path}: wrong master key ({MASTER_KEY_ENV} or secrets/master.key) "
+            "or the file is corrupted"
+        ) from None
+    state = json.loads(raw)
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise KeyStoreUnreadable(f"key store {path} has an unsupported format")
+    return prefix[len(FILE_MAGIC):], state
+
+
+def _read_file_state(path: Path, master_key: bytes) -> dict:
+    """The decrypted content of a key store file (for tests and offline inspection)."""
+    return _decode_file(Path(path).read_bytes(), master_key, Path(path))[1]
+
+
+class LocalKeyStore:
+    """``KeyStore`` in one sealed 0600 file, safe for several processes at once.
+
+    ``transaction()`` holds the inter-process lock and writes once at the end;
+    every mutating method opens its own transaction when none is active.
+    """
+
+    def __init__(self, path: str | os.PathLike, master_key: bytes) -> None:
+        self.path = Path(path)
+        self._master = crypto._check_key(master_key, "master key")
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._tlock = threading.RLock()
+        self._cache: tuple[tuple, dict] | None = None  # (file signature, state)
+        self._txn: dict | None = None
+        self._dirty = False
+        #: Number of times this instance rewrote the file (observability, tests).
+        self.write_count = 0
+
+    def __repr__(self) -> str:
+        return f"LocalKeyStore({str(self.path)!r})"
+
+    # -- file I/O ---------------------------------------------------------
+
+    def _load(self) -> dict:
+        """Current committed state, from cache while the file is unchanged."""
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            self._cache = None
+            return _empty_state()
+        with fh:
+            st = os.fstat(fh.fileno())
+            if st.st_mode & 0o077:
+                raise KeyStoreError(
+                    f"key store {self.path} is accessible by others (mode {st.st_mode & 0o777:o}); expected 0600"
+                )
+            prefix = fh.read(_PREFIX_SIZE)
+            sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, prefix)
+            if self._cache is not None and self._cache[0] == sig:
+                return self._cache[1]
+            blob = prefix + fh.read()
+        _, state = _decode_file(blob, self._master, self.path)
+        self._cache = (sig, state)
+        return state
+
+    def _write(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prefix = FILE_MAGIC + os.urandom(_WRITE_ID_SIZE)
+        blob = prefix + crypto.seal(self._master, json.dumps(state, separators=(",", ":")).encode(), aad=prefix)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        st = os.stat(self.path)
+        self._cache = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, prefix), state)
+        self.write_count += 1
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group mutations: one exclusive lock, one re-read, one write (if anything changed).
+
+        An exception inside discards every change made in the block.
+        """
+        with self._tlock:
+            if self._txn is not None:  # nested: join the outer transaction
+                yield
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                self._txn = self._load()
+                self._dirty = False
+                try:
+                    yield
+                    if self._dirty:
+                        self._write(self._txn)
+                except BaseException:
+                    self._cache = None  # the cached dict may hold uncommitted changes
+                    raise
+                finally:
+                    self._txn = None
+                    self._dirty = False
+            finally:
+                os.close(lock_fd)  # releases the flock
+
+    @contextlib.contextmanager
+    def _mutate(self) -> Iterator[dict]:
+        with self.transaction():
+            yield self._txn  # type: ignore[misc]
+            self._dirty = True
+
+    def _state(self) -> dict:
+        return self._txn if self._txn is not None else self._load()
+
+    # -- lookups ----------------------------------------------------------
+
+    @staticmethod
+    def _kek(state: dict, kek_id: str) -> dict:
+        try:
+            return state["keks"][kek_id]
+        except (KeyError, TypeError):
+            raise KeyNotFound(f"no KEK {kek_id!r} in the key store") from None
+
+    @staticmethod
+    def _all_destroyed(kek: dict) -> bool:
+        return all(v["key"] is None for v in kek["versions"].values())
+
+    def _key_bytes(self, state: dict, ref: KekRef) -> bytes:
+        kek = self._kek(state, ref.kek_id)
+        entry = kek["versions"].get(str(ref.version))
+        if entry is None:
+            raise KeyNotFound(f"KEK {ref} does not exist")
+        if entry["key"] is None:
+            raise KeyDestroyed(f"KEK {ref} was destroyed; data it protected cannot be decrypted")
+        return base64.b64decode(entry["key"])
+
+    def _current_key(self, state: dict, ref: KekRef) -> bytes:
+        key = self._key_bytes(state, ref)
+        if state["keks"][ref.kek_id]["current"] != ref.version:
+            raise StaleKeyVersion(f"KEK {ref} is no longer current; new keys are wrapped under the current version")
+        return key
+
+    # -- KeyStore ---------------------------------------------------------
+
+    def current(self, scope_id: str) -> KekRef | None:
+        _check_scope(scope_id)
+        with self._tlock:
+            state = self._state()
+            kek_id = state["scopes"].get(scope_id)
+            if kek_id is None:
+                return None
+            kek = state["keks"][kek_id]
+            if self._all_destroyed(kek):
+                return None
+            return KekRef(kek_id, kek["current"])
+
+    def _existing(self, state: dict, scope_id: str) -> KekRef | None:
+        kek_id = state["scopes"].get(scope_id)
+        if kek_id is None:
+            return None
+        kek = state["keks"][kek_id]
+        if self._all_destroyed(kek):
+            raise KeyDestroyed("the scope's KEK was destroyed (crypto-shredded); it gets no new key")
+        return KekRef(kek_id, kek["current"])
+
+    def create_kek(self, scope_id: str) -> KekRef:
+        _check_scope(scope_id)
+        with self._tlock:
+            if self._txn is None and (ref := self._existing(self._load(), scope_id)) is not None:
+                return ref  # the common case: no lock, no write
+            with self.transaction():  # re-check under the lock: another process may have won
+                state = self._txn
+                if (ref := self._existing(state, scope_id)) is not None:
+                    return ref
+                kek_id = f"kek-{uuid.uuid4().hex}"
+                state["scopes"][scope_id] = kek_id
+                state["keks"][kek_id] = {"scope": scope_id, "current": 1, "versions": {"1": self._new_version()}}
+                self._dirty = True
+                return KekRef(kek_id, 1)
+
+    @staticmethod
+    def _new_version() -> dict:
+        return {"key": base64.b64encode(crypto.generate_key()).decode(), "created": _now(), "destroyed": None}
+
+    def rotate(self, scope_id: str) -> KekRef:
+        _check_scope(scope_id)
+        with self._mutate() as state:
+            kek_id = state["scopes"].get(scope_id)
+            if kek_id is None:
+                raise KeyNotFound("the scope has no KEK to rotate; call create_kek first")
+            kek = state["keks"][kek_id]
+            if self._all_destroyed(kek):
+                raise KeyDestroyed("the scope's KEK was destroyed (crypto-shredded); it cannot be rotated")
+            version = max(int(v) for v in kek["versions"]) + 1
+            kek["versions"][str(version)] = self._new_version()
+            kek["current"] = version
+            return KekRef(kek_id, version)
+
+    def destroy(self, kek_id: str, version: int | None = None) -> None:
+        with self._mutate() as state:
+            kek = self._kek(state, kek_id)
+            if version is None:
+                targets = list(kek["versions"].values())
+            else:
+                entry = kek["versions"].get(str(version))
+                if entry is None:
+                    raise KeyNotFound(f"KEK {KekRef(kek_id, version)} does not exist")
+                if version == kek["current"] and not self._all_destroyed(kek):
+                    raise KeyStoreError(
+                        f"refusing to destroy {KekRef(kek_id, version)}: it is the current version; "
+                        "rotate first, or destroy the whole KEK"
+                    )
+                targets = [entry]
+            for entry in targets:
+                if entry["key"] is not None:
+                    entry["key"] = None
+                    entry["destroyed"] = _now()
+
+    def versions(self, kek_id: str) -> list[KekRef]:
+        with self._tlock:
+            kek = self._kek(self._state(), kek_id)
+            return [KekRef(kek_id, v) for v in sorted(int(v) for v in kek["versions"])]
+
+    def is_destroyed(self, kek_id: str, version: int | None = None) -> bool:
+        with self._tlock:
+            kek = self._kek(self._state(), kek_id)
+            if version is None:
+                return self._all_destroyed(kek)
+            entry = kek["versions"].get(str(version))
+            if entry is None:
+                raise KeyNotFound(f"KEK {KekRef(kek_id, version)} does not exist")
+            return entry["key"] is None
+
+    def wrap(self, ref: KekRef, dek: bytes) -> bytes:
+        _check_ref(ref)
+        with self._tlock:
+            kek = self._current_key(self._state(), ref)
+        return crypto.wrap_key(kek, dek)
+
+    def unwrap(self, ref: KekRef, wrapped: bytes) -> bytes:
+        _check_ref(ref)
+        with self._tlock:
+            kek = self._key_bytes(self._state(), ref)
+        return crypto.unwrap_key(kek, wrapped)
+
+    def rewrap(self, wrapped: bytes, old_ref: KekRef, new_ref: KekRef) -> bytes:
+        _check_ref(old_ref)
+        _check_ref(new_ref)
+        with self._tlock:
+            state = self._state()
+            old = self._key_bytes(state, old_ref)
+            new = self._current_key(state, new_ref)
+        if old_ref == new_ref:
+            crypto.unwrap_key(old, wrapped)  # still prove it is valid under that KEK
+            return bytes(wrapped)
+        return crypto.wrap_key(new, crypto.unwrap_key(old, wrapped))
+
+    # -- local extras -----------------------------------------------------
+
+    def scope_of(self, kek_id: str) -> str:
+        """The scope a KEK belongs to (for the rotation DAG and audit lines)."""
+        with self._tlock:
+            return self._kek(self._state(), kek_id)["scope"]
+
+    def rekey(self, new_master_key: bytes) -> None:
+        """Re-seal the whole file under a new master key (after shredding, or on compromise).
+
+        The caller must then store the new master key where ``load_master_key``
+        finds it; until then the store cannot be opened.
+        """
+        new_master = crypto._check_key(new_master_key, "master key")
+        with self._tlock:
+            if self._txn is not None:
+                raise KeyStoreError("rekey cannot run inside a transaction")
+            old = self._master
+            try:
+                with self.transaction():
+                    self._master = new_master
+                    self._dirty = True
+            except BaseException:
+                self._master = old
+                raise
+
+def load_master_key(settings: Settings | None = None) -> bytes:
+    """The key store's master key: ``IL_MASTER_KEY`` (base64, 32 bytes) or the 0600 secret file."""
+    env = os.environ.get(MASTER_KEY_ENV)
+    if env:
+        try:
+            key = base64.b64decode(env, validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyStoreError(f"{MASTER_KEY_ENV} is not valid base64") from None
+        if len(key) != crypto.KEY_SIZE:
+            raise KeyStoreError(f"{MASTER_KEY_ENV} must decode to {crypto.KEY_SIZE} bytes, got {len(key)}")
+        return key
+    return load_or_create_secret("master", crypto.KEY_SIZE, settings)
+
+
+def open_default_keystore(settings: Settings | None = None) -> LocalKeyStore:
+    """The embedded key store: ``IL_KEYSTORE_PATH`` or ``<state>/secrets/keystore.sealed``."""
+    settings = settings or load_settings()
+    path = os.environ.get(KEYSTORE_PATH_ENV) or settings.secrets_dir / "keystore.sealed"
+    return LocalKeyStore(path, load_master_key(settings))
