@@ -1,0 +1,140 @@
+"""The only way plaintext goes into or comes out of a bucket: encrypted on the way in, verified on the way out.
+
+:meth:`Vault.put` encrypts a file under a fresh data key (DEK) with the
+object's associated data, wraps the DEK under the KEK of the object's key
+scope, uploads the ciphertext as a stream, then reads it back and decrypts it
+to check the plaintext hash before reporting success. Only then may a caller
+treat the content as durably stored (and, for ingest, remove the local file).
+
+The wrapped DEK is *not* stored with the data: the caller records it in the
+catalog (:class:`Sealed` is exactly what to record). Destroying that record
+or the KEK makes the ciphertext unreadable everywhere, backups included.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from imaging_lifecycle import crypto
+from imaging_lifecycle.crypto import AssociatedData, DecryptingReader, EncryptingReader
+from imaging_lifecycle.keystore import KekRef, KeyStore
+from imaging_lifecycle.storage import ObjectStore
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One encrypted copy, as the catalog records it."""
+
+    zone: str
+    bucket: str
+    key: str
+    version_id: str | None
+    dek_id: str
+    kek_ref: str
+    wrapped_dek: bytes
+    tier: int
+    plaintext_sha256: str
+    ciphertext_sha256: str
+    size: int
+    ciphertext_size: int
+
+    def aad(self, catalog_id: str) -> AssociatedData:
+        return AssociatedData(catalog_id, self.zone, self.tier, self.dek_id)
+
+
+class Vault:
+    def __init__(self, store: ObjectStore, keystore: KeyStore, *, chunk_size: int = crypto.DEFAULT_CHUNK_SIZE):
+        self.store = store
+        self.keystore = keystore
+        self.chunk_size = chunk_size
+
+    def kek_for(self, scope_id: str) -> KekRef:
+        return self.keystore.current(scope_id) or self.keystore.create_kek(scope_id)
+
+    def put(
+        self,
+        src: Path | BinaryIO,
+        *,
+        catalog_id: str,
+        zone: str,
+        tier: int,
+        scope_id: str,
+        key: str,
+        size: int | None = None,
+        retain_until: dt.datetime | None = None,
+        verify: bool = True,
+    ) -> Sealed:
+        """Encrypt ``src`` into ``zone``/``key``; with ``verify`` read it back and check it."""
+        dek, dek_id = crypto.generate_key(), crypto.new_key_id()
+        kek = self.kek_for(scope_id)
+        wrapped = self.keystore.wrap(kek, dek)
+        aad = AssociatedData(catalog_id, zone, tier, dek_id)
+        fh = open(src, "rb") if isinstance(src, Path) else src
+        try:
+            if size is None:
+                size = os.fstat(fh.fileno()).st_size
+            reader = EncryptingReader(fh, dek, aad, self.chunk_size, expected_size=size)
+            put = self.store.put(zone, key, reader, reader.length, retain_until=retain_until)
+            result = reader.result
+        finally:
+            if isinstance(src, Path):
+                fh.close()
+        sealed = Sealed(
+            zone, put.bucket, key, put.version_id, dek_id, str(kek), wrapped, tier,
+            result.plaintext_sha256, result.ciphertext_sha256, result.plaintext_size, result.ciphertext_size,
+        )
+        if verify:
+            self.verify(sealed, catalog_id, dek=dek)
+        return sealed
+
+    def dek(self, sealed: Sealed) -> bytes:
+        """Unwrap the object's DEK (raises KeyUnavailable once its key was destroyed)."""
+        return self.keystore.unwrap(KekRef.parse(sealed.kek_ref), sealed.wrapped_dek)
+
+    def open(self, sealed: Sealed, catalog_id: str, *, dek: bytes | None = None) -> DecryptingReader:
+        """A plaintext reader that checks every GCM tag and, at the end, the recorded SHA-256."""
+        resp = self.store.open(sealed.zone, sealed.key, sealed.version_id)
+        return _Closing(
+            DecryptingReader(resp, dek or self.dek(sealed), sealed.aad(catalog_id), sealed.plaintext_sha256), resp
+        )
+
+    def verify(self, sealed: Sealed, catalog_id: str, *, dek: bytes | None = None) -> None:
+        """Download, authenticate and hash the whole object; raises IntegrityError on any mismatch."""
+        with self.open(sealed, catalog_id, dek=dek) as reader:
+            while reader.read(4 << 20):
+                pass
+
+    def restore_to(self, sealed: Sealed, catalog_id: str, path: Path) -> str:
+        """Decrypt into a new 0600 file that appears only if everything verified."""
+        resp = self.store.open(sealed.zone, sealed.key, sealed.version_id)
+        try:
+            return crypto.decrypt_to_path(resp, path, self.dek(sealed), sealed.aad(catalog_id), sealed.plaintext_sha256)
+        finally:
+            resp.close()
+
+
+class _Closing:
+    """A DecryptingReader that also closes the HTTP response under it."""
+
+    def __init__(self, reader: DecryptingReader, resp):
+        self._reader, self._resp = reader, resp
+
+    def read(self, n: int = -1) -> bytes:
+        return self._reader.read(n)
+
+    @property
+    def plaintext_sha256(self) -> str:
+        return self._reader.plaintext_sha256
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
