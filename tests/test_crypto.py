@@ -166,6 +166,50 @@ def test_short_reads_from_source_are_handled(dek, aad):
     assert out.getvalue() == data
 
 
+@pytest.mark.parametrize("hint_delta", [0, -1, -500, +1, +5000, None], ids=["exact", "1-short", "much-short", "1-long", "much-long", "none"])
+@pytest.mark.parametrize("size", [0, 700, CS, 3 * CS + 5])
+def test_length_hint_only_sizes_buffers(size, hint_delta, dek, aad):
+    """A wrong ciphertext-size hint must never change the outcome, only the buffer sizes."""
+    data = os.urandom(size)
+    blob = encrypt_bytes(data, dek, aad, CS)
+    hint = None if hint_delta is None else len(blob) + hint_delta
+    out = io.BytesIO()
+    DecryptingReader(io.BytesIO(blob), dek, aad, sha(data), length_hint=hint).copy_to(out)
+    assert out.getvalue() == data
+    with pytest.raises(IntegrityError):
+        DecryptingReader(io.BytesIO(blob[:-1]), dek, aad, length_hint=hint).read()
+    with pytest.raises(IntegrityError):
+        DecryptingReader(io.BytesIO(blob + b"x"), dek, aad, length_hint=hint).read()
+
+
+def test_copy_to_accepts_writers_that_return_nothing(dek, aad):
+    class Sink:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, b):
+            self.parts.append(bytes(b))  # copies, as a writer must
+
+    data = os.urandom(5 * CS)
+    sink = Sink()
+    result = encrypt_stream(io.BytesIO(data), sink, dek, aad, CS)
+    blob = b"".join(sink.parts)
+    assert result.ciphertext_sha256 == sha(blob)
+    assert decrypt_bytes(blob, dek, aad, result.plaintext_sha256) == data
+
+
+def test_bounded_read_returns_verified_bytes_before_raising(sample, dek, aad):
+    data, blob = sample
+    bad = flip(blob, chunk_span(1)[0] + 3)
+    reader = DecryptingReader(io.BytesIO(bad), dek, aad)
+    first = reader.read(CS + 500)  # asks past the bad chunk: gets the good chunk only
+    assert first == data[:CS]
+    with pytest.raises(IntegrityError, match="chunk 1"):
+        reader.read(10)
+    with pytest.raises(IntegrityError):  # whole reads never return a partial object
+        DecryptingReader(io.BytesIO(bad), dek, aad).read()
+
+
 def test_fresh_nonce_prefix_per_object(dek, aad):
     data = b"same plaintext" * 100
     a, b = encrypt_bytes(data, dek, aad, CS), encrypt_bytes(data, dek, aad, CS)
@@ -185,9 +229,11 @@ def test_results_unavailable_until_finished(dek, aad):
         dec.plaintext_sha256
 
 
-@pytest.mark.parametrize("actual", [CS - 1, CS + 1, 0])
-def test_source_size_changed_during_upload_is_refused(actual, dek, aad):
-    reader = EncryptingReader(io.BytesIO(os.urandom(actual)), dek, aad, CS, expected_size=CS)
+@pytest.mark.parametrize(
+    "expected,actual", [(CS, CS - 1), (CS, CS + 1), (CS, 0), (100, 99), (100, 101), (0, 1), (3 * CS, 3 * CS + 1)]
+)
+def test_source_size_changed_during_upload_is_refused(expected, actual, dek, aad):
+    reader = EncryptingReader(io.BytesIO(os.urandom(actual)), dek, aad, CS, expected_size=expected)
     with pytest.raises(IntegrityError, match="source size changed"):
         reader.read()
     with pytest.raises(IntegrityError):  # and stays failed: never a silent EOF

@@ -226,24 +226,6 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + struct.pack(">IB", counter, 1 if last else 0)
 
 
-def _read_full(src: BinaryIO, n: int) -> bytes:
-    """Read exactly ``n`` bytes unless EOF comes first (raw streams may return short reads)."""
-    data = src.read(n)
-    if data is None:
-        raise IOError("source is in non-blocking mode and has no data")
-    if len(data) == n or not data:
-        return bytes(data)
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = src.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
 def _check_sha256_hex(value: object, what: str) -> str:
     if not isinstance(value, str) or len(value) != 64:
         raise ValueError(f"{what} must be a 64-character hex SHA-256")
@@ -282,17 +264,56 @@ class EncryptionResult:
     ciphertext_size: int
 
 
-class _ChunkReader(io.RawIOBase):
-    """A read-only file-like over a generator of byte chunks.
+class _Source:
+    """Fills caller buffers from a binary source, through ``readinto`` when it has one.
 
+    Reading into reused buffers instead of allocating a fresh ``bytes`` per
+    chunk roughly halves the cost of a stream: large fresh allocations cost
+    page faults, copies into warm buffers do not.
+    """
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._readinto = getattr(src, "readinto", None)
+
+    def fill(self, view: memoryview) -> int:
+        """Fill ``view`` completely unless EOF comes first; returns the byte count."""
+        got, total = 0, len(view)
+        while got < total:
+            n = None
+            if self._readinto is not None:
+                try:
+                    n = self._readinto(view[got:])
+                except (NotImplementedError, io.UnsupportedOperation):
+                    self._readinto = None  # a read()-only stream; fall back below
+            if self._readinto is None:
+                data = self._src.read(total - got)
+                n = None if data is None else len(data)
+                if n:
+                    view[got:got + n] = data
+            if n is None:
+                raise OSError("source is in non-blocking mode and has no data")
+            if n == 0:
+                break
+            got += n
+        return got
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file-like over a generator of byte chunks (views into reused buffers).
+
+    A view is valid only until the next chunk is produced, so ``read`` copies
+    out of it and ``readinto`` copies straight into the caller's buffer.
     Once the generator fails, every later read re-raises the same error, so a
     caller that swallows one exception can never mistake the stop for EOF.
+    Bytes gathered before a failure are returned first; the error comes with
+    the next read.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._chunks: Iterator[bytes] = iter(())
-        self._buf = b""
+        self._chunks: Iterator[memoryview | bytes] = iter(())
+        self._buf: memoryview | bytes = b""
         self._pos = 0
         self._error: BaseException | None = None
         self._exhausted = False
@@ -316,60 +337,71 @@ class _ChunkReader(io.RawIOBase):
         self._buf, self._pos = chunk, 0
         return True
 
-    def read(self, size: int | None = -1) -> bytes:
+    def _pieces(self, size: int) -> Iterator[memoryview | bytes]:
+        """Up to ``size`` bytes (all if negative) as views; each valid until the next is taken."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
         if self._error is not None:
             raise self._error
-        if size is None or size < 0:
-            parts = [self._buf[self._pos:]]
-            self._buf, self._pos = b"", 0
-            while self._next_chunk():
-                parts.append(self._buf)
-                self._buf = b""
-            return b"".join(parts)
-        parts = []
-        need = size
-        while need > 0:
+        need = size if size >= 0 else -1
+        first = True
+        while need:
             if self._pos >= len(self._buf):
                 self._buf, self._pos = b"", 0
                 try:
                     if not self._next_chunk():
-                        break
+                        return
                 except Exception:
-                    if parts:  # hand out what verified; the error comes with the next read
-                        break
+                    if size >= 0 and not first:
+                        return  # a bounded read hands out what verified; the error comes next read
                     raise
                 continue
-            avail = len(self._buf) - self._pos
-            if self._pos == 0 and avail <= need:
-                parts.append(self._buf)  # whole chunk: no copy
-                self._pos = avail
-                need -= avail
-            else:
-                take = min(need, avail)
-                parts.append(self._buf[self._pos:self._pos + take])
-                self._pos += take
-                need -= take
-        return b"".join(parts)
+            end = len(self._buf) if need < 0 else min(len(self._buf), self._pos + need)
+            piece = self._buf[self._pos:end]
+            if need > 0:
+                need -= end - self._pos
+            self._pos = end
+            first = False
+            yield piece
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - any writable buffer
-        data = self.read(len(b))
-        n = len(data)
-        memoryview(b).cast("B")[:n] = data
-        return n
+    def read(self, size: int | None = -1) -> bytes:
+        parts = [bytes(p) for p in self._pieces(-1 if size is None else size)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readall(self) -> bytes:
         return self.read(-1)
+
+    def readinto(self, b) -> int:  # noqa: ANN001 - any writable buffer
+        out = memoryview(b).cast("B")
+        n = 0
+        for piece in self._pieces(len(out)):
+            out[n:n + len(piece)] = piece
+            n += len(piece)
+        return n
+
+    def copy_to(self, dst) -> None:  # noqa: ANN001 - anything with write()
+        """Write the rest of the stream to ``dst`` with no intermediate copies.
+
+        ``dst.write`` receives views into reused buffers; like any
+        ``RawIOBase.write`` it must not keep them after returning.
+        """
+        for piece in self._pieces(-1):
+            view = memoryview(piece)
+            while view:
+                written = dst.write(view)
+                if written is None:  # some writers return nothing: they took it all
+                    break
+                view = view[written:]
 
 
 class EncryptingReader(_ChunkReader):
     """File-like whose ``read(n)`` yields the ciphertext of ``src``: hand it to an S3 upload.
 
-    ``src`` is read one chunk ahead (to know which chunk is the last), so at
-    most about three chunks are in memory. Pass ``expected_size`` (the
-    plaintext size) to get ``.length`` for the upload and to fail, rather than
-    upload a wrong object, if the source turns out longer or shorter.
+    ``src`` is read one chunk ahead (to know which chunk is the last) into
+    two reused buffers, so memory stays at about three chunks whatever the
+    size. Pass ``expected_size`` (the plaintext size) to get ``.length`` for
+    the upload and to fail, rather than upload a wrong object, if the source
+    turns out longer or shorter.
 
     ``plaintext_sha256``, ``ciphertext_sha256``, ``plaintext_size`` and
     ``ciphertext_size`` are available once the last byte has been read; before
@@ -393,7 +425,7 @@ class EncryptingReader(_ChunkReader):
         header = Header(chunk_size, secrets.token_bytes(NONCE_PREFIX_SIZE))
         self._header = header
         self._ad = header.encode() + _check_aad(aad)
-        self._src = src
+        self._src = _Source(src)
         self._pt_hash = hashlib.sha256()
         self._ct_hash = hashlib.sha256()
         self._pt_size = 0
@@ -401,24 +433,31 @@ class EncryptingReader(_ChunkReader):
         self._result: EncryptionResult | None = None
         self._chunks = self._generate()
 
-    def _emit(self, data: bytes) -> bytes:
-        self._ct_hash.update(data)
-        self._ct_size += len(data)
-        return data
-
-    def _generate(self) -> Iterator[bytes]:
-        cs, expected = self._chunk_size, self._expected_size
-        yield self._emit(self._header.encode())
-        pending = _read_full(self._src, cs)
+    def _generate(self) -> Iterator[memoryview | bytes]:
+        cs, expected, prefix = self._chunk_size, self._expected_size, self._header.nonce_prefix
+        header = self._header.encode()
+        self._ct_hash.update(header)
+        self._ct_size += len(header)
+        yield header
+        # A known small object needs buffers only its size (+1 byte to notice a
+        # longer source): large fresh buffers per object cost page faults.
+        size = cs if expected is None else min(cs, expected + 1)
+        inputs = [memoryview(bytearray(size)), None]
+        out = memoryview(bytearray(size + TAG_SIZE))
+        cur = 0
+        n = self._src.fill(inputs[cur])
         counter = 0
         while True:
-            if len(pending) < cs:
-                nxt, last = b"", True
+            if n < cs:
+                n_next, last = 0, True
             else:
-                nxt = _read_full(self._src, cs)
-                last = not nxt
-            self._pt_hash.update(pending)
-            self._pt_size += len(pending)
+                if inputs[1 - cur] is None:
+                    inputs[1 - cur] = memoryview(bytearray(cs))
+                n_next = self._src.fill(inputs[1 - cur])
+                last = n_next == 0
+            pt = inputs[cur][:n]
+            self._pt_hash.update(pt)
+            self._pt_size += n
             if expected is not None and (self._pt_size > expected or (last and self._pt_size != expected)):
                 raise IntegrityError(
                     f"source size changed: expected {expected} plaintext bytes, "
@@ -426,7 +465,10 @@ class EncryptingReader(_ChunkReader):
                 )
             if counter >= _MAX_CHUNKS:
                 raise ValueError("object too large for one stream (2^32 chunks)")
-            ct = self._emit(self._aead.encrypt(_nonce(self._header.nonce_prefix, counter, last), pending, self._ad))
+            ct = out[:n + TAG_SIZE]
+            self._aead.encrypt_into(_nonce(prefix, counter, last), pt, self._ad, ct)
+            self._ct_hash.update(ct)
+            self._ct_size += len(ct)
             if last:
                 self._result = EncryptionResult(
                     self._pt_hash.hexdigest(), self._ct_hash.hexdigest(), self._pt_size, self._ct_size
@@ -435,7 +477,7 @@ class EncryptingReader(_ChunkReader):
                 return
             yield ct
             counter += 1
-            pending = nxt
+            cur, n = 1 - cur, n_next
 
     @property
     def result(self) -> EncryptionResult:
@@ -472,38 +514,60 @@ class DecryptingReader(_ChunkReader):
     """
 
     def __init__(
-        self, src: BinaryIO, dek: bytes, aad: AssociatedData, expected_sha256: str | None = None
+        self,
+        src: BinaryIO,
+        dek: bytes,
+        aad: AssociatedData,
+        expected_sha256: str | None = None,
+        length_hint: int | None = None,
     ) -> None:
         super().__init__()
         self._aead = AESGCM(_check_key(dek, "DEK"))
         self._aad = _check_aad(aad)
+        self._length_hint = length_hint  # the ciphertext size if known; only sizes buffers
         self._expected = None if expected_sha256 is None else _check_sha256_hex(expected_sha256, "expected_sha256")
-        self._src = src
+        self._src = _Source(src)
         self._pt_hash = hashlib.sha256()
         self._pt_size = 0
         self._done = False
         self._chunks = self._generate()
 
-    def _generate(self) -> Iterator[bytes]:
-        raw = _read_full(self._src, HEADER_SIZE)
-        header = Header.parse(raw)
-        ad = raw + self._aad
+    def _generate(self) -> Iterator[memoryview]:
+        raw = bytearray(HEADER_SIZE)
+        header = Header.parse(bytes(raw[: self._src.fill(memoryview(raw))]))
+        ad = bytes(raw) + self._aad
         block_len = header.chunk_size + TAG_SIZE
-        carry = b""
+        cap = block_len  # buffer capacity; smaller when the caller says the object is small
+        if isinstance(self._length_hint, int) and not isinstance(self._length_hint, bool):
+            # +1: a stream longer than announced must fill the buffer, so it is noticed
+            cap = max(TAG_SIZE, min(block_len, self._length_hint - HEADER_SIZE + 1))
+        # one spare byte: the look-ahead that tells whether a full block is the last
+        block = memoryview(bytearray(cap + 1))
+        out_buf = bytearray(cap - TAG_SIZE)
+        out = memoryview(out_buf)
+        carry = 0
         counter = 0
         while True:
-            block = carry + _read_full(self._src, block_len - len(carry))
-            carry = b""
-            if len(block) < block_len:
-                last = True
-                if len(block) < TAG_SIZE:
+            got = carry + self._src.fill(block[carry:cap])
+            if got == cap < block_len:  # longer than the hint said: continue at full size
+                grown = memoryview(bytearray(block_len + 1))
+                grown[:got] = block[:got]
+                block, cap = grown, block_len
+                out_buf = bytearray(header.chunk_size)
+                out = memoryview(out_buf)
+                got += self._src.fill(block[got:block_len])
+            if got < block_len:
+                last, carry = True, 0
+                if got < TAG_SIZE:
                     raise IntegrityError(f"ciphertext truncated: chunk {counter} is incomplete")
             else:
-                carry = _read_full(self._src, 1)  # one byte of look-ahead decides "last"
-                last = not carry
+                carry = self._src.fill(block[block_len:block_len + 1])
+                last = carry == 0
+            pt = out[:got - TAG_SIZE]
             try:
-                pt = self._aead.decrypt(_nonce(header.nonce_prefix, counter, last), block, ad)
+                self._aead.decrypt_into(_nonce(header.nonce_prefix, counter, last), block[:got], ad, pt)
             except InvalidTag:
+                out_buf[:] = bytes(len(out_buf))  # decrypt_into may have written unverified plaintext
                 raise IntegrityError(
                     f"chunk {counter} failed authentication: data tampered, reordered or truncated, "
                     "or wrong key or associated data"
@@ -514,10 +578,12 @@ class DecryptingReader(_ChunkReader):
                 if self._expected is not None:
                     verify_plaintext(self._expected, self._pt_hash.hexdigest())
                 self._done = True
-                if pt:
+                if len(pt):
                     yield pt
                 return
             yield pt
+            if carry:
+                block[0] = block[block_len]
             counter += 1
             if counter >= _MAX_CHUNKS:
                 raise IntegrityError("ciphertext has more chunks than the format allows")
@@ -535,9 +601,6 @@ class DecryptingReader(_ChunkReader):
         return self._pt_size
 
 
-_COPY_BLOCK = 4 << 20
-
-
 def encrypt_stream(
     src: BinaryIO,
     dst: BinaryIO,
@@ -546,10 +609,9 @@ def encrypt_stream(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     expected_size: int | None = None,
 ) -> EncryptionResult:
-    """Encrypt ``src`` into ``dst`` (any object with ``write``) with bounded memory."""
+    """Encrypt ``src`` into ``dst`` (anything with ``write``) with bounded memory."""
     reader = EncryptingReader(src, dek, aad, chunk_size, expected_size)
-    while data := reader.read(_COPY_BLOCK):
-        dst.write(data)
+    reader.copy_to(dst)
     return reader.result
 
 
@@ -562,8 +624,7 @@ def decrypt_stream(
     discard it. Use ``decrypt_to_path`` when the target is a file.
     """
     reader = DecryptingReader(src, dek, aad, expected_sha256)
-    while data := reader.read(_COPY_BLOCK):
-        dst.write(data)
+    reader.copy_to(dst)
     return reader.plaintext_sha256
 
 
@@ -602,7 +663,7 @@ def encrypt_bytes(data: bytes, dek: bytes, aad: AssociatedData, chunk_size: int 
 
 def decrypt_bytes(blob: bytes, dek: bytes, aad: AssociatedData, expected_sha256: str | None = None) -> bytes:
     """Whole-buffer convenience for small objects; verifies exactly like ``DecryptingReader``."""
-    return DecryptingReader(io.BytesIO(blob), dek, aad, expected_sha256).read()
+    return DecryptingReader(io.BytesIO(blob), dek, aad, expected_sha256, length_hint=len(blob)).read()
 
 
 def wrap_key(kek: bytes, dek: bytes) -> bytes:
