@@ -81,7 +81,7 @@ def test_round_trip_sizes(size, dek, aad):
     assert reader.plaintext_sha256 == sha(data)
     assert reader.ciphertext_sha256 == sha(blob)
     assert reader.plaintext_size == size
-    assert data not in blob or size == 0
+    assert size < 16 or data[:16] not in blob  # no plaintext run survives (shorter ones can by chance)
     assert decrypt_bytes(blob, dek, aad, expected_sha256=sha(data)) == data
 
     out = io.BytesIO()

@@ -6,6 +6,7 @@ Real files, real ``flock``, real worker processes; no mocks.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import multiprocessing
 import os
@@ -102,7 +103,7 @@ def test_rewrap_keeps_data_readable_after_old_version_is_destroyed(ks):
     with pytest.raises(KeyDestroyed):
         ks.unwrap(ref1, ks.rewrap(new_wrapped, ref2, ref2))
     dek_again = ks.unwrap(KekRef.parse(row["ref"]), row["wrapped"])
-    assert crypto.decrypt_bytes(blob, dek_again, aad, expected_sha256=crypto.hashlib.sha256(data).hexdigest()) == data
+    assert crypto.decrypt_bytes(blob, dek_again, aad, expected_sha256=hashlib.sha256(data).hexdigest()) == data
 
 
 def test_destroy_whole_kek_shreds_the_scope(ks, path, master):
