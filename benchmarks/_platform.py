@@ -1,0 +1,22 @@
+"""Benchmarks run against real embedded services in their own state dir and ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def object_stores(offset: int = 300):
+    state = Path(tempfile.mkdtemp(prefix="il-bench-"))
+    os.environ["IL_STATE_DIR"] = str(state)
+    os.environ["IL_PORT_OFFSET"] = str(offset)
+    from imaging_lifecycle import platform
+
+    settings = platform.start_object_stores(platform.load_settings())
+    try:
+        yield settings
+    finally:
+        platform.down(settings)
