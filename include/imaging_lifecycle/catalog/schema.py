@@ -1,0 +1,198 @@
+"""The tables of the catalog database: lifecycle catalog and audit trail together.
+
+The audit trail lives in the same database as the catalog so a catalog change
+and its audit record commit in one transaction: the trail cannot miss a
+change, and a change cannot exist without its record.
+
+Portable SQL only (SQLite by default, PostgreSQL by URL). The two
+dialect-specific bits are obvious and small: partial-index ``WHERE`` clauses
+(both dialects support them) and the append-only triggers on
+``audit_records``.
+
+No column ever holds a patient identifier. UIDs of the original are stored
+only as keyed digests (``sop_key``, ``study_key``, ``series_key``); the SOP
+*Class* UID names a kind of object (e.g. CT Image Storage), identifies nobody
+and is kept plain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in Python, naive UTC in the database (portable).
+
+    Refuses naive datetimes: a local time taken for UTC would shift every
+    retention deadline by the server's offset.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: pass a timezone-aware (UTC) value")
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=dt.timezone.utc)
+
+
+metadata = MetaData()
+
+#: One row per logical object (an arrived DICOM file). ``id`` is the catalog
+#: id: uuid4 hex, the only name by which logs, XCom and audit records refer
+#: to an object.
+objects = Table(
+    "objects",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("sop_key", String(64), index=True),  # keyed digest of SOP Instance UID
+    Column("study_key", String(64), index=True),  # keyed digest of Study Instance UID
+    Column("series_key", String(64)),  # keyed digest of Series Instance UID
+    Column("sop_class_uid", String(64)),  # not identifying: kept plain
+    Column("sha256", String(64)),  # plaintext content hash
+    Column("size", BigInteger),
+    Column("state", String(16), nullable=False, index=True),
+    Column("tier", Integer),  # sensitivity tier, null until classified
+    Column("rule_id", String(64)),  # the classification rule that decided the tier
+    Column("zone", String(32)),  # storage zone of the primary copy
+    Column("ciphertext_sha256", String(64)),
+    Column("key_id", String(128)),  # DEK id (crypto.new_key_id), never key material
+    Column("retention_deadline", UTCDateTime(), index=True),
+    Column("legal_hold", Boolean, nullable=False, default=False),
+    Column("batch_id", String(64), ForeignKey("batches.id"), index=True),
+    Column("source", String(64)),  # "landing" or "cstore:<AE title>"
+    Column("quarantine_reason", String(64)),  # reason code, never free text
+    Column("flagged", String(64)),  # reason code for human attention, or null
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: SOP Instance UIDs are unique among objects that were never quarantined
+#: and are not deleted: a duplicate arrival is skipped (no second row), a
+#: conflicting one is quarantined with the same key, and an instance sent
+#: again after its deletion is a new object. ``quarantine_reason`` is set on
+#: entering QUARANTINED and never cleared, so a quarantined object stays out
+#: of the constraint through its own EXPIRED/DELETING/DELETED states.
+LIVE_SOP_CONDITION = "quarantine_reason IS NULL AND state <> 'DELETED'"
+Index(
+    "uq_objects_live_sop_key",
+    objects.c.sop_key,
+    unique=True,
+    sqlite_where=text(LIVE_SOP_CONDITION),
+    postgresql_where=text(LIVE_SOP_CONDITION),
+)
+
+#: One row per physical copy (an object-store object version). A copy is
+#: never removed from this table: ``deleted_at`` records its secure deletion.
+copies = Table(
+    "copies",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("object_id", String(32), ForeignKey("objects.id"), nullable=False, index=True),
+    Column("zone", String(32), nullable=False),
+    Column("bucket", String(63), nullable=False),
+    Column("key", String(1024), nullable=False),
+    Column("version_id", String(1024)),
+    Column("ciphertext_sha256", String(64)),
+    Column("key_id", String(128)),
+    Column("deadline", UTCDateTime(), index=True),  # e.g. the 72-hour cache rule
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime()),
+    Column("verified_at", UTCDateTime()),
+)
+
+#: One row per ingest batch. ``counts`` is a JSON object of name -> int.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("counts", Text, nullable=False, default="{}"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: The hash-chained audit trail (see ``imaging_lifecycle.audit`` for the
+#: exact hash input). ``ts`` is kept as its canonical string so the value
+#: hashed is the value stored, with no driver round-trip in between.
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", String(24), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("event_id", Integer),
+    Column("object_ref", String(128), index=True),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+#: One row (id = 1): the chain head. Every write transaction locks it first
+#: on server databases, which serializes appends into one linear chain (on
+#: SQLite ``BEGIN IMMEDIATE`` does the same). ``verify`` cross-checks it
+#: against the last record, so deleting the tail without fixing the head is
+#: caught even without an external anchor.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# Append-only at the database level too: ordinary code paths (and careless
+# people at an SQL prompt) cannot UPDATE or DELETE audit records. Someone who
+# drops the triggers can; the hash chain is what makes that evident.
+for _op in ("UPDATE", "DELETE"):
+    event.listen(
+        audit_records,
+        "after_create",
+        DDL(
+            f"CREATE TRIGGER audit_records_no_{_op.lower()} BEFORE {_op} ON audit_records "
+            "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"
+        ).execute_if(dialect="sqlite"),
+    )
+event.listen(
+    audit_records,
+    "after_create",
+    DDL(
+        "CREATE FUNCTION il_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$"
+    ).execute_if(dialect="postgresql"),
+)
+event.listen(
+    audit_records,
+    "after_create",
+    DDL(
+        "CREATE TRIGGER audit_records_append_only BEFORE UPDATE OR DELETE ON audit_records "
+        "FOR EACH ROW EXECUTE FUNCTION il_audit_append_only()"
+    ).execute_if(dialect="postgresql"),
+)
