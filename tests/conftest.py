@@ -121,3 +121,58 @@ def platform_run(tmp_path_factory):
     yield p
     p.cli("platform", "down")
     assert plat.ours(p.settings()) == [], "processes of the test platform survived 'platform down'"
+
+
+class AirflowAPI:
+    """The real Airflow REST API of a running platform (v2), with a token for the generated admin."""
+
+    def __init__(self, platform: Platform):
+        import json
+
+        self.base = platform.settings().airflow_url
+        password = json.loads((platform.state / "secrets" / "airflow-passwords.json").read_text())["admin"]
+        self.token = self._call("POST", "/auth/token", {"username": "admin", "password": password}, auth=False)[
+            "access_token"
+        ]
+
+    def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True):
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(self.base + path, method=method, data=json.dumps(body).encode() if body else None)
+        req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
+    def get(self, path: str):
+        return self._call("GET", path)
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-logical_date&limit=50")["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        from urllib.parse import quote
+
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances?limit=500")["task_instances"]
+
+    def wait_for(self, predicate, timeout: float, what: str, interval: float = 1.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+                if last:
+                    return last
+            except Exception as exc:  # the API may be briefly busy on SQLite
+                last = exc
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def airflow_api(platform_run) -> AirflowAPI:
+    return AirflowAPI(platform_run)

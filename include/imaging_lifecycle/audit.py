@@ -100,6 +100,7 @@ ACTIONS: dict[str, int] = {
     "audit.anchor": 110101,
     "security.alert": 110113,
     "key.rotate": 110113,
+    "key.destroy": 110105,
     "user.login": 110114,
     "app.start": 110100,
     "app.stop": 110100,

@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from imaging_lifecycle import audit as _audit  # module import: audit imports catalog.db (a cycle)
 from imaging_lifecycle.catalog import states
 from imaging_lifecycle.catalog.db import Database, DatabaseUsageError
-from imaging_lifecycle.catalog.schema import LIVE_SOP_CONDITION, batches, copies, objects
+from imaging_lifecycle.catalog.schema import LIVE_SOP_CONDITION, batches, copies, data_keys, objects
 from imaging_lifecycle.catalog.states import (
     BATCH_TRANSITIONS,
     DELETED,
@@ -673,6 +673,48 @@ class Catalog:
                               detail={"copy": copy_id, "zone": values["zone"]}, session=conn)
             row = conn.execute(select(copies).where(copies.c.id == copy_id)).one()
         return CopyRecord(**row._mapping)
+
+    # -- encrypted copies: the copy row plus its data key, in one transaction --------
+    def record_sealed(self, object_id: str, sealed, *, actor: str, deadline: dt.datetime | None = None,
+                      session: Connection | None = None) -> CopyRecord:
+        """Record a :class:`imaging_lifecycle.vault.Sealed` copy: its wrapped DEK and the copy row, atomically."""
+        from imaging_lifecycle.keystore import KekRef
+
+        with self.db.write(session) as conn:
+            if conn.execute(select(data_keys.c.id).where(data_keys.c.id == sealed.dek_id)).first() is None:
+                conn.execute(insert(data_keys).values(
+                    id=_label("dek_id", sealed.dek_id), kek_ref=str(KekRef.parse(sealed.kek_ref)),
+                    wrapped=bytes(sealed.wrapped_dek), aad_zone=_zone("aad_zone", sealed.zone),
+                    aad_tier=int(sealed.tier), created_at=_now(),
+                ))
+            return self.add_copy(
+                object_id, zone=sealed.zone, bucket=sealed.bucket, key=sealed.key, actor=actor,
+                version_id=sealed.version_id, ciphertext_sha256=sealed.ciphertext_sha256,
+                key_id=sealed.dek_id, deadline=deadline, session=conn,
+            )
+
+    def sealed(self, copy: "CopyRecord", plaintext_sha256: str, size: int | None = None):
+        """The :class:`~imaging_lifecycle.vault.Sealed` needed to read ``copy`` back (raises if its key is gone)."""
+        from imaging_lifecycle.vault import Sealed
+
+        with self.db.read() as conn:
+            key = conn.execute(select(data_keys).where(data_keys.c.id == copy.key_id)).first()
+        if key is None or key.wrapped is None:
+            from imaging_lifecycle.crypto import KeyUnavailable
+
+            raise KeyUnavailable(f"the data key of copy {copy.id} is destroyed or unknown")
+        return Sealed(copy.zone, copy.bucket, copy.key, copy.version_id, key.id, key.kek_ref, bytes(key.wrapped),
+                      key.aad_tier, plaintext_sha256, copy.ciphertext_sha256, size or 0, 0)
+
+    def destroy_data_key(self, dek_id: str, *, actor: str, object_id: str | None = None,
+                         session: Connection | None = None) -> bool:
+        """Crypto-shred one DEK (clear its wrapped bytes). Idempotent; returns True if it was live."""
+        with self.db.write(session) as conn:
+            r = conn.execute(update(data_keys).where(data_keys.c.id == dek_id, data_keys.c.wrapped.is_not(None))
+                             .values(wrapped=None, destroyed_at=_now()))
+            if r.rowcount:
+                self.audit.append(actor, "key.destroy", object_ref=object_id, detail={"key": dek_id}, session=conn)
+            return bool(r.rowcount)
 
     def copies(self, object_id: str, *, include_deleted: bool = False) -> list[CopyRecord]:
         """The object's physical copies, oldest first."""

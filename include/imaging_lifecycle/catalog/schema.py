@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    LargeBinary,
     DDL,
     BigInteger,
     Boolean,
@@ -124,6 +125,23 @@ copies = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("deleted_at", UTCDateTime()),
     Column("verified_at", UTCDateTime()),
+)
+
+#: One row per data key (DEK): the DEK wrapped under its KEK, kept apart from
+#: the ciphertext it opens. Also what the object's associated data was bound
+#: to (zone and tier at encryption time), since a byte-identical replica in
+#: another zone keeps them. Crypto-shredding one object = clearing ``wrapped``
+#: (``destroyed_at`` set); a per-study KEK destroys all of a study's at once.
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),  # crypto.new_key_id(), the AAD key_version
+    Column("kek_ref", String(160), nullable=False, index=True),  # "<kek_id>@v<version>"
+    Column("wrapped", LargeBinary),  # null once destroyed
+    Column("aad_zone", String(32), nullable=False),
+    Column("aad_tier", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("destroyed_at", UTCDateTime()),
 )
 
 #: One row per ingest batch. ``counts`` is a JSON object of name -> int.

@@ -1,0 +1,47 @@
+"""Ingest: started by complete batches in the landing folder (an AssetWatcher), not by a clock."""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, get_current_context, task
+
+from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, INGESTED, actor, landing_asset, quiet_seconds
+
+
+@dag(
+    dag_id="ingest",
+    schedule=[landing_asset()],
+    default_args=DEFAULT_ARGS,
+    max_active_runs=1,
+    catchup=False,
+    tags=["imaging", "ingest"],
+    doc_md=__doc__,
+)
+def ingest():
+    @task(multiple_outputs=True)
+    def claim_batch() -> dict:
+        from imaging_lifecycle import ingest as stage
+        from imaging_lifecycle.settings import load_settings
+
+        return stage.claim_batch(load_settings(), quiet_seconds=quiet_seconds()).public()
+
+    @task(max_active_tis_per_dagrun=2)
+    def ingest_chunk(batch_id: str, chunk: int) -> dict:
+        from imaging_lifecycle import ingest as stage
+
+        return stage.run_chunk(batch_id, chunk, actor=actor(get_current_context()))
+
+    @task(outlets=[INGESTED])
+    def gate(batch_id: str, results: list[dict]) -> dict:
+        from imaging_lifecycle import ingest as stage
+
+        context = get_current_context()
+        summary = stage.close_batch(batch_id, results, actor=actor(context))
+        context["outlet_events"][INGESTED].extra = {"batch_id": batch_id, "stored": summary["stored"]}
+        return summary
+
+    claim = claim_batch()
+    results = ingest_chunk.partial(batch_id=claim["batch_id"]).expand(chunk=claim["chunks"])
+    gate(claim["batch_id"], results)
+
+
+ingest()

@@ -1,0 +1,284 @@
+"""Ingest: from the landing folder into the catalog, durably and without losing anything.
+
+One DAG run takes one batch:
+
+1. :func:`claim_batch` moves every settled landing file into
+   ``<state>/ingest/<batch id>/<index>.dcm`` (an atomic rename on one file
+   system). File names can carry identifiers, so from here on a file is only
+   its index; the batch manifest (index → source) stays on local disk, and
+   XCom carries the batch id and chunk numbers only. Files arriving while a
+   batch runs wait for the next one. Files of an earlier batch that crashed
+   are claimed again, so nothing is stranded.
+2. :func:`ingest_chunk` (a mapped task per chunk) inspects each file and
+   either stores it (encrypted, read back and verified) and registers it, or
+   quarantines it with a reason code. Only then is the staged file removed.
+   Every step is idempotent per file, so a rerun after a crash at any point
+   neither loses nor duplicates anything.
+3. :func:`gate_batch` runs the ingest validation gate over the batch's
+   catalog rows; a failed gate marks the batch and stops it there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from imaging_lifecycle import faults, landing
+from imaging_lifecycle.inspection import inspect
+from imaging_lifecycle.settings import Settings, load_settings
+
+CHUNK_SIZE = 100
+MANIFEST = "manifest.json"
+ID_SUFFIX = ".id"  # sidecar holding the catalog id given to a staged file
+#: Tier used in the associated data of staged originals: not yet classified,
+#: so treated as the most sensitive (fail closed). Protect re-encrypts with the real tier.
+UNCLASSIFIED_TIER = 5
+
+
+@dataclass(frozen=True)
+class Claim:
+    batch_id: str
+    files: int
+    chunks: list[int]
+
+    def public(self) -> dict:
+        return {"batch_id": self.batch_id, "files": self.files, "chunks": self.chunks}
+
+
+def batches_root(settings: Settings) -> Path:
+    return settings.state_dir / "ingest"
+
+
+def _source_of(path: Path, landing_dir: Path) -> str:
+    """``cstore:<AE>`` for files our receiver wrote, ``landing`` for drops."""
+    parts = path.relative_to(landing_dir).parts
+    if len(parts) >= 3 and parts[0] == "cstore":
+        return f"cstore:{parts[1]}"
+    return "landing"
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Atomic rename; across file systems, copy + fsync, then remove the source."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != 18:  # EXDEV
+            raise
+        tmp = dst.with_suffix(".part")
+        shutil.copy2(src, tmp, follow_symlinks=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, dst)
+        os.unlink(src)
+
+
+def claim_batch(settings: Settings, *, quiet_seconds: float, chunk_size: int = CHUNK_SIZE,
+                now: float | None = None) -> Claim:
+    """Move settled landing files (and leftovers of crashed batches) into a new batch folder."""
+    root = batches_root(settings)
+    batch_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    batch_dir = root / batch_id
+    batch_dir.mkdir(parents=True, mode=0o700)
+    manifest: dict[str, str] = {}
+
+    def take(src: Path, source: str) -> None:
+        index = f"{len(manifest):06d}"
+        _move(src, batch_dir / f"{index}.dcm")
+        manifest[index] = source
+
+    # Leftovers of earlier batches whose run died: claim them again, with the
+    # catalog id already given to each (its sidecar), so a rerun reuses it.
+    for old in sorted(p for p in root.iterdir() if p.is_dir() and p != batch_dir):
+        old_manifest = json.loads((old / MANIFEST).read_text()) if (old / MANIFEST).exists() else {}
+        for f in sorted(old.glob("*.dcm")):
+            index = f"{len(manifest):06d}"
+            sidecar = f.with_suffix(ID_SUFFIX)
+            if sidecar.exists():
+                os.replace(sidecar, (batch_dir / index).with_suffix(ID_SUFFIX))
+            take(f, old_manifest.get(f.stem, "landing"))
+        shutil.rmtree(old, ignore_errors=True)
+    for f in landing.settled_files(settings.landing_dir, quiet_seconds, now):
+        take(f, _source_of(f, settings.landing_dir))
+    landing.remove_empty_dirs(settings.landing_dir)
+
+    tmp = batch_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest))
+    os.replace(tmp, batch_dir / MANIFEST)
+    n = len(manifest)
+    if n == 0:
+        shutil.rmtree(batch_dir)
+    return Claim(batch_id, n, list(range((n + chunk_size - 1) // chunk_size)))
+
+
+def chunk_files(settings: Settings, batch_id: str, chunk: int, chunk_size: int = CHUNK_SIZE) -> list[tuple[Path, str]]:
+    """The (staged path, source) pairs of one chunk that are still to do."""
+    batch_dir = batches_root(settings) / batch_id
+    manifest = json.loads((batch_dir / MANIFEST).read_text())
+    indices = sorted(manifest)[chunk * chunk_size:(chunk + 1) * chunk_size]
+    return [(batch_dir / f"{i}.dcm", manifest[i]) for i in indices if (batch_dir / f"{i}.dcm").exists()]
+
+
+def finish_batch(settings: Settings, batch_id: str) -> None:
+    """Drop the batch folder once every staged file is gone (each was stored or quarantined)."""
+    batch_dir = batches_root(settings) / batch_id
+    if batch_dir.exists() and not any(batch_dir.glob("*.dcm")):
+        shutil.rmtree(batch_dir)
+
+
+# -- one chunk: the mapped task --------------------------------------------------
+
+
+@dataclass
+class Services:
+    """What ingest talks to; opened once per task, not per file."""
+
+    settings: Settings
+    catalog: "Catalog"
+    vault: "Vault"
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> "Services":
+        from imaging_lifecycle.catalog import Catalog
+        from imaging_lifecycle.keystore import open_default_keystore
+        from imaging_lifecycle.storage import ObjectStore
+        from imaging_lifecycle.vault import Vault
+
+        settings = settings or load_settings()
+        return cls(settings, Catalog(settings.catalog_url), Vault(ObjectStore(settings), open_default_keystore(settings)))
+
+
+def _catalog_id_for(staged: Path) -> str:
+    """The catalog id pinned to this staged file: created once, fsynced, reused by every rerun."""
+    sidecar = staged.with_suffix(ID_SUFFIX)
+    if sidecar.exists():
+        return sidecar.read_text().strip()
+    oid = uuid.uuid4().hex
+    tmp = sidecar.with_suffix(".idtmp")
+    with open(tmp, "w") as f:
+        f.write(oid)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, sidecar)
+    return oid
+
+
+def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str):
+    """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
+
+    A copy already recorded for this object and zone is reused. Versions left
+    under the key by an earlier attempt that died before recording are purged
+    first, so a rerun leaves exactly one version.
+    """
+    for copy in svc.catalog.copies(oid):
+        if copy.zone == zone:
+            return copy
+    key = f"{'objects' if zone == 'archive' else zone}/{oid}"
+    store = svc.vault.store
+    leftovers = [(v.key, v.version_id) for v in store.versions(zone, key) if v.key == key]
+    if leftovers:
+        store.purge(zone, leftovers)
+    sealed = svc.vault.put(staged, catalog_id=oid, zone=zone, tier=UNCLASSIFIED_TIER, scope_id=scope_id, key=key)
+    faults.point("ingest.after_upload")
+    return svc.catalog.record_sealed(oid, sealed, actor=actor)
+
+
+def _remove_staged(staged: Path) -> None:
+    faults.point("ingest.before_remove")
+    staged.unlink(missing_ok=True)
+    staged.with_suffix(ID_SUFFIX).unlink(missing_ok=True)
+
+
+def ingest_file(svc: Services, staged: Path, source: str, batch_id: str, *, actor: str) -> str:
+    """Take one staged file into the catalog. Returns the outcome name (never a file name or UID)."""
+    from imaging_lifecycle.catalog import states
+
+    oid = _catalog_id_for(staged)
+    insp = inspect(staged, staged.parent)
+    if not insp.ok:
+        reg = svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
+                                   sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason)
+        if insp.reason != "PATH_TRAVERSAL":  # never follow a link out of the folder
+            _store(svc, oid, staged, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor)
+        _remove_staged(staged)
+        return f"quarantined:{insp.reason}"
+    reg = svc.catalog.register(
+        actor=actor, source=source, object_id=oid, batch_id=batch_id, sha256=insp.sha256, size=insp.size,
+        sop_instance_uid=insp.sop_instance_uid, study_instance_uid=insp.study_instance_uid,
+        series_instance_uid=insp.series_instance_uid, sop_class_uid=insp.sop_class_uid,
+    )
+    obj = reg.object
+    if reg.outcome == "duplicate" and obj.id != oid:
+        # Same instance, same bytes, stored by an earlier file: nothing to keep.
+        _remove_staged(staged)
+        return "duplicate"
+    if reg.outcome == "conflict" or obj.state == states.QUARANTINED:
+        _store(svc, obj.id, staged, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor)
+        _remove_staged(staged)
+        return "quarantined:DUPLICATE_CONFLICT"
+    if obj.state == states.RECEIVED:
+        copy = _store(svc, obj.id, staged, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor)
+        faults.point("ingest.after_store")
+        svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive",
+                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
+    _remove_staged(staged)
+    return "stored"
+
+
+def run_chunk(batch_id: str, chunk: int, *, actor: str, settings: Settings | None = None,
+              chunk_size: int = CHUNK_SIZE) -> dict:
+    """The mapped ingest task: every file of one chunk. Returns counts by outcome (XCom-safe)."""
+    svc = Services.open(settings)
+    counts: dict[str, int] = {}
+    for staged, source in chunk_files(svc.settings, batch_id, chunk, chunk_size):
+        outcome = ingest_file(svc, staged, source, batch_id, actor=actor)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def close_batch(batch_id: str, results: list[dict], *, actor: str, settings: Settings | None = None) -> dict:
+    """Gate the batch; mark it INGESTED or GATE_FAILED. Raises GateFailed so nothing moves on."""
+    from imaging_lifecycle.gates import GateFailed, enforce
+    from imaging_lifecycle.gates.ingest import check, rows_for
+
+    svc = Services.open(settings)
+    totals: dict[str, int] = {}
+    for r in results:
+        for k, v in r.items():
+            totals[k] = totals.get(k, 0) + int(v)
+    left = chunk_files_all(svc.settings, batch_id)
+    if left:
+        raise RuntimeError(f"batch {batch_id}: {left} staged file(s) not yet ingested; the retry picks them up")
+    finish_batch(svc.settings, batch_id)
+    summary = {"batch_id": batch_id, "stored": totals.get("stored", 0), "duplicates": totals.get("duplicate", 0),
+               "quarantined": sum(v for k, v in totals.items() if k.startswith("quarantined:")),
+               "reasons": {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("quarantined:")}}
+    if svc.catalog.get_batch(batch_id) is None:  # only duplicates: nothing registered, nothing to gate
+        return {**summary, "gate": None}
+    rows = rows_for(svc.catalog, batch_id)
+    if not rows:  # everything was quarantined: nothing moves on, and nothing needs gating
+        svc.catalog.set_batch_state(batch_id, "INGESTED", actor=actor, counts=_counts(summary))
+        return {**summary, "gate": None}
+    result = check(rows)
+    svc.catalog.audit.append(actor, "gate.run", detail={"gate": result.gate, "ok": result.success,
+                                                          "rows": result.rows, "failed": len(result.failures)})
+    try:
+        enforce(result)
+    except GateFailed:
+        svc.catalog.set_batch_state(batch_id, "GATE_FAILED", actor=actor, counts=_counts(summary), outcome="failure")
+        raise
+    svc.catalog.set_batch_state(batch_id, "INGESTED", actor=actor, counts=_counts(summary))
+    return {**summary, "gate": result.summary()}
+
+
+def _counts(summary: dict) -> dict:
+    return {"stored": summary["stored"], "duplicates": summary["duplicates"], "quarantined": summary["quarantined"]}
+
+
+def chunk_files_all(settings: Settings, batch_id: str) -> int:
+    batch_dir = batches_root(settings) / batch_id
+    return sum(1 for _ in batch_dir.glob("*.dcm")) if batch_dir.exists() else 0

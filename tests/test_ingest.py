@@ -1,0 +1,182 @@
+"""Ingest without Airflow: real files, real S3, real SQLite catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT
+
+
+@pytest.fixture
+def env(object_store_settings, tmp_path):
+    """Settings with a fresh landing folder and catalog for this test (S3 shared with the session)."""
+    settings = replace(object_store_settings, landing_dir=tmp_path / "landing",
+                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    settings.landing_dir.mkdir()
+    (settings.state_dir / "ingest").mkdir(exist_ok=True)
+    for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch
+        shutil.rmtree(leftover)
+    return settings
+
+
+def ingest_now(settings) -> dict:
+    from imaging_lifecycle import ingest
+
+    claim = ingest.claim_batch(settings, quiet_seconds=0)
+    results = [ingest.run_chunk(claim.batch_id, c, actor="test/ingest", settings=settings) for c in claim.chunks]
+    return ingest.close_batch(claim.batch_id, results, actor="test/ingest", settings=settings) if claim.files else {}
+
+
+def catalog(settings):
+    from imaging_lifecycle.catalog import Catalog
+
+    return Catalog(settings.catalog_url)
+
+
+def test_real_dicom_files_are_stored_encrypted_and_the_landing_file_removed(env, dicom_file):
+    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "liver_1frame.dcm"]
+    for n in names:
+        shutil.copy(dicom_file(n), env.landing_dir / n)
+    summary = ingest_now(env)
+    assert summary["stored"] == len(names) and summary["quarantined"] == 0
+    assert summary["gate"]["success"] is True
+    assert list(env.landing_dir.rglob("*.dcm")) == []
+    cat = catalog(env)
+    objs = cat.objects(batch_id=summary["batch_id"])
+    assert len(objs) == len(names) and {o.state for o in objs} == {"VALIDATED"}
+    from imaging_lifecycle.storage import ObjectStore
+
+    store = ObjectStore(env)
+    for o in objs:
+        (copy,) = cat.copies(o.id)
+        raw = store.get(copy.zone, copy.key, copy.version_id)
+        assert raw[128:132] != b"DICM" and b"DICM" not in raw[:200]
+        from imaging_lifecycle.vault import Vault
+        from imaging_lifecycle.keystore import open_default_keystore
+
+        with Vault(store, open_default_keystore(env)).open(cat.sealed(copy, o.sha256), o.id) as r:
+            data = r.read()
+        assert len(data) == o.size
+
+
+def _bad_inputs(folder: Path, dicom_file) -> dict[str, str]:
+    """One file per kind of bad input; returns name -> expected reason code."""
+    from pydicom import dcmread
+
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "notes.txt").write_text("this is not an image\n" * 20)
+    shutil.copy(dicom_file("MR_truncated.dcm"), folder / "cut.dcm")
+    ds = dcmread(dicom_file("CT_small.dcm"))
+    del ds.SOPInstanceUID
+    ds.save_as(folder / "no-uid.dcm")
+    import io
+
+    import pydicom
+
+    # A deflated dataset whose compressed stream is corrupt: the parser fails outright.
+    ds = dcmread(dicom_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    raw = bytearray(buf.getvalue())
+    meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
+    raw[meta_end + 10:meta_end + 40] = b"\x00" * 30
+    (folder / "garbage.dcm").write_bytes(bytes(raw))
+    # Random bytes after a valid preamble run off the end of the file: truncated.
+    (folder / "noise.dcm").write_bytes(raw[:132] + bytes(range(256)) * 4)
+    os.symlink("/etc/hostname", folder / "escape.dcm")
+    return {"empty.dcm": "EMPTY_FILE", "notes.txt": "NOT_DICOM", "cut.dcm": "TRUNCATED",
+            "no-uid.dcm": "MISSING_UID", "garbage.dcm": "UNREADABLE", "escape.dcm": "PATH_TRAVERSAL", "noise.dcm": "TRUNCATED"}
+
+
+def test_each_kind_of_bad_input_is_quarantined_with_its_reason_and_kept(env, dicom_file):
+    expected = _bad_inputs(env.landing_dir, dicom_file)
+    summary = ingest_now(env)
+    assert summary["stored"] == 0
+    from collections import Counter
+
+    assert summary["reasons"] == dict(Counter(expected.values()))
+    assert os.path.exists("/etc/hostname")  # the link was removed, never its target
+    assert list(env.landing_dir.iterdir()) == []
+    cat = catalog(env)
+    objs = cat.objects(batch_id=summary["batch_id"])
+    assert sorted(o.quarantine_reason for o in objs) == sorted(expected.values())
+    assert {o.state for o in objs} == {"QUARANTINED"}
+    for o in objs:
+        zones = [c.zone for c in cat.copies(o.id)]
+        # content is kept, encrypted, in quarantine (a link's target is never read)
+        assert zones == ([] if o.quarantine_reason == "PATH_TRAVERSAL" else ["quarantine"])
+
+
+def test_duplicates_are_skipped_and_conflicts_quarantined(env, dicom_file):
+    from pydicom import dcmread
+
+    shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "a.dcm")
+    first = ingest_now(env)
+    assert first["stored"] == 1
+    shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "again.dcm")
+    ds = dcmread(dicom_file("CT_small.dcm"))
+    ds.StudyDescription = "changed content, same SOP Instance UID"
+    ds.save_as(env.landing_dir / "conflict.dcm")
+    second = ingest_now(env)
+    assert second["stored"] == 0 and second["duplicates"] == 1
+    assert second["reasons"] == {"DUPLICATE_CONFLICT": 1}
+    cat = catalog(env)
+    live = [o for o in cat.objects() if o.quarantine_reason is None]
+    assert len(live) == 1
+    actions = [r.action for r in cat.audit.records()]
+    assert "object.duplicate_skipped" in actions
+
+
+@pytest.mark.parametrize("point", ["ingest.after_upload", "ingest.after_store", "ingest.before_remove"])
+def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(env, dicom_file, point):
+    for n in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(dicom_file(n), env.landing_dir / n)
+    run_env = {**os.environ, "IL_STATE_DIR": str(env.state_dir), "IL_LANDING_DIR": str(env.landing_dir),
+               "IL_CATALOG_URL": env.catalog_url, "IL_CRASH_AT": point}
+    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
+    crashed = subprocess.run([cli, "ingest"], env=run_env, capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 86, crashed.stderr  # died at the crash point
+    del run_env["IL_CRASH_AT"]
+    rerun = subprocess.run([cli, "ingest"], env=run_env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    cat = catalog(env)
+    objs = [o for o in cat.objects() if o.quarantine_reason is None]
+    assert len(objs) == 2 and {o.state for o in objs} == {"VALIDATED"}
+    from imaging_lifecycle.storage import ObjectStore
+
+    store = ObjectStore(env)
+    for o in objs:
+        copies = cat.copies(o.id)
+        assert len(copies) == 1
+        assert [v.version_id for v in store.versions("archive", copies[0].key)] == [copies[0].version_id]
+    assert not list(env.landing_dir.rglob("*.dcm"))
+    assert not list((env.state_dir / "ingest").rglob("*.dcm"))
+    assert cat.audit.verify().ok
+
+
+def test_no_identifier_reaches_audit_records_outputs_or_buckets_in_clear(env):
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    patient = Patient("4711")
+    write_study(env.landing_dir / "study", patient, instances=3)
+    summary = ingest_now(env)
+    assert summary["stored"] == 3
+    cat = catalog(env)
+    text = json.dumps(summary) + json.dumps([r.public() for r in cat.audit.records()], default=str)
+    text += json.dumps([o.public() for o in cat.objects()], default=str)
+    from imaging_lifecycle.storage import ObjectStore
+
+    store = ObjectStore(env)
+    blobs = b"".join(store.get(c.zone, c.key, c.version_id) for o in cat.objects() for c in cat.copies(o.id))
+    for marker in patient.markers():
+        assert marker not in text
+        assert marker.encode() not in blobs
