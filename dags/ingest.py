@@ -17,12 +17,12 @@ from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, INGESTED, actor, landin
     doc_md=__doc__,
 )
 def ingest():
-    @task(multiple_outputs=True)
-    def claim_batch() -> dict:
+    @task
+    def claim_batch() -> list[dict]:
+        """Move settled landing files into a batch; one {batch_id, chunk} per mapped task."""
         from imaging_lifecycle import ingest as stage
-        from imaging_lifecycle.settings import load_settings
 
-        return stage.claim_batch(load_settings(), quiet_seconds=quiet_seconds()).public()
+        return stage.claim_batch(stage.load_settings(), quiet_seconds=quiet_seconds()).work()
 
     @task(max_active_tis_per_dagrun=2)
     def ingest_chunk(batch_id: str, chunk: int) -> dict:
@@ -31,17 +31,15 @@ def ingest():
         return stage.run_chunk(batch_id, chunk, actor=actor(get_current_context()))
 
     @task(outlets=[INGESTED])
-    def gate(batch_id: str, results: list[dict]) -> dict:
+    def gate(results: list[dict]) -> dict:
         from imaging_lifecycle import ingest as stage
 
         context = get_current_context()
-        summary = stage.close_batch(batch_id, results, actor=actor(context))
-        context["outlet_events"][INGESTED].extra = {"batch_id": batch_id, "stored": summary["stored"]}
+        summary = stage.close_batch(results, actor=actor(context))
+        context["outlet_events"][INGESTED].extra = {"batch_id": summary["batch_id"], "stored": summary["stored"]}
         return summary
 
-    claim = claim_batch()
-    results = ingest_chunk.partial(batch_id=claim["batch_id"]).expand(chunk=claim["chunks"])
-    gate(claim["batch_id"], results)
+    gate(ingest_chunk.expand_kwargs(claim_batch()))
 
 
 ingest()

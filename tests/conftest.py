@@ -25,6 +25,7 @@ for _k in list(os.environ):
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("AIRFLOW_HOME", str(_STATE / "airflow-unit"))
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ def ingest_now(settings) -> dict:
 
     claim = ingest.claim_batch(settings, quiet_seconds=0)
     results = [ingest.run_chunk(claim.batch_id, c, actor="test/ingest", settings=settings) for c in claim.chunks]
-    return ingest.close_batch(claim.batch_id, results, actor="test/ingest", settings=settings) if claim.files else {}
+    return ingest.close_batch(results, actor="test/ingest", settings=settings) if claim.files else {}
 
 
 def catalog(settings):

@@ -49,6 +49,10 @@ class Claim:
     def public(self) -> dict:
         return {"batch_id": self.batch_id, "files": self.files, "chunks": self.chunks}
 
+    def work(self) -> list[dict]:
+        """One {batch_id, chunk} per mapped ingest task (XCom-safe: no names)."""
+        return [{"batch_id": self.batch_id, "chunk": c} for c in self.chunks]
+
 
 def batches_root(settings: Settings) -> Path:
     return settings.state_dir / "ingest"
@@ -237,18 +241,19 @@ def run_chunk(batch_id: str, chunk: int, *, actor: str, settings: Settings | Non
     for staged, source in chunk_files(svc.settings, batch_id, chunk, chunk_size):
         outcome = ingest_file(svc, staged, source, batch_id, actor=actor)
         counts[outcome] = counts.get(outcome, 0) + 1
-    return counts
+    return {"batch_id": batch_id, "chunk": chunk, "counts": counts}
 
 
-def close_batch(batch_id: str, results: list[dict], *, actor: str, settings: Settings | None = None) -> dict:
+def close_batch(results: list[dict], *, actor: str, settings: Settings | None = None) -> dict:
     """Gate the batch; mark it INGESTED or GATE_FAILED. Raises GateFailed so nothing moves on."""
     from imaging_lifecycle.gates import GateFailed, enforce
     from imaging_lifecycle.gates.ingest import check, rows_for
 
     svc = Services.open(settings)
+    (batch_id,) = {r["batch_id"] for r in results}
     totals: dict[str, int] = {}
     for r in results:
-        for k, v in r.items():
+        for k, v in r["counts"].items():
             totals[k] = totals.get(k, 0) + int(v)
     left = chunk_files_all(svc.settings, batch_id)
     if left:

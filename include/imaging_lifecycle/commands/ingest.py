@@ -29,7 +29,7 @@ def run(args) -> int:
         return 0
     results = [ingest.run_chunk(claim.batch_id, c, actor=args.actor, settings=settings) for c in claim.chunks]
     try:
-        summary = ingest.close_batch(claim.batch_id, results, actor=args.actor, settings=settings)
+        summary = ingest.close_batch(results, actor=args.actor, settings=settings)
     except GateFailed as exc:
         print(json.dumps({"batch_id": claim.batch_id, "gate": exc.result.summary()}))
         return 1

@@ -1,0 +1,92 @@
+"""The ingest DAG: in-process with dag.test(), and end to end through the scheduler and triggerer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT
+
+
+@pytest.fixture(scope="module")
+def airflow_db(state_dir):
+    """A migrated Airflow metadata DB for dag.test() (in this test session's state dir)."""
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{state_dir / 'airflow-unit.db'}"
+    subprocess.run([str(PROJECT / ".venv/bin/airflow"), "db", "migrate"], check=True, capture_output=True,
+                   env=os.environ.copy(), timeout=300)
+    from airflow import settings as af_settings
+
+    af_settings.configure_orm()
+    yield
+
+
+def test_ingest_dag_runs_in_process_with_dag_test(airflow_db, object_store_settings, tmp_path, monkeypatch):
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    monkeypatch.setenv("IL_LANDING_DIR", str(tmp_path / "landing"))
+    monkeypatch.setenv("IL_CATALOG_URL", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    monkeypatch.setenv("IL_INGEST_QUIET_SECONDS", "0")
+    write_study(tmp_path / "landing" / "s1", Patient("0815"), instances=4)
+    (tmp_path / "landing" / "junk.dcm").write_bytes(b"not dicom at all" * 10)
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(PROJECT / "dags" / "ingest.py")).dags["ingest"]
+    run = dag.test()
+    assert run.state == "success"
+    from imaging_lifecycle.catalog import Catalog
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    states = sorted(o.state for o in cat.objects())
+    assert states == ["QUARANTINED"] + ["VALIDATED"] * 4
+    assert not list((tmp_path / "landing").rglob("*.dcm"))
+
+
+@pytest.mark.platform
+@pytest.mark.slow
+def test_a_folder_drop_triggers_ingest_through_scheduler_and_triggerer(platform_run, airflow_api):
+    """No manual trigger: the AssetWatcher's trigger sees the batch and the scheduler runs the DAG."""
+    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    settings = platform_run.settings()
+    airflow_api.wait_for(lambda: any(d["dag_id"] == "ingest" for d in airflow_api.get("/api/v2/dags")["dags"]),
+                         120, "the ingest DAG to be parsed")
+    before = {r["dag_run_id"] for r in airflow_api.dag_runs("ingest")}
+    patient = Patient("2024")
+    t0 = time.time()
+    write_study(settings.landing_dir / "drop", patient, instances=5)
+
+    def finished():
+        runs = [r for r in airflow_api.dag_runs("ingest") if r["dag_run_id"] not in before]
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        return done[0] if done else None
+
+    run = airflow_api.wait_for(finished, 240, "an ingest run started by the landing folder")
+    latency = time.time() - t0
+    assert run["state"] == "success", run
+    assert run["run_type"] == "asset_triggered"
+    cat = Catalog(settings.catalog_url)
+    assert sum(1 for o in cat.objects() if o.state == "VALIDATED") >= 5
+    assert not list(settings.landing_dir.rglob("*.dcm"))
+    print(f"\narrival -> completed ingest: {latency:.1f} s (quiet period {os.environ.get('IL_INGEST_QUIET_SECONDS', '5')} s)")
+
+    # No identifier in task logs, XCom or the audit trail.
+    logs = "".join(p.read_text(errors="replace") for p in (platform_run.state / "airflow" / "logs").rglob("*") if p.is_file())
+    xcoms = ""
+    for ti in airflow_api.task_instances("ingest", run["dag_run_id"]):
+        path = (f"/api/v2/dags/ingest/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}/xcomEntries"
+                f"?map_index={ti.get('map_index', -1)}")
+        for entry in airflow_api.get(path)["xcom_entries"]:
+            xcoms += json.dumps(airflow_api.get(f"/api/v2/dags/ingest/dagRuns/{run['dag_run_id']}/taskInstances/"
+                                                f"{ti['task_id']}/xcomEntries/{entry['key']}?map_index={ti.get('map_index', -1)}"))
+    audit = json.dumps([r.public() for r in cat.audit.records()], default=str)
+    assert "batch_id" in xcoms and logs
+    for marker in patient.markers():
+        assert marker not in logs, "identifier in task logs"
+        assert marker not in xcoms, "identifier in XCom"
+        assert marker not in audit, "identifier in audit records"
