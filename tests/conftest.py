@@ -25,6 +25,8 @@ for _k in list(os.environ):
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("AIRFLOW_HOME", str(_STATE / "airflow-unit"))
+# Airflow reads its config once, at first import: fix the unit-test metadata DB before that.
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_STATE / 'airflow-unit.db'}"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -16,12 +16,9 @@ from conftest import PROJECT
 @pytest.fixture(scope="module")
 def airflow_db(state_dir):
     """A migrated Airflow metadata DB for dag.test() (in this test session's state dir)."""
-    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{state_dir / 'airflow-unit.db'}"
+    assert os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("airflow-unit.db")  # set by conftest
     subprocess.run([str(PROJECT / ".venv/bin/airflow"), "db", "migrate"], check=True, capture_output=True,
                    env=os.environ.copy(), timeout=300)
-    from airflow import settings as af_settings
-
-    af_settings.configure_orm()
     yield
 
 
