@@ -104,6 +104,14 @@ ACTIONS: dict[str, int] = {
     "user.login": 110114,
     "app.start": 110100,
     "app.stop": 110100,
+    # retention and secure deletion (issue 6)
+    "retention.set": 110103,
+    "grant.create": 110103,
+    "grant.read": 110106,
+    "grant.erase": 110105,
+    "deletion.certificate": 110105,
+    # backup, restore verification and key rotation (issue 5)
+    "object.flag": 110113,
 }
 assert set(ACTIONS.values()) <= set(EVENTS)
 

@@ -817,6 +817,265 @@ class Catalog:
             row = conn.execute(select(batches).where(batches.c.id == batch_id)).one()
         return _batch(row)
 
+    # -- retention, grants and deletion certificates (issue 6) ---------------
+
+    def set_retention_deadline(self, object_id: str, deadline: dt.datetime, *, actor: str,
+                               detail: dict | None = None, session: Connection | None = None) -> ObjectRecord:
+        """Set the object's retention deadline outside a state change (e.g. a quarantined object's 30 days)."""
+        _check_id(object_id)
+        when = _when("retention_deadline", deadline)
+        with self.db.write(session) as conn:
+            row = conn.execute(select(objects).where(objects.c.id == object_id)).first()
+            if row is None:
+                raise UnknownObject(f"no catalog object {object_id}")
+            conn.execute(update(objects).where(objects.c.id == object_id)
+                         .values(retention_deadline=when, updated_at=_now()))
+            self.audit.append(actor, "retention.set", object_ref=object_id,
+                              detail={**(detail or {}), "state": row.state}, session=conn)
+            row = conn.execute(select(objects).where(objects.c.id == object_id)).one()
+        return ObjectRecord(**row._mapping)
+
+    def without_deadline(self, states_: list[str], limit: int = 1000) -> list[ObjectRecord]:
+        """Objects in ``states_`` that have no retention deadline yet (oldest first)."""
+        q = (select(objects).where(objects.c.state.in_(sorted(states_)), objects.c.retention_deadline.is_(None))
+             .order_by(objects.c.created_at, objects.c.id).limit(limit))
+        with self.db.read() as conn:
+            return [ObjectRecord(**r._mapping) for r in conn.execute(q)]
+
+    def deletion_pending(self, limit: int = 1000) -> list[ObjectRecord]:
+        """Objects whose deletion started (EXPIRED or DELETING) and is not finished, not under hold."""
+        from imaging_lifecycle.catalog.states import DELETING, EXPIRED
+
+        q = (select(objects).where(objects.c.state.in_([EXPIRED, DELETING]), objects.c.legal_hold.is_(False))
+             .order_by(objects.c.updated_at, objects.c.id).limit(limit))
+        with self.db.read() as conn:
+            return [ObjectRecord(**r._mapping) for r in conn.execute(q)]
+
+    def copies_of(self, object_ids: list[str], *, session: Connection | None = None) -> dict[str, list[CopyRecord]]:
+        """Live copies of many objects at once: object id -> copies (batch form of :meth:`copies`)."""
+        out: dict[str, list[CopyRecord]] = {oid: [] for oid in object_ids}
+        with self.db.read(session) as conn:
+            for i in range(0, len(object_ids), 500):
+                q = (select(copies).where(copies.c.object_id.in_(object_ids[i:i + 500]), copies.c.deleted_at.is_(None))
+                     .order_by(copies.c.created_at, copies.c.id))
+                for r in conn.execute(q):
+                    out[r.object_id].append(CopyRecord(**r._mapping))
+        return out
+
+    def get_many(self, object_ids: list[str], *, session: Connection | None = None) -> dict[str, ObjectRecord]:
+        """Objects by id (unknown ids are simply absent)."""
+        out: dict[str, ObjectRecord] = {}
+        with self.db.read(session) as conn:
+            for i in range(0, len(object_ids), 500):
+                for r in conn.execute(select(objects).where(objects.c.id.in_(object_ids[i:i + 500]))):
+                    out[r.id] = ObjectRecord(**r._mapping)
+        return out
+
+    def data_key_rows(self, dek_ids: list[str], *, session: Connection | None = None) -> dict[str, dict]:
+        """``dek id -> {kek_ref, live}`` (``live``: its wrapped bytes still exist)."""
+        out: dict[str, dict] = {}
+        with self.db.read(session) as conn:
+            for i in range(0, len(dek_ids), 500):
+                q = select(data_keys.c.id, data_keys.c.kek_ref, data_keys.c.wrapped.is_not(None).label("live")) \
+                    .where(data_keys.c.id.in_(dek_ids[i:i + 500]))
+                for r in conn.execute(q):
+                    out[r.id] = {"kek_ref": r.kek_ref, "live": bool(r.live)}
+        return out
+
+    def live_data_keys_under(self, kek_id: str, *, session: Connection | None = None) -> int:
+        """How many DEKs wrapped under any version of ``kek_id`` are not destroyed."""
+        _label("kek_id", kek_id)
+        with self.db.read(session) as conn:
+            return conn.execute(select(func.count()).select_from(data_keys).where(
+                data_keys.c.kek_ref.like(f"{kek_id}@v%"), data_keys.c.wrapped.is_not(None))).scalar_one()
+
+    def stored_sha256(self, digests: list[str]) -> set[str]:
+        """Which of these plaintext SHA-256s belong to an object that has a live stored copy."""
+        found: set[str] = set()
+        digests = [_sha256("sha256", d) for d in digests]
+        with self.db.read() as conn:
+            for i in range(0, len(digests), 500):
+                q = (select(objects.c.sha256).join(copies, copies.c.object_id == objects.c.id)
+                     .where(objects.c.sha256.in_(digests[i:i + 500]), copies.c.deleted_at.is_(None),
+                            objects.c.state != DELETED))
+                found.update(r[0] for r in conn.execute(q))
+        return found
+
+    def add_grant(self, grant_id: str, object_id: str, *, key: str, kek_scope: str, deadline: dt.datetime,
+                  actor: str, detail: dict | None = None, session: Connection | None = None) -> dict:
+        """Record a cache grant (before its copy is uploaded); audited as ``grant.create``."""
+        from imaging_lifecycle.catalog.schema import grants
+
+        _check_id(grant_id, "grant_id")
+        _check_id(object_id)
+        _audit.check_actor(actor)
+        values = {"id": grant_id, "object_id": object_id, "key": _text("key", key),
+                  "kek_scope": _label("kek_scope", kek_scope), "actor": actor,
+                  "created_at": _now(), "deadline": _when("deadline", deadline)}
+        with self.db.write(session) as conn:
+            if conn.execute(select(objects.c.id).where(objects.c.id == object_id)).first() is None:
+                raise UnknownObject(f"no catalog object {object_id}")
+            conn.execute(insert(grants).values(**values))
+            self.audit.append(actor, "grant.create", object_ref=object_id,
+                              detail={**(detail or {}), "grant": grant_id, "zone": "cache"}, session=conn)
+        return values
+
+    def grant(self, grant_id: str, *, session: Connection | None = None) -> dict:
+        """The grant row as a dict; :class:`UnknownObject` if there is none."""
+        from imaging_lifecycle.catalog.schema import grants
+
+        _check_id(grant_id, "grant_id")
+        with self.db.read(session) as conn:
+            row = conn.execute(select(grants).where(grants.c.id == grant_id)).first()
+        if row is None:
+            raise UnknownObject(f"no grant {grant_id}")
+        return dict(row._mapping)
+
+    def attach_grant_copy(self, grant_id: str, copy_id: str, *, session: Connection | None = None) -> None:
+        from imaging_lifecycle.catalog.schema import grants
+
+        with self.db.write(session) as conn:
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(copy_id=_check_id(copy_id, "copy_id")))
+
+    def grants_where(self, *, copy_ids: list[str] | None = None, expired_at: dt.datetime | None = None,
+                     limit: int = 1000) -> list[dict]:
+        """Live (not erased) grants: of these copies, or past their deadline at ``expired_at``."""
+        from imaging_lifecycle.catalog.schema import grants
+
+        out: list[dict] = []
+        with self.db.read() as conn:
+            if copy_ids is not None:
+                for i in range(0, len(copy_ids), 500):
+                    q = select(grants).where(grants.c.copy_id.in_(copy_ids[i:i + 500]), grants.c.erased_at.is_(None))
+                    out.extend(dict(r._mapping) for r in conn.execute(q))
+            if expired_at is not None:
+                q = (select(grants).where(grants.c.deadline <= _when("expired_at", expired_at),
+                                          grants.c.erased_at.is_(None))
+                     .order_by(grants.c.deadline, grants.c.id).limit(limit))
+                out.extend(dict(r._mapping) for r in conn.execute(q))
+        return out
+
+    def mark_grant_erased(self, grant_id: str, *, actor: str, session: Connection | None = None) -> bool:
+        """The grant's key is destroyed and its copy purged. Idempotent; True if it changed."""
+        from imaging_lifecycle.catalog.schema import grants
+
+        with self.db.write(session) as conn:
+            row = conn.execute(select(grants).where(grants.c.id == grant_id)).first()
+            if row is None:
+                raise UnknownObject(f"no grant {grant_id}")
+            if row.erased_at is not None:
+                return False
+            conn.execute(update(grants).where(grants.c.id == grant_id).values(erased_at=_now()))
+            self.audit.append(actor, "grant.erase", object_ref=row.object_id, detail={"grant": grant_id},
+                              session=conn)
+        return True
+
+    def add_certificate(self, object_id: str, *, scope: str, body: dict, actor: str,
+                        session: Connection | None = None) -> str:
+        """Store a deletion certificate and write it to the audit chain (same transaction). Returns its id."""
+        from imaging_lifecycle.catalog.schema import certificates
+
+        _check_id(object_id)
+        cert_id = uuid.uuid4().hex
+        issued = _now()
+        stored = {**body, "certificate_id": cert_id, "issued_at": issued.isoformat().replace("+00:00", "Z")}
+        # The audit record carries the certificate minus its times and actor (the record's own
+        # ts and actor fields hold those; date-like strings are refused in audit detail by design).
+        chained = {k: v for k, v in stored.items() if not k.endswith("_at") and k != "actor"}
+        with self.db.write(session) as conn:
+            conn.execute(insert(certificates).values(id=cert_id, object_id=object_id, scope=_label("scope", scope),
+                                                     body=_audit.canonical_json(stored), issued_at=issued))
+            self.audit.append(actor, "deletion.certificate", object_ref=object_id, detail=chained, session=conn)
+        return cert_id
+
+    def certificates(self, object_id: str) -> list[dict]:
+        """The object's deletion certificates, oldest first (each the stored JSON body)."""
+        from imaging_lifecycle.catalog.schema import certificates
+
+        _check_id(object_id)
+        with self.db.read() as conn:
+            rows = conn.execute(select(certificates.c.body).where(certificates.c.object_id == object_id)
+                                .order_by(certificates.c.issued_at, certificates.c.id)).all()
+        return [json.loads(r.body) for r in rows]
+
+    # -- backup, restore verification and key rotation (issue 5) -------------
+
+    def flag(self, object_id: str, reason: str, *, actor: str, detail: dict | None = None,
+             session: Connection | None = None) -> ObjectRecord:
+        """Mark an object for human attention with a reason code (e.g. BACKUP_MISMATCH); audited as a security alert."""
+        _check_id(object_id)
+        values = _check_fields({"flagged": reason})
+        with self.db.write(session) as conn:
+            row = conn.execute(select(objects).where(objects.c.id == object_id)).first()
+            if row is None:
+                raise UnknownObject(f"no catalog object {object_id}")
+            conn.execute(update(objects).where(objects.c.id == object_id).values(updated_at=_now(), **values))
+            self.audit.append(actor, "object.flag", object_ref=object_id, outcome="failure",
+                              detail={**(detail or {}), "flag": values["flagged"], "state": row.state}, session=conn)
+            row = conn.execute(select(objects).where(objects.c.id == object_id)).one()
+        return ObjectRecord(**row._mapping)
+
+    def live_copies_in_zone(self, zone: str, *, object_states: list[str] | None = None,
+                            session: Connection | None = None) -> list[tuple[ObjectRecord, CopyRecord]]:
+        """``(object, copy)`` for every live copy in ``zone`` (of objects in ``object_states``), by copy id."""
+        with self.db.read(session) as conn:
+            found = [CopyRecord(**r._mapping) for r in conn.execute(
+                select(copies).where(copies.c.zone == _zone("zone", zone), copies.c.deleted_at.is_(None))
+                .order_by(copies.c.id))]
+            ids = sorted({c.object_id for c in found})
+            objs: dict[str, ObjectRecord] = {}
+            for i in range(0, len(ids), 500):
+                q = select(objects).where(objects.c.id.in_(ids[i:i + 500]))
+                if object_states is not None:
+                    q = q.where(objects.c.state.in_(sorted(object_states)))
+                objs.update((r.id, ObjectRecord(**r._mapping)) for r in conn.execute(q))
+        return [(objs[c.object_id], c) for c in found if c.object_id in objs]
+
+    def data_key(self, dek_id: str, *, session: Connection | None = None) -> dict | None:
+        """The data key row (``id, kek_ref, wrapped, aad_zone, aad_tier, destroyed_at``), or None."""
+        with self.db.read(session) as conn:
+            row = conn.execute(select(data_keys).where(data_keys.c.id == dek_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def kek_refs_in_use(self, *, session: Connection | None = None) -> dict[str, int]:
+        """``kek_ref -> number of live (not destroyed) data keys wrapped under it``."""
+        q = (select(data_keys.c.kek_ref, func.count()).where(data_keys.c.wrapped.is_not(None))
+             .group_by(data_keys.c.kek_ref))
+        with self.db.read(session) as conn:
+            return {ref: n for ref, n in conn.execute(q)}
+
+    def live_data_keys(self, kek_refs: list[str], *, limit: int = 1000, after_id: str = "",
+                       session: Connection | None = None) -> list[tuple[str, str, bytes]]:
+        """Up to ``limit`` live data keys under any of ``kek_refs`` with id > ``after_id``: ``(id, kek_ref, wrapped)``."""
+        q = (select(data_keys.c.id, data_keys.c.kek_ref, data_keys.c.wrapped)
+             .where(data_keys.c.kek_ref.in_(sorted(kek_refs)), data_keys.c.wrapped.is_not(None),
+                    data_keys.c.id > after_id)
+             .order_by(data_keys.c.id).limit(limit))
+        with self.db.read(session) as conn:
+            return [(r.id, r.kek_ref, bytes(r.wrapped)) for r in conn.execute(q)]
+
+    def rewrap_data_keys(self, changes: list[tuple[str, str, str, bytes]], *, actor: str,
+                         detail: dict | None = None, object_ref: str | None = None,
+                         session: Connection | None = None) -> int:
+        """Store re-wrapped DEKs: ``(dek_id, old_kek_ref, new_kek_ref, wrapped)``, each a compare-and-set.
+
+        A row is changed only if it still names ``old_kek_ref`` and is live, so
+        a resumed or concurrent rotation never applies a wrap twice. One
+        ``key.rotate`` audit record per call. Returns the number of rows changed.
+        """
+        from imaging_lifecycle.keystore import KekRef
+
+        changed = 0
+        with self.db.write(session) as conn:
+            for dek_id, old, new, wrapped in changes:
+                r = conn.execute(update(data_keys).where(
+                    data_keys.c.id == dek_id, data_keys.c.kek_ref == old, data_keys.c.wrapped.is_not(None),
+                ).values(kek_ref=str(KekRef.parse(new)), wrapped=bytes(wrapped)))
+                changed += r.rowcount
+            self.audit.append(actor, "key.rotate", object_ref=object_ref,
+                              detail={**(detail or {}), "rewrapped": changed, "offered": len(changes)}, session=conn)
+        return changed
+
 
 def _check_counts(counts: Any) -> None:
     def ok_int(v: Any) -> bool:

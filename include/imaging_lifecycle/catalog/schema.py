@@ -214,3 +214,35 @@ event.listen(
         "FOR EACH ROW EXECUTE FUNCTION il_audit_append_only()"
     ).execute_if(dialect="postgresql"),
 )
+
+#: One row per cache grant (issue 6): a working copy re-encrypted under a KEK
+#: of its own (scope ``grant:<id>``), for one requester, until ``deadline``
+#: (at most 72 hours). The row is written *before* the upload, so a retrieval
+#: that dies half-way still leaves the sweeper something to erase.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("object_id", String(32), ForeignKey("objects.id"), nullable=False, index=True),
+    Column("copy_id", String(32), index=True),  # set once the cache copy is recorded
+    Column("key", String(1024), nullable=False),  # object key in the cache zone
+    Column("kek_scope", String(64), nullable=False),
+    Column("actor", String(256), nullable=False),  # who asked
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("deadline", UTCDateTime(), nullable=False, index=True),
+    Column("erased_at", UTCDateTime()),
+)
+
+#: Deletion certificates (NIST SP 800-88 style), one per deleted object or
+#: expired copy. ``body`` is canonical JSON; written in the same transaction
+#: as the DELETED state (or the copy's ``deleted_at``), so no certificate can
+#: exist without its deletion.
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("object_id", String(32), ForeignKey("objects.id"), nullable=False, index=True),
+    Column("scope", String(64), nullable=False),  # "object" or "copy:<copy id>"
+    Column("body", Text, nullable=False),
+    Column("issued_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,387 @@
+"""Verified secure deletion: cryptographic erase + purge of every version, then a certificate.
+
+:func:`sweep` (the sweeper DAG's step) finds what is past its deadline and
+hands it to :func:`delete_candidates`, which any caller with explicit ids
+uses too. Both run the safety gate (:mod:`imaging_lifecycle.gates.deletion`)
+over the whole candidate list first: one bad candidate and nothing is deleted.
+
+The procedure runs in phases over the whole candidate list, each batched
+(one catalog transaction per :data:`BATCH` candidates, one DeleteObjects per
+1,000 versions, one version listing per key prefix rather than a HEAD per
+object):
+
+1. **Erase.** Objects enter DELETING and every DEK of every copy is destroyed
+   in the same catalog transaction. Then each KEK that no live DEK depends
+   on any more is destroyed in the key store: a grant's KEK always, a study
+   KEK once the whole study is gone. Unreadable everywhere from here on,
+   backups included.
+2. **Purge** every version and delete marker of every copy in every zone.
+   Versions under an object lock that has not expired are refused by the
+   store; they stay pending (already unreadable) for a later sweep.
+3. **Local files** of the objects left in ingest staging are removed.
+4. **Verify**: a fresh listing shows no version left; no DEK is live.
+5. **Certify**, last: copies marked deleted, the object DELETED and its
+   certificate written to the certificates table and the audit chain, in one
+   transaction. So a kill anywhere leaves at worst an object in DELETING
+   whose keys are gone; the next sweep resumes it (DELETING is re-entrant),
+   and no certificate exists without its deletion.
+
+Everything returned is counts and catalog ids (XCom-safe).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from imaging_lifecycle import faults
+from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord
+from imaging_lifecycle.catalog.states import DELETED, DELETING, EXPIRABLE, EXPIRED
+from imaging_lifecycle.keystore import KekRef
+from imaging_lifecycle.retention import BackupRequired, default_backup_required
+from imaging_lifecycle.settings import LOCKED_ZONES, Settings, load_settings
+
+METHOD = "cryptographic_erase+logical_delete"
+STANDARD = "NIST-SP-800-88r1"
+#: Candidates per catalog transaction.
+BATCH = 500
+#: A key-prefix group at least this big is listed as one folder, not key by key.
+LIST_FOLDER_AT = 20
+
+
+class DeletionError(RuntimeError):
+    """Deletion could not proceed; names ids and counts only."""
+
+
+@dataclass
+class Target:
+    """One unit of deletion: a whole object, one expired copy, or an orphaned grant."""
+
+    kind: str  # "object" | "copy" | "grant"
+    obj: ObjectRecord
+    copies: list[CopyRecord]
+    grants: list[dict] = field(default_factory=list)
+    deadline: dt.datetime | None = None
+    purged_versions: int = 0
+    locked: int = 0
+    verification: dict = field(default_factory=dict)
+    keks: set = field(default_factory=set)
+
+    @property
+    def scope(self) -> str:
+        if self.kind == "object":
+            return "object"
+        if self.kind == "copy":
+            return f"copy:{self.copies[0].id}"
+        return f"grant:{self.grants[0]['id']}"
+
+    @property
+    def ref(self) -> str:
+        return self.obj.id if self.kind == "object" else f"{self.obj.id}/{self.scope}"
+
+
+@dataclass
+class _Ctx:
+    settings: Settings
+    catalog: Catalog
+    store: object
+    keystore: object
+    actor: str
+
+
+def _ctx(actor: str, settings: Settings | None, catalog, store, keystore) -> _Ctx:
+    from imaging_lifecycle.keystore import open_default_keystore
+    from imaging_lifecycle.storage import ObjectStore
+
+    settings = settings or load_settings()
+    return _Ctx(settings, catalog or Catalog(settings.catalog_url), store or ObjectStore(settings),
+                keystore or open_default_keystore(settings), actor)
+
+
+def _chunks(items: list, n: int = BATCH):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+# -- planning ----------------------------------------------------------------------
+
+
+def plan(cat: Catalog, now: dt.datetime, limit: int) -> list[Target]:
+    """Everything due at ``now``: resumed deletions first, then expired objects, copies and orphan grants."""
+    objs: dict[str, ObjectRecord] = {}
+    for o in cat.deletion_pending(limit) + cat.expired(now, limit).objects:
+        objs.setdefault(o.id, o)
+    targets: list[Target] = []
+    copies = cat.copies_of(list(objs))
+    for oid, o in objs.items():
+        targets.append(Target("object", o, copies[oid], deadline=o.retention_deadline))
+    exp = cat.expired(now, limit)
+    lone = [c for c in exp.copies if c.object_id not in objs]
+    owners = cat.get_many(sorted({c.object_id for c in lone}))
+    for c in lone:
+        targets.append(Target("copy", owners[c.object_id], [c], deadline=c.deadline))
+    orphans = [g for g in cat.grants_where(expired_at=now, limit=limit) if g["copy_id"] is None]
+    owners = cat.get_many(sorted({g["object_id"] for g in orphans}))
+    for g in orphans:
+        if g["object_id"] not in objs and not owners[g["object_id"]].legal_hold:
+            targets.append(Target("grant", owners[g["object_id"]], [], [g], deadline=g["deadline"]))
+    _attach_grants(cat, targets)
+    return targets
+
+
+def _attach_grants(cat: Catalog, targets: list[Target]) -> None:
+    by_copy = {c.id: t for t in targets if t.kind != "grant" for c in t.copies}
+    for g in cat.grants_where(copy_ids=list(by_copy)):
+        by_copy[g["copy_id"]].grants.append(g)
+
+
+def targets_for_ids(cat: Catalog, object_ids: list[str]) -> list[Target]:
+    """Whole-object targets for explicit ids (the gate then decides whether they may go)."""
+    objs = cat.get_many(list(object_ids))
+    missing = [i for i in object_ids if i not in objs]
+    if missing:
+        raise DeletionError(f"{len(missing)} unknown catalog id(s), e.g. {missing[0]}")
+    copies = cat.copies_of(list(objs))
+    targets = [Target("object", o, copies[o.id], deadline=o.retention_deadline) for o in objs.values()]
+    _attach_grants(cat, targets)
+    return targets
+
+
+def gate_rows(cat: Catalog, targets: list[Target], now: dt.datetime,
+              backup_required: BackupRequired = default_backup_required) -> list[dict]:
+    """One gate row per target, from fresh catalog reads (a hold set since planning counts)."""
+    fresh = cat.get_many([t.obj.id for t in targets])
+    all_copies = {}
+    rows = []
+    for t in targets:
+        o = fresh[t.obj.id]
+        backup_ok = True
+        if t.kind == "object" and o.state != DELETING and (o.zone or "archive") == "archive" \
+                and backup_required(o.tier if o.tier is not None else 5):
+            if o.id not in all_copies:
+                all_copies[o.id] = cat.copies(o.id, include_deleted=True)
+            backup_ok = any(c.zone == "backup" for c in all_copies[o.id])
+        rows.append({
+            "ref": t.ref,
+            "kind_state": f"{t.kind}:{o.state}",
+            "overdue_seconds": None if t.deadline is None else int((now - t.deadline).total_seconds()),
+            "legal_hold": bool(o.legal_hold),
+            "backup_ok": backup_ok,
+        })
+    return rows
+
+
+# -- the procedure -----------------------------------------------------------------
+
+
+def sweep(now: dt.datetime, *, limit: int = 1000, actor: str, backup_required: BackupRequired | None = None,
+          settings: Settings | None = None, catalog=None, store=None, keystore=None) -> dict:
+    """The sweeper DAG step: delete everything past its deadline at ``now`` (at most ``limit`` of each kind)."""
+    ctx = _ctx(actor, settings, catalog, store, keystore)
+    targets = plan(ctx.catalog, now, limit)
+    return _run(ctx, targets, now, backup_required or default_backup_required)
+
+
+def delete_candidates(object_ids: list[str], now: dt.datetime, *, actor: str,
+                      backup_required: BackupRequired | None = None, settings: Settings | None = None,
+                      catalog=None, store=None, keystore=None) -> dict:
+    """Delete these objects whole, if the gate lets every one of them go (else nothing is deleted)."""
+    ctx = _ctx(actor, settings, catalog, store, keystore)
+    return _run(ctx, targets_for_ids(ctx.catalog, object_ids), now, backup_required or default_backup_required)
+
+
+def _run(ctx: _Ctx, targets: list[Target], now: dt.datetime, backup_required: BackupRequired) -> dict:
+    from imaging_lifecycle.gates import enforce
+    from imaging_lifecycle.gates.deletion import check
+
+    out = {"candidates": len(targets), "objects_deleted": 0, "copies_deleted": 0, "grants_erased": 0,
+           "certificates": 0, "pending_locked": 0, "failed": 0, "gate": None}
+    if not targets:
+        return out
+    now = now.astimezone(dt.timezone.utc)
+    result = check(gate_rows(ctx.catalog, targets, now, backup_required))
+    ctx.catalog.audit.append(ctx.actor, "gate.run", outcome="success" if result.success else "failure",
+                             detail={"gate": result.gate, "ok": result.success, "rows": result.rows,
+                                     "failed": len(result.failures)})
+    out["gate"] = result.summary()
+    enforce(result)  # GateFailed: nothing was touched
+    _erase(ctx, targets)
+    faults.point("deletion.after_erase")
+    _purge(ctx, targets)
+    faults.point("deletion.after_purge")
+    _remove_local(ctx, targets)
+    _verify(ctx, targets)
+    faults.point("deletion.before_certify")
+    done = _certify(ctx, targets)
+    out["certificates"] = len(done)
+    out["objects_deleted"] = sum(1 for t in done if t.kind == "object")
+    out["copies_deleted"] = sum(len(t.copies) for t in done)
+    out["grants_erased"] = sum(len(t.grants) for t in done)
+    out["pending_locked"] = sum(1 for t in targets if t.locked and t not in done)
+    out["failed"] = len(targets) - len(done) - out["pending_locked"]
+    return out
+
+
+def _erase(ctx: _Ctx, targets: list[Target]) -> None:
+    """Step 1: DELETING + every DEK destroyed (catalog), then KEKs nothing else needs (key store)."""
+    cat = ctx.catalog
+    for batch in _chunks(targets):
+        with cat.transaction() as s:
+            for t in batch:
+                if t.kind == "object":
+                    if t.obj.state in EXPIRABLE:
+                        cat.transition(t.obj.id, EXPIRED, actor=ctx.actor, session=s)
+                    cat.transition(t.obj.id, DELETING, actor=ctx.actor, session=s)
+                for c in t.copies:
+                    if c.key_id:
+                        cat.destroy_data_key(c.key_id, actor=ctx.actor, object_id=t.obj.id, session=s)
+    faults.point("deletion.after_dek_destroy")
+    deks = sorted({c.key_id for t in targets for c in t.copies if c.key_id})
+    rows = cat.data_key_rows(deks)
+    kek_owner: dict[str, str] = {}
+    ks = ctx.keystore
+    for t in targets:
+        for c in t.copies:
+            if c.key_id in rows:
+                t.keks.add(KekRef.parse(rows[c.key_id]["kek_ref"]).kek_id)
+        for g in t.grants:  # a grant whose copy was never recorded: find its KEK by scope
+            ref = ks.current(g["kek_scope"])
+            if ref is not None:
+                t.keks.add(ref.kek_id)
+        for k in t.keks:
+            kek_owner.setdefault(k, t.obj.id)
+    doomed = [k for k in sorted(kek_owner) if cat.live_data_keys_under(k) == 0 and not _kek_gone(ks, k)]
+    for batch in _chunks(doomed):
+        # Audit first: a crash between the two repeats the (idempotent) destroy and its record,
+        # rather than leaving a destroyed key without one.
+        with cat.transaction() as s:
+            for k in batch:
+                cat.audit.append(ctx.actor, "key.destroy", object_ref=kek_owner[k], detail={"kek": k}, session=s)
+        with _ks_transaction(ks):
+            for k in batch:
+                ks.destroy(k)
+
+
+def _kek_gone(ks, kek_id: str) -> bool:
+    try:
+        return ks.is_destroyed(kek_id)
+    except Exception:  # unknown to this key store: nothing to destroy
+        return True
+
+
+def _ks_transaction(ks):
+    import contextlib
+
+    return ks.transaction() if hasattr(ks, "transaction") else contextlib.nullcontext()
+
+
+def _copy_keys(t: Target) -> list[tuple[str, str]]:
+    keys = [(c.zone, c.key) for c in t.copies]
+    keys += [("cache", g["key"]) for g in t.grants if g["copy_id"] is None]
+    return keys
+
+
+def _listing(ctx: _Ctx, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list]:
+    """Every version and delete marker of the wanted (zone, key)s: one listing per folder when many."""
+    found: dict[tuple[str, str], list] = defaultdict(list)
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for zone, key in wanted:
+        groups[(zone, key.rsplit("/", 1)[0] + "/" if "/" in key else "")].append(key)
+    for (zone, folder), keys in groups.items():
+        prefixes = [folder] if len(keys) >= LIST_FOLDER_AT else keys
+        for prefix in prefixes:
+            for v in ctx.store.versions(zone, prefix):
+                if (zone, v.key) in wanted:
+                    found[(zone, v.key)].append(v)
+    return found
+
+
+def _purge(ctx: _Ctx, targets: list[Target]) -> None:
+    """Step 2: remove every version and delete marker (DeleteObjects, 1,000 per request)."""
+    wanted = {zk for t in targets for zk in _copy_keys(t)}
+    found = _listing(ctx, wanted)
+    by_zone: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+    for (zone, key), versions in found.items():
+        by_zone[zone].extend((v.key, v.version_id) for v in versions)
+    failed: set[tuple[str, str]] = set()
+    for zone, pairs in by_zone.items():
+        for key, _vid, _code in ctx.store.purge(zone, pairs):
+            failed.add((zone, key))
+    for t in targets:
+        keys = _copy_keys(t)
+        t.purged_versions = sum(len(found.get(zk, [])) for zk in keys if zk not in failed)
+        t.locked = sum(1 for zk in keys if zk in failed and zk[0] in LOCKED_ZONES)
+
+
+def _remove_local(ctx: _Ctx, targets: list[Target]) -> None:
+    """Step 3: staged ingest files of these objects (their ``.id`` sidecar names the catalog id)."""
+    root = ctx.settings.state_dir / "ingest"
+    ids = {t.obj.id for t in targets if t.kind == "object"}
+    if not ids or not root.is_dir():
+        return
+    for sidecar in root.glob("*/*.id"):
+        try:
+            if sidecar.read_text().strip() in ids:
+                sidecar.with_suffix(".dcm").unlink(missing_ok=True)
+                sidecar.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
+
+
+def _verify(ctx: _Ctx, targets: list[Target]) -> None:
+    """Step 4: a fresh listing finds no version; no DEK is live; each KEK is destroyed or still needed."""
+    wanted = {zk for t in targets for zk in _copy_keys(t)}
+    left = _listing(ctx, wanted)
+    rows = ctx.catalog.data_key_rows(sorted({c.key_id for t in targets for c in t.copies if c.key_id}))
+    for t in targets:
+        remaining = sum(len(left.get(zk, [])) for zk in _copy_keys(t))
+        live = sum(1 for c in t.copies if c.key_id and rows.get(c.key_id, {}).get("live"))
+        shared = [k for k in t.keks if not _kek_gone(ctx.keystore, k)]
+        t.verification = {
+            "versions_remaining": remaining,
+            "data_keys_live": live,
+            "kek_destroyed": not shared,
+            "kek_shared_with_live_data": bool(shared),
+            "unwrap_possible": live > 0,
+            "result": "pass" if remaining == 0 and live == 0 else "fail",
+        }
+
+
+def _certify(ctx: _Ctx, targets: list[Target]) -> list[Target]:
+    """Step 5, last: mark deleted and certify the targets that verified, one transaction per batch."""
+    cat = ctx.catalog
+    done = [t for t in targets if t.verification.get("result") == "pass"]
+    for batch in _chunks(done):
+        with cat.transaction() as s:
+            for t in batch:
+                for c in t.copies:
+                    cat.mark_copy_deleted(c.id, actor=ctx.actor, session=s)
+                for g in t.grants:
+                    cat.mark_grant_erased(g["id"], actor=ctx.actor, session=s)
+                if t.kind == "object":
+                    cat.transition(t.obj.id, DELETED, actor=ctx.actor, session=s)
+                zones = sorted({zk[0] for zk in _copy_keys(t)})
+                cat.add_certificate(t.obj.id, scope=t.scope, actor=ctx.actor, session=s, body={
+                    "object": t.obj.id, "scope": t.scope, "tier": t.obj.tier, "zones": zones,
+                    "copies": len(t.copies), "versions_purged": t.purged_versions,
+                    "method": METHOD, "standard": STANDARD, "sanitization": "purge",
+                    "actor": ctx.actor, "completed_at": _iso(dt.datetime.now(dt.timezone.utc)),
+                    "verification": t.verification,
+                })
+    return done
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def certificates(catalog_id: str, *, settings: Settings | None = None, catalog=None) -> list[dict]:
+    """The deletion certificates of ``catalog_id`` (what ``imaging-lifecycle certificate`` exports)."""
+    cat = catalog or Catalog((settings or load_settings()).catalog_url)
+    cat.get(catalog_id)  # UnknownObject for an unknown id
+    return cat.certificates(catalog_id)
+
+
+__all__ = ["sweep", "delete_candidates", "plan", "gate_rows", "certificates", "Target", "DeletionError",
+           "METHOD", "STANDARD", "BATCH", "DELETED"]
