@@ -15,16 +15,14 @@ from pathlib import Path
 import pytest
 
 _STATE = Path(tempfile.mkdtemp(prefix="il-test-state-"))
+for _k in list(os.environ):  # nothing of a developer's platform, keys or shell may leak in
+    if _k.startswith(("IL_", "AIRFLOW_CONN_IL_", "AIRFLOW__")) and _k != "IL_TEST_PORT_OFFSET":
+        del os.environ[_k]
 os.environ["IL_STATE_DIR"] = str(_STATE)
 os.environ["IL_PORT_OFFSET"] = os.environ.get("IL_TEST_PORT_OFFSET", "100")
-os.environ.pop("IL_LANDING_DIR", None)
-os.environ.pop("IL_CATALOG_URL", None)
-for _k in list(os.environ):
-    if _k.startswith("AIRFLOW_CONN_IL_"):
-        del os.environ[_k]
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
-os.environ.setdefault("AIRFLOW_HOME", str(_STATE / "airflow-unit"))
+os.environ["AIRFLOW_HOME"] = str(_STATE / "airflow-unit")
 # Airflow reads its config once, at first import: fix the unit-test metadata DB before that.
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_STATE / 'airflow-unit.db'}"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
@@ -42,9 +40,11 @@ def object_store_settings(state_dir):
     """Both embedded S3 sites, running for the whole session; yields Settings with credentials."""
     from imaging_lifecycle import platform
 
-    settings = platform.start_object_stores(platform.load_settings())
-    yield settings
-    platform.down(settings)
+    try:
+        settings = platform.start_object_stores(platform.load_settings())
+        yield settings
+    finally:
+        platform.down(platform.load_settings())
 
 
 @pytest.fixture(scope="session")
@@ -118,11 +118,13 @@ def platform_run(tmp_path_factory):
     p = Platform(tmp_path_factory.mktemp("platform-state"), offset=200)
     p.status_before = p.status()
     t0 = time.monotonic()
-    r = p.cli("platform", "up")
-    p.up_seconds = time.monotonic() - t0
-    p.up_output = r.stdout
-    yield p
-    p.cli("platform", "down")
+    try:
+        r = p.cli("platform", "up")
+        p.up_seconds = time.monotonic() - t0
+        p.up_output = r.stdout
+        yield p
+    finally:
+        p.cli("platform", "down", check=False)
     assert plat.ours(p.settings()) == [], "processes of the test platform survived 'platform down'"
 
 

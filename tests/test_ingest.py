@@ -23,7 +23,8 @@ def env(object_store_settings, tmp_path):
     settings.landing_dir.mkdir()
     (settings.state_dir / "ingest").mkdir(exist_ok=True)
     for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch
-        shutil.rmtree(leftover)
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
     return settings
 
 

@@ -3,9 +3,9 @@
 One DAG run takes one batch:
 
 1. :func:`claim_batch` moves every settled landing file into
-   ``<state>/ingest/<batch id>/<index>.dcm`` (an atomic rename on one file
+   ``<state>/ingest/<batch id>/<catalog id>.dcm`` (an atomic rename on one file
    system). File names can carry identifiers, so from here on a file is only
-   its index; the batch manifest (index → source) stays on local disk, and
+   its catalog id; the batch manifest (id → source) stays on local disk, and
    XCom carries the batch id and chunk numbers only. Files arriving while a
    batch runs wait for the next one. Files of an earlier batch that crashed
    are claimed again, so nothing is stranded.
@@ -20,11 +20,14 @@ One DAG run takes one batch:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from imaging_lifecycle.settings import Settings, load_settings
 
 CHUNK_SIZE = 100
 MANIFEST = "manifest.json"
-ID_SUFFIX = ".id"  # sidecar holding the catalog id given to a staged file
+MAX_CHUNKS = 1000  # Airflow maps at most 1024 task instances
 #: Tier used in the associated data of staged originals: not yet classified,
 #: so treated as the most sensitive (fail closed). Protect re-encrypts with the real tier.
 UNCLASSIFIED_TIER = 5
@@ -67,71 +70,121 @@ def _source_of(path: Path, landing_dir: Path) -> str:
 
 
 def _move(src: Path, dst: Path) -> None:
-    """Atomic rename; across file systems, copy + fsync, then remove the source."""
+    """Atomic rename; across file systems, copy + fsync, then remove the source.
+
+    Errors are re-raised without the paths: file names may carry identifiers.
+    """
     try:
-        os.rename(src, dst)
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = dst.with_suffix(".part")
+            shutil.copy2(src, tmp, follow_symlinks=False)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp, dst)
+            os.unlink(src)
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV
-            raise
-        tmp = dst.with_suffix(".part")
-        shutil.copy2(src, tmp, follow_symlinks=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.rename(tmp, dst)
-        os.unlink(src)
+        raise OSError(exc.errno, f"could not stage a landing file ({type(exc).__name__})") from None
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_manifest(batch_dir: Path) -> dict:
+    try:
+        return json.loads((batch_dir / MANIFEST).read_text())
+    except (FileNotFoundError, ValueError):
+        return {"chunk_size": CHUNK_SIZE, "files": {}}
+
+
+@contextmanager
+def _claim_lock(root: Path):
+    """One claim at a time, whoever runs it (a retried task, the CLI, a second scheduler)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def claim_batch(settings: Settings, *, quiet_seconds: float, chunk_size: int = CHUNK_SIZE,
                 now: float | None = None) -> Claim:
-    """Move settled landing files (and leftovers of crashed batches) into a new batch folder."""
+    """Move settled landing files (and leftovers of crashed batches) into a new batch folder.
+
+    Each file gets its catalog id here and is staged as ``<catalog id>.dcm``:
+    the id travels with the file in one rename, so a rerun reuses it and the
+    catalog can never get the same file twice. The manifest (id -> source) is
+    written and fsynced *before* anything moves. A claim takes at most
+    ``MAX_CHUNKS * chunk_size`` files (Airflow's mapped-task limit); the rest
+    changes the folder, so the trigger fires again for it.
+    """
     root = batches_root(settings)
-    batch_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    batch_dir = root / batch_id
-    batch_dir.mkdir(parents=True, mode=0o700)
-    manifest: dict[str, str] = {}
-
-    def take(src: Path, source: str) -> None:
-        index = f"{len(manifest):06d}"
-        _move(src, batch_dir / f"{index}.dcm")
-        manifest[index] = source
-
-    # Leftovers of earlier batches whose run died: claim them again, with the
-    # catalog id already given to each (its sidecar), so a rerun reuses it.
-    for old in sorted(p for p in root.iterdir() if p.is_dir() and p != batch_dir):
-        old_manifest = json.loads((old / MANIFEST).read_text()) if (old / MANIFEST).exists() else {}
-        for f in sorted(old.glob("*.dcm")):
-            index = f"{len(manifest):06d}"
-            sidecar = f.with_suffix(ID_SUFFIX)
-            if sidecar.exists():
-                os.replace(sidecar, (batch_dir / index).with_suffix(ID_SUFFIX))
-            take(f, old_manifest.get(f.stem, "landing"))
-        shutil.rmtree(old, ignore_errors=True)
-    for f in landing.settled_files(settings.landing_dir, quiet_seconds, now):
-        take(f, _source_of(f, settings.landing_dir))
-    landing.remove_empty_dirs(settings.landing_dir)
-
-    tmp = batch_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, batch_dir / MANIFEST)
-    n = len(manifest)
-    if n == 0:
-        shutil.rmtree(batch_dir)
+    with _claim_lock(root):
+        batch_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+        batch_dir = root / batch_id
+        batch_dir.mkdir(mode=0o700)
+        limit = MAX_CHUNKS * chunk_size
+        plan: list[tuple[Path, str, str]] = []  # (source path, catalog id, source)
+        old_dirs = sorted(p for p in root.iterdir() if p.is_dir() and p != batch_dir)
+        for old in old_dirs:  # leftovers of earlier batches whose run died
+            sources = _read_manifest(old)["files"]
+            for f in sorted(old.glob("*.dcm")):
+                plan.append((f, f.stem, sources.get(f.stem, "landing")))
+        for f in landing.settled_files(settings.landing_dir, quiet_seconds, now):
+            plan.append((f, uuid.uuid4().hex, _source_of(f, settings.landing_dir)))
+        plan = plan[:limit]
+        _write_json(batch_dir / MANIFEST, {"chunk_size": chunk_size, "files": {oid: src for _, oid, src in plan}})
+        for src, oid, _ in plan:
+            _move(src, batch_dir / f"{oid}.dcm")
+        for old in old_dirs:
+            if not any(old.glob("*.dcm")):
+                (old / MANIFEST).unlink(missing_ok=True)
+                try:
+                    os.rmdir(old)  # fails, keeping it, if anything unexpected is left
+                except OSError:
+                    pass
+        landing.remove_empty_dirs(settings.landing_dir)
+        if not plan:
+            (batch_dir / MANIFEST).unlink()
+            os.rmdir(batch_dir)
+    n = len(plan)
     return Claim(batch_id, n, list(range((n + chunk_size - 1) // chunk_size)))
 
 
-def chunk_files(settings: Settings, batch_id: str, chunk: int, chunk_size: int = CHUNK_SIZE) -> list[tuple[Path, str]]:
+def chunk_files(settings: Settings, batch_id: str, chunk: int) -> list[tuple[Path, str]]:
     """The (staged path, source) pairs of one chunk that are still to do."""
     batch_dir = batches_root(settings) / batch_id
-    manifest = json.loads((batch_dir / MANIFEST).read_text())
-    indices = sorted(manifest)[chunk * chunk_size:(chunk + 1) * chunk_size]
-    return [(batch_dir / f"{i}.dcm", manifest[i]) for i in indices if (batch_dir / f"{i}.dcm").exists()]
+    manifest = _read_manifest(batch_dir)
+    size = manifest["chunk_size"]
+    ids = sorted(manifest["files"])[chunk * size:(chunk + 1) * size]
+    return [(batch_dir / f"{i}.dcm", manifest["files"][i]) for i in ids if (batch_dir / f"{i}.dcm").exists()]
 
 
 def finish_batch(settings: Settings, batch_id: str) -> None:
     """Drop the batch folder once every staged file is gone (each was stored or quarantined)."""
     batch_dir = batches_root(settings) / batch_id
     if batch_dir.exists() and not any(batch_dir.glob("*.dcm")):
-        shutil.rmtree(batch_dir)
+        (batch_dir / MANIFEST).unlink(missing_ok=True)
+        try:
+            os.rmdir(batch_dir)
+        except OSError:
+            pass
 
 
 # -- one chunk: the mapped task --------------------------------------------------
@@ -154,21 +207,6 @@ class Services:
 
         settings = settings or load_settings()
         return cls(settings, Catalog(settings.catalog_url), Vault(ObjectStore(settings), open_default_keystore(settings)))
-
-
-def _catalog_id_for(staged: Path) -> str:
-    """The catalog id pinned to this staged file: created once, fsynced, reused by every rerun."""
-    sidecar = staged.with_suffix(ID_SUFFIX)
-    if sidecar.exists():
-        return sidecar.read_text().strip()
-    oid = uuid.uuid4().hex
-    tmp = sidecar.with_suffix(".idtmp")
-    with open(tmp, "w") as f:
-        f.write(oid)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, sidecar)
-    return oid
 
 
 def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str):
@@ -194,14 +232,13 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
 def _remove_staged(staged: Path) -> None:
     faults.point("ingest.before_remove")
     staged.unlink(missing_ok=True)
-    staged.with_suffix(ID_SUFFIX).unlink(missing_ok=True)
 
 
 def ingest_file(svc: Services, staged: Path, source: str, batch_id: str, *, actor: str) -> str:
     """Take one staged file into the catalog. Returns the outcome name (never a file name or UID)."""
     from imaging_lifecycle.catalog import states
 
-    oid = _catalog_id_for(staged)
+    oid = staged.stem  # given at claim time, carried in the staged name
     insp = inspect(staged, staged.parent)
     if not insp.ok:
         reg = svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
@@ -233,12 +270,11 @@ def ingest_file(svc: Services, staged: Path, source: str, batch_id: str, *, acto
     return "stored"
 
 
-def run_chunk(batch_id: str, chunk: int, *, actor: str, settings: Settings | None = None,
-              chunk_size: int = CHUNK_SIZE) -> dict:
+def run_chunk(batch_id: str, chunk: int, *, actor: str, settings: Settings | None = None) -> dict:
     """The mapped ingest task: every file of one chunk. Returns counts by outcome (XCom-safe)."""
     svc = Services.open(settings)
     counts: dict[str, int] = {}
-    for staged, source in chunk_files(svc.settings, batch_id, chunk, chunk_size):
+    for staged, source in chunk_files(svc.settings, batch_id, chunk):
         outcome = ingest_file(svc, staged, source, batch_id, actor=actor)
         counts[outcome] = counts.get(outcome, 0) + 1
     return {"batch_id": batch_id, "chunk": chunk, "counts": counts}

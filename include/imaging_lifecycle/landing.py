@@ -43,7 +43,7 @@ def entries(landing: Path) -> list[os.DirEntry]:
     while stack:
         try:
             it = os.scandir(stack.pop())
-        except FileNotFoundError:
+        except OSError:  # vanished or unreadable: skip; never raise with a path that may name a patient
             continue
         with it:
             for e in it:
@@ -85,10 +85,22 @@ def settled_files(landing: Path, quiet_seconds: float, now: float | None = None)
     return sorted(out)
 
 
-def remove_empty_dirs(landing: Path) -> None:
-    """Tidy study folders left empty after ingest; the landing root itself stays."""
+def remove_empty_dirs(landing: Path, *, keep_younger_than: float = 60.0) -> None:
+    """Tidy study folders left empty after ingest; the landing root itself stays.
+
+    The receiver's ``cstore/<AE>`` folders stay, and so does any folder changed
+    recently: a writer may be about to create a file in it.
+    """
+    now = time.time()
     for dirpath, dirnames, filenames in os.walk(landing, topdown=False):
-        if Path(dirpath) != landing and not dirnames and not filenames:
+        rel = Path(dirpath).relative_to(landing).parts
+        if rel[:1] == ("cstore",) and len(rel) <= 2:
+            continue
+        try:
+            recent = now - os.stat(dirpath).st_mtime < keep_younger_than
+        except OSError:
+            continue
+        if Path(dirpath) != landing and not dirnames and not filenames and not recent:
             try:
                 os.rmdir(dirpath)
             except OSError:

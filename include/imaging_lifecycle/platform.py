@@ -211,7 +211,7 @@ def services(settings: Settings, creds: dict) -> list[Service]:
                     weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                     f"-s3.port={s3}", f"-master.port={aux}", f"-volume.port={aux + 1}",
                     f"-filer.port={aux + 2}", f"-admin.port={aux + 3}", "-admin.ui=false",
-                    "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                    "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
                     f"-s3.config={_s3_identities_file(settings, site, creds)}",
                 ],
                 lambda s3=s3: http_ok(f"http://127.0.0.1:{s3}/"),
@@ -230,9 +230,10 @@ def services(settings: Settings, creds: dict) -> list[Service]:
     )
     airflow = _bin("airflow")
     for component in ("scheduler", "dag-processor", "triggerer", "api-server"):
-        ready: Callable[[], bool] = lambda: True
-        if component == "api-server":
-            ready = lambda: airflow_health(settings) is not None
+        # Each component counts as up once the api-server reports it healthy.
+        key = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer",
+               "api-server": "metadatabase"}[component]
+        ready = lambda key=key: ((airflow_health(settings) or {}).get(key) or {}).get("status") == "healthy"
         argv = [airflow, component]
         if component in ("scheduler", "triggerer"):
             # Task and trigger logs are local files the api-server reads directly;
@@ -285,7 +286,7 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, proc: psutil.Pro
     while time.monotonic() < deadline:
         if check():
             return
-        if proc is not None and not proc.is_running():
+        if proc is not None and (not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE):
             raise PlatformError(f"{what} exited during start; see its log under .state/logs/")
         time.sleep(0.3)
     raise PlatformError(f"{what} not ready after {timeout:.0f}s; see .state/logs/")

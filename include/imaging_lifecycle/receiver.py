@@ -64,6 +64,12 @@ def handle_store(event, landing: Path) -> int:
             f.flush()
             os.fsync(f.fileno())
         part.rename(final)
+        # Success tells the sender it may delete its copy: the rename must be durable first.
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     except OSError as exc:
         log.error("C-STORE could not be written to the landing folder: %s", type(exc).__name__)
         return OUT_OF_RESOURCES

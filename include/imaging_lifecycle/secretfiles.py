@@ -23,7 +23,7 @@ class SecretError(RuntimeError):
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
@@ -37,6 +37,12 @@ def _write_private(path: Path, data: bytes) -> None:
         pass
     finally:
         os.unlink(tmp)
+    # A key lost to a crash after data was encrypted under it loses the data: make the name durable.
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -49,9 +55,12 @@ def load_or_create_secret(name: str, nbytes: int = 32, settings: Settings | None
     env = os.environ.get(f"IL_SECRET_{name.upper().replace('-', '_')}")
     if env:
         try:
-            return base64.b64decode(env, validate=True)
+            value = base64.b64decode(env, validate=True)
         except ValueError:
             raise SecretError(f"IL_SECRET_{name.upper()} is not valid base64") from None
+        if len(value) != nbytes:
+            raise SecretError(f"IL_SECRET_{name.upper()} holds {len(value)} bytes, expected {nbytes}")
+        return value
     settings = settings or load_settings()
     path = settings.secrets_dir / f"{name}.key"
     if not path.exists():

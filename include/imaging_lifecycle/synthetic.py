@@ -45,7 +45,13 @@ class Patient:
     def markers(self) -> list[str]:
         """Strings that must never appear outside the encrypted identified originals."""
         return [f"NAME{self.tag}", self.patient_id, self.accession, f"{MARKER_PREFIX}-ADDR-{self.tag}",
-                f"{MARKER_PREFIX}-INST-{self.tag}", f"{MARKER_PREFIX}-SERIAL-{self.tag}"]
+                f"{MARKER_PREFIX}-INST-{self.tag}", f"{MARKER_PREFIX}-SERIAL-{self.tag}", f"REFDOC{self.tag}",
+                self.file_marker]
+
+    @property
+    def file_marker(self) -> str:
+        """Carried in file names: a logged landing path would show up as a leak too."""
+        return f"{MARKER_PREFIX}-FILE-{self.tag}"
 
 
 def make_instance(
@@ -132,7 +138,7 @@ def write_study(
     for n in range(1, instances + 1):
         ds = make_instance(patient, study, series, n, modality=modality, body_part=body_part,
                            study_description=study_description, size=size, frame_uid=frame)
-        path = folder / f"{patient.tag}-{n:04d}.dcm"
+        path = folder / f"{patient.file_marker}-{n:04d}.dcm"
         part = path.with_suffix(".part")
         part.write_bytes(to_bytes(ds))
         part.rename(path)

@@ -23,25 +23,31 @@ class LandingBatchTrigger(BaseEventTrigger):
 
     After firing it waits for the folder to change (ingest removes the files,
     or new ones arrive) before it can fire again, so one batch gives one event.
+    If the same files are still there ``refire_seconds`` later (the run
+    failed, or they have a future mtime), it fires again: files are never
+    left waiting for an event that will not come.
     The event carries only counts: never a file name, which could hold an
     identifier.
     """
 
-    def __init__(self, landing_dir: str, quiet_seconds: float = 10.0, poll_seconds: float = 1.0):
+    def __init__(self, landing_dir: str, quiet_seconds: float = 10.0, poll_seconds: float = 1.0,
+                 refire_seconds: float | None = None):
         super().__init__()
         self.landing_dir = landing_dir
         self.quiet_seconds = float(quiet_seconds)
         self.poll_seconds = float(poll_seconds)
+        self.refire_seconds = float(refire_seconds if refire_seconds is not None else max(120.0, 10 * quiet_seconds))
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"landing_dir": self.landing_dir, "quiet_seconds": self.quiet_seconds, "poll_seconds": self.poll_seconds},
+            {"landing_dir": self.landing_dir, "quiet_seconds": self.quiet_seconds, "poll_seconds": self.poll_seconds,
+             "refire_seconds": self.refire_seconds},
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         landing = Path(self.landing_dir)
-        last_digest, stable_since, fired_digest = None, time.monotonic(), None
+        last_digest, stable_since, fired_digest, fired_at = None, time.monotonic(), None, 0.0
         while True:
             snap = await asyncio.to_thread(snapshot, landing)
             now = time.monotonic()
@@ -49,9 +55,9 @@ class LandingBatchTrigger(BaseEventTrigger):
                 last_digest, stable_since = snap.digest, now
             elif (
                 not snap.empty
-                and snap.digest != fired_digest
                 and now - stable_since >= self.quiet_seconds
+                and (snap.digest != fired_digest or now - fired_at >= self.refire_seconds)
             ):
-                fired_digest = snap.digest
+                fired_digest, fired_at = snap.digest, now
                 yield TriggerEvent({"files": snap.count, "bytes": snap.total_size, "batch": snap.digest[:16]})
             await asyncio.sleep(self.poll_seconds)

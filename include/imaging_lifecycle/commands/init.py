@@ -1,0 +1,31 @@
+"""``imaging-lifecycle init``: create the storage zones and the catalog tables (idempotent).
+
+``platform up`` does this for the embedded platform; a deployment such as
+docker-compose runs it once before the Airflow components start.
+"""
+
+from __future__ import annotations
+
+HELP = "create the storage zones (buckets) and the lifecycle catalog's tables; safe to run again"
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.settings import load_settings
+    from imaging_lifecycle.storage import ObjectStore
+
+    import os
+
+    placeholders = sorted(k for k, v in os.environ.items() if v == "CHANGE_ME")
+    if placeholders:  # .env.example copied without filling in the secrets
+        print(f"refusing to start: replace CHANGE_ME in .env for {', '.join(placeholders)}")
+        return 2
+    settings = load_settings()
+    created = ObjectStore(settings).ensure_zones()
+    Catalog(settings.catalog_url)
+    print(f"storage zones ready ({len(created)} created); catalog ready")
+    return 0

@@ -1,0 +1,129 @@
+"""Retention without S3: the default table, deadlines, stale local plaintext, Airflow trace pruning, legal hold CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import replace
+
+import pytest
+
+from conftest import PROJECT
+
+UTC = dt.timezone.utc
+T = dt.datetime(2031, 3, 4, 8, 0, tzinfo=UTC)
+
+
+def test_default_retention_mirrors_the_issue():
+    from imaging_lifecycle.retention import default_retention
+
+    assert default_retention(3, "cache") == dt.timedelta(hours=72)
+    assert default_retention(5, "quarantine") == dt.timedelta(days=30)
+    assert default_retention(2, "archive") == dt.timedelta(days=15 * 365)
+    assert default_retention(5, "archive") == dt.timedelta(days=30 * 365)
+
+
+def test_cache_deadline_is_capped_whatever_the_policy_says():
+    from imaging_lifecycle.retention import RetentionError, deadline_for
+
+    generous = lambda tier, zone: dt.timedelta(days=30)  # noqa: E731
+    assert deadline_for(3, "cache", T, generous) == T + dt.timedelta(hours=72)
+    assert deadline_for(3, "research", T, generous) == T + dt.timedelta(days=30)
+    with pytest.raises(RetentionError):
+        deadline_for(3, "cache", T.replace(tzinfo=None))
+    with pytest.raises(RetentionError):
+        deadline_for(3, "nowhere", T)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from imaging_lifecycle.settings import load_settings
+
+    s = replace(load_settings(), state_dir=tmp_path / "state", landing_dir=tmp_path / "landing",
+                catalog_url=f"sqlite:///{tmp_path / 'c.sqlite'}")
+    s.landing_dir.mkdir(parents=True)
+    return s
+
+
+def _stored_object(cat, content: bytes) -> str:
+    reg = cat.register(actor="t", source="landing", sha256=hashlib.sha256(content).hexdigest(), size=len(content),
+                       sop_instance_uid="1.2.3.4.5", study_instance_uid="1.2.3.4", series_instance_uid="1.2.3.4.6",
+                       sop_class_uid="1.2.840.10008.5.1.4.1.1.2")
+    cat.add_copy(reg.object.id, zone="archive", bucket="il-archive", key=f"objects/{reg.object.id}", actor="t")
+    return reg.object.id
+
+
+def _old(path, content: bytes, age: dt.timedelta):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    ts = (T - age).timestamp()
+    os.utime(path, (ts, ts))
+
+
+def test_stale_local_plaintext_is_deleted_if_stored_else_alerted(settings):
+    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.retention import stale_local_files
+
+    cat = Catalog(settings.catalog_url)
+    _stored_object(cat, b"stored content")
+    _old(settings.landing_dir / "a.dcm", b"stored content", dt.timedelta(hours=73))
+    _old(settings.landing_dir / "stuck.dcm", b"never stored", dt.timedelta(hours=80))
+    _old(settings.state_dir / "tmp" / "x.dcm", b"never stored either", dt.timedelta(days=5))
+    _old(settings.landing_dir / "young.dcm", b"never stored", dt.timedelta(hours=71))
+    _old(settings.state_dir / "ingest" / "b1" / "manifest.json", b"{}", dt.timedelta(days=9))
+    out = stale_local_files(now=T, actor="t", settings=settings, catalog=cat)
+    assert out == {"deleted": 1, "alerts": 2, "stuck_by_folder": {"landing": 1, "tmp": 1}}
+    assert not (settings.landing_dir / "a.dcm").exists()
+    assert (settings.landing_dir / "stuck.dcm").exists() and (settings.landing_dir / "young.dcm").exists()
+    alerts = [r for r in cat.audit.records() if r.action == "security.alert"]
+    assert len(alerts) == 2 and all(r.detail["reason"] == "STALE_PLAINTEXT_NOT_STORED" for r in alerts)
+    assert "stuck" not in json.dumps([r.public() for r in cat.audit.records()], default=str)
+
+
+def test_quarantined_objects_get_their_30_day_deadline(settings):
+    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.retention import assign_missing_deadlines
+
+    cat = Catalog(settings.catalog_url)
+    q = cat.register(actor="t", source="landing", quarantine_reason="NOT_DICOM").object
+    assert assign_missing_deadlines(now=T, actor="t", catalog=cat) == {"deadlines_set": 1}
+    assert cat.get(q.id).retention_deadline == q.created_at + dt.timedelta(days=30)
+    assert assign_missing_deadlines(now=T, actor="t", catalog=cat) == {"deadlines_set": 0}
+
+
+def test_airflow_traces_pruning(tmp_path):
+    from imaging_lifecycle.retention import airflow_db_clean_command, prune_log_folder
+
+    cmd = airflow_db_clean_command(T, dt.timedelta(days=30))
+    assert cmd[:3] == ["airflow", "db", "clean"] and "--yes" in cmd and "--skip-archive" in cmd
+    assert cmd[cmd.index("--clean-before-timestamp") + 1] == "2031-02-02T08:00:00+00:00"
+    _old(tmp_path / "logs" / "dag_id=x" / "run" / "1.log", b"old", dt.timedelta(days=31))
+    _old(tmp_path / "logs" / "dag_id=x" / "run2" / "1.log", b"new", dt.timedelta(days=1))
+    assert prune_log_folder(tmp_path / "logs", now=T, max_age=dt.timedelta(days=30)) == {"log_files_removed": 1}
+    assert not (tmp_path / "logs" / "dag_id=x" / "run").exists()
+    assert (tmp_path / "logs" / "dag_id=x" / "run2" / "1.log").exists()
+
+
+def test_legal_hold_cli_sets_and_releases_and_refuses_bad_ids(settings):
+    from imaging_lifecycle.catalog import Catalog
+
+    cat = Catalog(settings.catalog_url)
+    oid = _stored_object(cat, b"held content")
+    env = {**os.environ, "IL_CATALOG_URL": settings.catalog_url}
+    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
+
+    def run(*args):
+        return subprocess.run([cli, "legal-hold", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    r = run("set", oid, "--actor", "counsel")
+    assert r.returncode == 0 and json.loads(r.stdout)["legal_hold"] is True
+    assert cat.get(oid).legal_hold
+    r = run("release", oid, "--actor", "counsel")
+    assert r.returncode == 0 and not cat.get(oid).legal_hold
+    assert [x.actor for x in cat.audit.records() if x.action.startswith("object.legal_hold")] == ["counsel"] * 2
+    bad = run("set", "0" * 32)
+    assert bad.returncode == 2 and "no catalog object" in bad.stderr
+    assert run("set", "Robert^Smith").returncode == 2
