@@ -109,10 +109,12 @@ class ObjectStore:
         metadata: dict[str, str] | None = None,
         retain_until: dt.datetime | None = None,
         legal_hold: bool = False,
+        lock_mode: str | None = None,
     ) -> PutResult:
+        """Upload one object; with ``retain_until``, object-lock it in ``lock_mode`` (default GOVERNANCE)."""
         if isinstance(data, bytes):
             length, data = len(data), io.BytesIO(data)
-        retention = Retention(GOVERNANCE, retain_until) if retain_until else None
+        retention = Retention(lock_mode or GOVERNANCE, retain_until) if retain_until else None
         try:
             r = self.client(zone).put_object(
                 self.bucket(zone),

@@ -1,0 +1,488 @@
+"""Backup to the second site, restore verification, and an operator's restore.
+
+Replication copies the archive *ciphertext* byte for byte to the object-locked
+``backup`` zone on the second S3 site. Nothing is decrypted or re-encrypted:
+the backup copy shares the archive copy's data key row (same ``key_id``), so
+shredding that one key (or the study's KEK) makes the backup unreadable too,
+and key rotation never has to touch the backup. The associated data inside
+the ciphertext keeps the zone it was encrypted for (the data key's
+``aad_zone``), which is why reading a replica needs :class:`ReplicaSealed`.
+
+A backup is only worth what a restore from it proves, so
+:func:`verify_sample` decrypts a deterministic daily slice of the backups
+(every object once per cycle, anything never verified at once) and fails
+loudly, naming catalog ids only, on the first sign of damage.
+
+Every step function here takes ids, limits and dates and returns a dict of
+counts and catalog ids, safe for XCom and logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from imaging_lifecycle import faults
+from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord, states
+from imaging_lifecycle.crypto import AssociatedData, IntegrityError, KeyUnavailable
+from imaging_lifecycle.storage import ObjectStore, StorageError
+from imaging_lifecycle.vault import Sealed, Vault
+
+__all__ = [
+    "BACKUP_ZONE", "SOURCE_ZONE", "FLAG", "LOCK_MODES", "LOCK_MODE_ENV", "ReplicaSealed", "BackupFailed",
+    "BackupMismatch", "ApprovalRequired", "lock_mode", "sealed_for", "replicate", "sample_day", "is_due",
+    "verify_sample", "verify_all", "approval_required", "has_approval", "restore_object", "open_services",
+    "backup_step", "verify_step",
+]
+
+BACKUP_ZONE = "backup"
+SOURCE_ZONE = "archive"
+#: The flag an object gets when its backup does not restore.
+FLAG = "BACKUP_MISMATCH"
+LOCK_MODE_ENV = "IL_BACKUP_LOCK_MODE"
+#: S3 object-lock modes. GOVERNANCE: an account with the bypass permission can
+#: still delete (so a mistaken lock can be undone); COMPLIANCE: nobody can,
+#: not even root, until the date passes.
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: Lock length when neither the caller nor the object gives a date (an object
+#: STORED by the protect stage always has its retention deadline).
+DEFAULT_LOCK_DAYS = 30
+#: A lock date in the past is refused by S3; a replica is locked at least this long.
+MIN_LOCK = dt.timedelta(days=1)
+
+#: Why a restore check failed -> reason code (audit detail). All of them flag the object.
+FAILURE_REASONS: dict[type, str] = {
+    IntegrityError: "INTEGRITY",
+    FileNotFoundError: "MISSING",
+    KeyUnavailable: "KEY_UNAVAILABLE",
+}
+
+
+def _reason(exc: BaseException) -> str:
+    return next((r for t, r in FAILURE_REASONS.items() if isinstance(exc, t)), type(exc).__name__)
+
+
+class BackupFailed(RuntimeError):
+    """Some objects could not be replicated; the message lists their catalog ids only."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+class BackupMismatch(RuntimeError):
+    """Restore verification found backups that do not restore; lists catalog ids only."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+class ApprovalRequired(PermissionError):
+    """The object's tier needs an approval record for this action, and there is none."""
+
+
+@dataclass(frozen=True)
+class ReplicaSealed(Sealed):
+    """A :class:`Sealed` whose associated data names the zone it was *encrypted* for.
+
+    A byte-identical replica lives in another zone than the one bound into its
+    ciphertext; :class:`~imaging_lifecycle.vault.Vault` reads from ``zone``
+    and authenticates against :meth:`aad`, so both are right.
+    """
+
+    aad_zone: str = SOURCE_ZONE
+
+    def aad(self, catalog_id: str) -> AssociatedData:
+        return AssociatedData(catalog_id, self.aad_zone, self.tier, self.dek_id)
+
+
+def lock_mode() -> str:
+    """The backup lock mode from ``IL_BACKUP_LOCK_MODE`` (default GOVERNANCE); a bad value is an error."""
+    mode = (os.environ.get(LOCK_MODE_ENV) or "GOVERNANCE").strip().upper()
+    if mode not in LOCK_MODES:
+        raise ValueError(f"{LOCK_MODE_ENV} must be one of {', '.join(LOCK_MODES)}")
+    return mode
+
+
+def sealed_for(catalog: Catalog, copy: CopyRecord, obj: ObjectRecord) -> ReplicaSealed:
+    """How to read ``copy`` back (any zone); raises KeyUnavailable if its data key is destroyed."""
+    key = catalog.data_key(copy.key_id) if copy.key_id else None
+    if key is None or key["wrapped"] is None:
+        raise KeyUnavailable(f"the data key of copy {copy.id} is destroyed or unknown")
+    return ReplicaSealed(
+        copy.zone, copy.bucket, copy.key, copy.version_id, key["id"], key["kek_ref"], bytes(key["wrapped"]),
+        key["aad_tier"], obj.sha256, copy.ciphertext_sha256, obj.size or 0, 0, aad_zone=key["aad_zone"],
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _source_copy(catalog: Catalog, obj: ObjectRecord) -> CopyRecord | None:
+    """The archive copy the object's state refers to (its key id), else the newest archive copy."""
+    live = [c for c in catalog.copies(obj.id) if c.zone == SOURCE_ZONE]
+    mine = [c for c in live if c.key_id == obj.key_id]
+    return (mine or live or [None])[-1]
+
+
+def _sha256_of(store: ObjectStore, zone: str, key: str, version_id: str | None) -> str:
+    h = hashlib.sha256()
+    with store.open(zone, key, version_id) as resp:
+        for chunk in resp.stream(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Hashing:
+    """A reader that hashes what passes through (what we sent, to compare with the archive record)."""
+
+    def __init__(self, resp):
+        self._resp, self.h = resp, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        b = self._resp.read(n) if n is not None and n >= 0 else self._resp.read()
+        self.h.update(b)
+        return b
+
+
+def _retain_until(obj: ObjectRecord, now: dt.datetime, retain_until_for, retention_days) -> dt.datetime:
+    if retain_until_for is not None:
+        until = retain_until_for(obj)
+    elif retention_days is not None:
+        until = now + dt.timedelta(days=retention_days)
+    else:
+        until = obj.retention_deadline or now + dt.timedelta(days=DEFAULT_LOCK_DAYS)
+    return max(until, now + MIN_LOCK)
+
+
+def replicate(
+    catalog: Catalog,
+    store: ObjectStore,
+    object_ids: Iterable[str] | None = None,
+    *,
+    actor: str,
+    batch_id: str | None = None,
+    limit: int | None = None,
+    retain_until_for: Callable[[ObjectRecord], dt.datetime] | None = None,
+    retention_days: int | None = None,
+    vault: Vault | None = None,
+    now: dt.datetime | None = None,
+    mode: str | None = None,
+) -> dict:
+    """Copy each STORED object's archive ciphertext to the backup zone, verify it, move it to BACKED_UP.
+
+    Objects: ``object_ids``, or the STORED objects of ``batch_id`` (or of
+    all batches), at most ``limit``. Objects in any other state are skipped.
+    The lock date is ``retain_until_for(obj)``, else now + ``retention_days``,
+    else the object's retention deadline (never less than a day). The copy
+    is verified by the SHA-256 of what the backup site returns and, with
+    ``vault``, by a full decrypt too.
+
+    Idempotent and resumable: a backup copy already recorded is re-checked
+    and reused; a version uploaded by a run that died before recording it is
+    adopted if its bytes are right, purged otherwise (locked debris is
+    counted in ``leftovers_locked`` and raised as a security alert). Raises
+    :class:`BackupFailed` (catalog ids only) after the whole batch if any
+    object could not be backed up.
+    """
+    now = now or _now()
+    mode = mode or lock_mode()
+    if mode not in LOCK_MODES:
+        raise ValueError(f"mode must be one of {', '.join(LOCK_MODES)}")
+    if object_ids is None:
+        ids = [o.id for o in catalog.objects(batch_id=batch_id, state=states.STORED, limit=limit)]
+    else:
+        ids = list(object_ids)[:limit] if limit is not None else list(object_ids)
+    counts = {"backed_up": 0, "reused": 0, "adopted": 0, "uploaded": 0, "skipped": 0, "leftovers_purged": 0,
+              "leftovers_locked": 0}
+    failed: dict[str, str] = {}
+    for oid in ids:
+        obj = catalog.get(oid)
+        if obj.state != states.STORED:
+            counts["skipped"] += 1
+            continue
+        src = _source_copy(catalog, obj)
+        if src is None or src.ciphertext_sha256 is None:
+            failed[oid] = "NO_ARCHIVE_COPY"
+            continue
+        try:
+            how, copy = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=counts,
+                                       until=_retain_until(obj, now, retain_until_for, retention_days))
+        except StorageError:
+            failed[oid] = "STORAGE_ERROR"
+            continue
+        if copy is None:
+            failed[oid] = how
+            catalog.audit.append(actor, "copy.verify", object_ref=oid, outcome="failure",
+                                 detail={"zone": BACKUP_ZONE, "check": "ciphertext", "reason": how})
+            continue
+        if vault is not None:
+            try:
+                vault.verify(sealed_for(catalog, copy, obj), oid)
+            except tuple(FAILURE_REASONS) as exc:
+                reason = _reason(exc)
+                catalog.record_copy_check(copy.id, ok=False, actor=actor, detail={"check": "decrypt", "reason": reason})
+                failed[oid] = reason
+                continue
+        with catalog.transaction() as conn:
+            catalog.transition(oid, states.BACKED_UP, actor=actor, detail={"copy": copy.id, "how": how},
+                               session=conn)
+        counts[how] += 1
+        counts["backed_up"] += 1
+    result = {**counts, "failed": len(failed), "failed_ids": sorted(failed), "lock_mode": mode}
+    if failed:
+        raise BackupFailed(f"backup failed for {len(failed)} object(s): {', '.join(sorted(failed))}", result)
+    return result
+
+
+def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src: CopyRecord, *, actor: str,
+                   mode: str, until: dt.datetime, counts: dict) -> tuple[str, CopyRecord | None]:
+    """``(how, copy)``: how is reused/adopted/uploaded, or a failure reason code with copy None."""
+    want = src.ciphertext_sha256
+    every = catalog.copies(obj.id, include_deleted=True)
+    recorded = {c.version_id for c in every if c.zone == BACKUP_ZONE}
+    for c in every:
+        if c.zone == BACKUP_ZONE and c.deleted_at is None and c.ciphertext_sha256 == want:
+            try:
+                if _sha256_of(store, BACKUP_ZONE, c.key, c.version_id) == want:
+                    return "reused", c
+            except FileNotFoundError:
+                pass
+    key = src.key
+    adopt, debris = None, []
+    for v in store.versions(BACKUP_ZONE, key):
+        if v.key != key or v.is_delete_marker or v.version_id in recorded:
+            continue
+        if adopt is None and _sha256_of(store, BACKUP_ZONE, key, v.version_id) == want:
+            adopt = v.version_id
+        else:
+            debris.append((key, v.version_id))
+    if debris:
+        failures = store.purge(BACKUP_ZONE, debris)
+        counts["leftovers_purged"] += len(debris) - len(failures)
+        if failures:
+            counts["leftovers_locked"] += len(failures)
+            catalog.audit.append(actor, "security.alert", object_ref=obj.id, outcome="minor_failure",
+                                 detail={"reason": "UNRECORDED_LOCKED_VERSION", "zone": BACKUP_ZONE,
+                                         "versions": len(failures)})
+    how = "adopted"
+    if adopt is None:
+        how = "uploaded"
+        length = store.client(SOURCE_ZONE).stat_object(store.bucket(SOURCE_ZONE), src.key, version_id=src.version_id).size
+        with store.open(SOURCE_ZONE, src.key, src.version_id) as resp:
+            reader = _Hashing(resp)
+            put = store.put(BACKUP_ZONE, key, reader, length, retain_until=until, lock_mode=mode)
+        if reader.h.hexdigest() != want:
+            store.purge(BACKUP_ZONE, [(key, put.version_id)])
+            return "SOURCE_MISMATCH", None
+        adopt = put.version_id
+        faults.point("backup.uploaded")
+        if _sha256_of(store, BACKUP_ZONE, key, adopt) != want:
+            store.purge(BACKUP_ZONE, [(key, adopt)])
+            return "CIPHERTEXT_MISMATCH", None
+    with catalog.transaction() as conn:
+        copy = catalog.add_copy(obj.id, zone=BACKUP_ZONE, bucket=store.bucket(BACKUP_ZONE), key=key, actor=actor,
+                                version_id=adopt, ciphertext_sha256=want, key_id=src.key_id, session=conn)
+        catalog.audit.append(actor, "copy.verify", object_ref=obj.id,
+                             detail={"copy": copy.id, "zone": BACKUP_ZONE, "check": "ciphertext", "how": how},
+                             session=conn)
+    return how, copy
+
+
+# ---------------------------------------------------------------------------
+# Restore verification.
+# ---------------------------------------------------------------------------
+
+
+def sample_day(object_id: str, cycle_days: int) -> int:
+    """The day of the cycle (0..cycle_days-1) on which this object's backup is checked."""
+    return int(hashlib.sha256(object_id.encode()).hexdigest()[:12], 16) % cycle_days
+
+
+def is_due(copy: CopyRecord, today: dt.date, cycle_days: int) -> bool:
+    """Never verified; or not today and (its day of the cycle, or its last check is a cycle old).
+
+    Any ``cycle_days`` consecutive days contain each day of the cycle once,
+    so every backup is restored at least once per cycle; the overdue rule
+    catches up on days the check did not run.
+    """
+    if copy.verified_at is None:
+        return True
+    last = copy.verified_at.date()
+    if last >= today:
+        return False
+    return sample_day(copy.object_id, cycle_days) == today.toordinal() % cycle_days or \
+        last <= today - dt.timedelta(days=cycle_days)
+
+
+def _check_cycle(cycle_days: int) -> int:
+    if isinstance(cycle_days, bool) or not isinstance(cycle_days, int) or cycle_days < 1:
+        raise ValueError("cycle_days must be a positive int")
+    return cycle_days
+
+
+def verify_sample(catalog: Catalog, store: ObjectStore, vault: Vault, *, today: dt.date, cycle_days: int = 30,
+                  actor: str, limit: int | None = None) -> dict:
+    """Restore (download, decrypt, hash) today's share of the backups; see :func:`is_due`.
+
+    Each check is recorded on the copy (``verified_at``) and audited
+    (``copy.verify``, success or failure with a reason code). A backup that
+    does not restore flags its object ``BACKUP_MISMATCH``; after all checks,
+    :class:`BackupMismatch` is raised listing the catalog ids, so the task
+    fails and its failure callback runs.
+    """
+    _check_cycle(cycle_days)
+    pairs = [(o, c) for o, c in catalog.live_copies_in_zone(BACKUP_ZONE, object_states=[states.BACKED_UP])
+             if is_due(c, today, cycle_days)]
+    return _verify(catalog, vault, pairs[:limit] if limit is not None else pairs, actor=actor,
+                   extra={"cycle_days": cycle_days, "day": today.toordinal() % cycle_days})
+
+
+def verify_all(catalog: Catalog, store: ObjectStore, vault: Vault, *, actor: str) -> dict:
+    """Restore-verify every live backup copy of every BACKED_UP object (``verify-backups --all``)."""
+    return _verify(catalog, vault, catalog.live_copies_in_zone(BACKUP_ZONE, object_states=[states.BACKED_UP]),
+                   actor=actor, extra={"all": True})
+
+
+def _verify(catalog: Catalog, vault: Vault, pairs: list, *, actor: str, extra: dict) -> dict:
+    ok, errors = 0, 0
+    bad: dict[str, str] = {}
+    for obj, copy in pairs:
+        try:
+            vault.verify(sealed_for(catalog, copy, obj), obj.id)
+        except tuple(FAILURE_REASONS) as exc:
+            reason = _reason(exc)
+            with catalog.transaction() as conn:
+                catalog.record_copy_check(copy.id, ok=False, actor=actor, session=conn,
+                                          detail={"check": "restore", "reason": reason})
+                catalog.flag(obj.id, FLAG, actor=actor, detail={"copy": copy.id, "reason": reason}, session=conn)
+            bad[obj.id] = reason
+            continue
+        except StorageError:
+            errors += 1  # the site did not answer: not evidence of damage, but the run must not pass
+            continue
+        catalog.record_copy_check(copy.id, ok=True, actor=actor, detail={"check": "restore"})
+        ok += 1
+    result = {**extra, "checked": len(pairs), "ok": ok, "mismatch": len(bad), "errors": errors,
+              "mismatched_ids": sorted(bad)}
+    if bad:
+        raise BackupMismatch(
+            f"restore verification failed for {len(bad)} object(s), flagged {FLAG}: {', '.join(sorted(bad))}",
+            result)
+    if errors:
+        raise BackupFailed(f"restore verification could not read {errors} backup copies (storage errors)", result)
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Restore for an operator.
+# ---------------------------------------------------------------------------
+
+#: Used when the policy module does not (yet) say: tiers that need an approval per action.
+#: Unclassified objects (tier None) are treated as the most sensitive.
+DEFAULT_APPROVALS: dict[str, frozenset] = {
+    "restore": frozenset({4, 5, None}),
+    "export": frozenset({4, 5, None}),
+}
+
+
+def approval_required(tier: int | None, action: str) -> bool:
+    """Does the policy demand an approval record before ``action`` on an object of ``tier``?
+
+    Reads ``policy.load_policy().tier(tier).handling.approval_required``
+    (a bool, or the collection of actions needing approval) when the policy
+    module provides it, else :data:`DEFAULT_APPROVALS`. Fails closed.
+    """
+    if tier is not None:
+        try:
+            from imaging_lifecycle.policy import load_policy
+
+            needed = load_policy(os.environ.get("IL_POLICY_FILE") or None).tier(tier).handling.approval_required
+        except (ImportError, AttributeError, KeyError, LookupError):
+            needed = None
+        if isinstance(needed, bool):
+            return needed
+        if isinstance(needed, (list, tuple, set, frozenset)):
+            return action in needed
+    return tier in DEFAULT_APPROVALS.get(action, frozenset({4, 5, None}))
+
+
+def has_approval(catalog: Catalog, object_id: str, action: str, actor: str) -> bool:
+    """Is there an approval record for ``actor`` to do ``action`` on the object? None exist yet (a later issue)."""
+    return False
+
+
+def restore_object(catalog: Catalog, vault: Vault, object_id: str, out: Path, *, actor: str) -> dict:
+    """Decrypt one object into ``out`` (0600, appears only if verified): archive first, then the backup.
+
+    Raises :class:`ApprovalRequired` if the tier needs an approval that does
+    not exist, FileExistsError if ``out`` exists, and
+    :class:`~imaging_lifecycle.crypto.IntegrityError` if no copy restores.
+    Every outcome is audited (``object.export``).
+    """
+    obj = catalog.get(object_id)
+    out = Path(out)
+    if approval_required(obj.tier, "restore") and not has_approval(catalog, obj.id, "restore", actor):
+        catalog.audit.append(actor, "object.export", object_ref=obj.id, outcome="failure",
+                             detail={"reason": "APPROVAL_REQUIRED", "tier": obj.tier, "action": "restore"})
+        raise ApprovalRequired(f"object {obj.id}: tier {obj.tier if obj.tier is not None else 'unclassified'} "
+                               "needs an approval record to restore, and there is none")
+    if out.exists() or out.is_symlink():
+        raise FileExistsError(f"refusing to overwrite {out}")
+    order = {SOURCE_ZONE: 0, BACKUP_ZONE: 1}
+    candidates = sorted((c for c in catalog.copies(obj.id) if c.zone in order),
+                        key=lambda c: (order[c.zone], -c.created_at.timestamp()))
+    tried: list[str] = []
+    for copy in candidates:
+        try:
+            vault.restore_to(sealed_for(catalog, copy, obj), obj.id, out)
+        except (*FAILURE_REASONS, StorageError) as exc:
+            tried.append(_reason(exc))
+            catalog.audit.append(actor, "object.access", object_ref=obj.id, outcome="minor_failure",
+                                 detail={"copy": copy.id, "zone": copy.zone, "reason": tried[-1]})
+            continue
+        catalog.audit.append(actor, "object.export", object_ref=obj.id,
+                             detail={"copy": copy.id, "zone": copy.zone, "fallback": bool(tried), "action": "restore"})
+        return {"id": obj.id, "zone": copy.zone, "fallback": bool(tried), "size": obj.size}
+    catalog.audit.append(actor, "object.export", object_ref=obj.id, outcome="failure",
+                         detail={"reason": "NO_READABLE_COPY", "tried": len(tried)})
+    raise IntegrityError(f"object {obj.id}: no copy could be restored ({len(tried)} tried)")
+
+
+# ---------------------------------------------------------------------------
+# DAG steps: open what they need from settings, return XCom-safe counts.
+# ---------------------------------------------------------------------------
+
+
+def open_services(settings=None) -> tuple[Catalog, ObjectStore, Vault]:  # noqa: ANN001
+    """Catalog, object store and vault from ``settings`` (default: the environment's)."""
+    from imaging_lifecycle.keystore import open_default_keystore
+    from imaging_lifecycle.settings import load_settings
+
+    settings = settings or load_settings()
+    store = ObjectStore(settings)
+    return Catalog(settings.catalog_url), store, Vault(store, open_default_keystore(settings))
+
+
+def backup_step(object_ids: list[str] | None = None, *, actor: str, batch_id: str | None = None,
+                limit: int = 1000, now: dt.datetime | None = None, full_decrypt: bool = False,
+                settings=None) -> dict:  # noqa: ANN001
+    """The backup DAG step: :func:`replicate` on ids, a batch, or up to ``limit`` STORED objects."""
+    catalog, store, vault = open_services(settings)
+    return replicate(catalog, store, object_ids, actor=actor, batch_id=batch_id, limit=limit, now=now,
+                     vault=vault if full_decrypt else None)
+
+
+def verify_step(*, actor: str, today: dt.date | None = None, cycle_days: int = 30, all_copies: bool = False,
+                settings=None) -> dict:  # noqa: ANN001
+    """The restore-verification DAG step (raises :class:`BackupMismatch` on damage)."""
+    catalog, store, vault = open_services(settings)
+    if all_copies:
+        return verify_all(catalog, store, vault, actor=actor)
+    return verify_sample(catalog, store, vault, today=today or _now().date(), cycle_days=cycle_days, actor=actor)
