@@ -251,7 +251,10 @@ def _erase(ctx: _Ctx, targets: list[Target]) -> None:
                 t.keks.add(ref.kek_id)
         for k in t.keks:
             kek_owner.setdefault(k, t.obj.id)
-    doomed = [k for k in sorted(kek_owner) if cat.live_data_keys_under(k) == 0 and not _kek_gone(ks, k)]
+    alive = [k for k in sorted(kek_owner) if not _kek_gone(ks, k)]
+    refs = {k: [str(r) for r in ks.versions(k)] for k in alive}
+    live = cat.live_data_keys_by_ref([r for rs in refs.values() for r in rs])
+    doomed = [k for k in alive if not any(live.get(r) for r in refs[k])]
     for batch in _chunks(doomed):
         # Audit first: a crash between the two repeats the (idempotent) destroy and its record,
         # rather than leaving a destroyed key without one.

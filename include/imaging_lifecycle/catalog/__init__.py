@@ -889,6 +889,17 @@ class Catalog:
             return conn.execute(select(func.count()).select_from(data_keys).where(
                 data_keys.c.kek_ref.like(f"{kek_id}@v%"), data_keys.c.wrapped.is_not(None))).scalar_one()
 
+    def live_data_keys_by_ref(self, kek_refs: list[str]) -> dict[str, int]:
+        """Batch form of :meth:`live_data_keys_under`: ``kek_ref -> live DEKs`` (indexed, no LIKE scan)."""
+        out: dict[str, int] = {}
+        with self.db.read() as conn:
+            for i in range(0, len(kek_refs), 500):
+                q = (select(data_keys.c.kek_ref, func.count()).where(
+                    data_keys.c.kek_ref.in_(kek_refs[i:i + 500]), data_keys.c.wrapped.is_not(None))
+                    .group_by(data_keys.c.kek_ref))
+                out.update({r: n for r, n in conn.execute(q)})
+        return out
+
     def stored_sha256(self, digests: list[str]) -> set[str]:
         """Which of these plaintext SHA-256s belong to an object that has a live stored copy."""
         found: set[str] = set()
