@@ -53,3 +53,16 @@ def actor(context) -> str:
     """The audit actor for a task: dag/task/run (no user data)."""
     ti = context["ti"]
     return f"{ti.dag_id}/{ti.task_id}/{context['run_id']}"
+
+#: Objects reached STORED (encrypted, verified, in the archive zone).
+STORED = Asset("imaging://catalog/stored")
+
+
+def alert_on_failure(context) -> None:
+    """Failure callback: a security alert in the audit trail (ids and codes only), visible beside the red task."""
+    from imaging_lifecycle.catalog import Catalog
+
+    ti = context["ti"]
+    exc = context.get("exception")
+    Catalog().audit.append(actor(context), "security.alert", outcome="failure",
+                           detail={"dag": ti.dag_id, "task": ti.task_id, "error": type(exc).__name__ if exc else "unknown"})

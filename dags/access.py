@@ -1,0 +1,56 @@
+"""On-demand operator actions, each audited: a 72-hour working copy (retrieve) and legal holds."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, actor
+
+
+@dag(
+    dag_id="retrieve_copy",
+    schedule=None,
+    default_args=DEFAULT_ARGS,
+    catchup=False,
+    tags=["imaging", "access", "retention"],
+    params={"catalog_id": Param("", type="string", minLength=32, maxLength=32),
+            "hours": Param(72, type="integer", minimum=1, maximum=72)},
+    doc_md="Re-encrypt a working copy into the cache zone under a fresh per-grant key; deleted by the sweeper at its deadline.",
+)
+def retrieve_copy():
+    @task
+    def retrieve() -> dict:
+        from imaging_lifecycle import retention
+
+        context = get_current_context()
+        grant = retention.retrieve(context["params"]["catalog_id"], actor=actor(context),
+                                   hours=context["params"]["hours"])
+        return grant.public()
+
+    retrieve()
+
+
+@dag(
+    dag_id="legal_hold",
+    schedule=None,
+    default_args=DEFAULT_ARGS,
+    catchup=False,
+    tags=["imaging", "retention"],
+    params={"catalog_id": Param("", type="string", minLength=32, maxLength=32),
+            "held": Param(True, type="boolean")},
+    doc_md="Place or release a legal hold. A held object is never deleted, whatever its deadline.",
+)
+def legal_hold():
+    @task
+    def set_hold() -> dict:
+        from imaging_lifecycle import retention
+
+        context = get_current_context()
+        return retention.set_legal_hold(context["params"]["catalog_id"], context["params"]["held"],
+                                        actor=actor(context))
+
+    set_hold()
+
+
+retrieve_copy()
+legal_hold()
