@@ -75,3 +75,13 @@ def test_a_truncated_stored_object_is_detected(vault, store):
 
     with pytest.raises(IntegrityError):
         vault.verify(replace(sealed, version_id=cut.version_id), cid)
+
+
+def test_a_shredded_scope_gets_a_new_key_generation_for_new_data(vault):
+    """A study deleted (its KEK destroyed) and later sent again must be storable, under a new KEK."""
+    first = vault.kek_for("study:resent")
+    vault.keystore.destroy(first.kek_id)
+    again = vault.kek_for("study:resent")
+    assert again.kek_id != first.kek_id
+    cid, sealed = _put(vault, b"r" * 1000)
+    assert vault.kek_for("study:resent") == again  # stable once created

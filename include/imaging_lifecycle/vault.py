@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from imaging_lifecycle import crypto
 from imaging_lifecycle.crypto import AssociatedData, DecryptingReader, EncryptingReader
-from imaging_lifecycle.keystore import KekRef, KeyStore
+from imaging_lifecycle.keystore import KekRef, KeyDestroyed, KeyStore
 from imaging_lifecycle.storage import ObjectStore
 
 
@@ -53,7 +53,16 @@ class Vault:
         self.chunk_size = chunk_size
 
     def kek_for(self, scope_id: str) -> KekRef:
-        return self.keystore.current(scope_id) or self.keystore.create_kek(scope_id)
+        """The current KEK of a scope. A scope whose KEK was destroyed (a study crypto-shredded
+        after deletion) stays shredded; new data for it -- the study sent again -- gets
+        the next generation, ``<scope>#2``, ``#3``, ..."""
+        for generation in range(1, 10_000):
+            scope = scope_id if generation == 1 else f"{scope_id}#{generation}"
+            try:
+                return self.keystore.current(scope) or self.keystore.create_kek(scope)
+            except KeyDestroyed:
+                continue
+        raise KeyDestroyed("no usable key generation left for this scope")
 
     def put(
         self,
