@@ -1,0 +1,369 @@
+"""The policy file's schema: what a hospital may declare, and what it may not.
+
+Every model forbids unknown keys, so a misspelt key fails the load instead of
+being silently ignored (an ignored ``retention`` typo would keep data for the
+default period, which is exactly the silent fallback the policy must never
+do). Cross-field rules -- the 72-hour cache maximum, identified originals at
+or above ``identified_minimum_tier``, backup zones for ``backup_required`` --
+are checked here too, so a ``Policy`` object cannot exist in a state the
+loader would have rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from imaging_lifecycle.policy.durations import parse_duration
+from imaging_lifecycle.settings import ZONES
+
+SCHEMA_VERSIONS = (1,)
+#: The cache holds plaintext working copies; nothing may keep them longer.
+CACHE_HARD_MAX = timedelta(hours=72)
+#: Actions that may be put behind two-person approval.
+APPROVAL_ACTIONS = ("restore", "early_delete", "reidentify", "export")
+MAX_TIER_LEVEL = 5
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Zone = Literal[tuple(ZONES)]  # type: ignore[valid-type]
+ApprovalAction = Literal[APPROVAL_ACTIONS]  # type: ignore[valid-type]
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cache_problem(cache: timedelta) -> str | None:
+    if cache > CACHE_HARD_MAX:
+        hours = CACHE_HARD_MAX // timedelta(hours=1)
+        return f"{cache / timedelta(hours=1):g}h exceeds the hard maximum of {hours}h for plaintext cache copies"
+    return None
+
+
+def _check_cache(retention: dict[str, timedelta]) -> dict[str, timedelta]:
+    problem = _cache_problem(retention["cache"]) if "cache" in retention else None
+    if problem:
+        raise ValueError(f"cache: {problem}")
+    return retention
+
+
+class Handling(_Model):
+    """What happens to objects of one tier."""
+
+    deidentify: bool
+    key_scope: Literal["study", "series", "object"] = "study"
+    zones: list[Zone] = Field(min_length=1)
+    retention: dict[Zone, Duration] = Field(default_factory=dict)
+    backup_required: bool = False
+    approval_required: list[ApprovalAction] = Field(default_factory=list)
+
+    _cache = field_validator("retention")(_check_cache)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Handling:
+        if len(set(self.zones)) != len(self.zones):
+            raise ValueError("zones: lists a zone twice")
+        stray = [z for z in self.retention if z not in self.zones]
+        if stray:
+            raise ValueError(f"retention: zone {stray[0]!r} is not one of this tier's zones {self.zones}")
+        if self.backup_required and "backup" not in self.zones:
+            raise ValueError("backup_required is true but 'backup' is not in zones")
+        return self
+
+
+class Tier(_Model):
+    level: int = Field(ge=1, le=MAX_TIER_LEVEL)
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    handling: Handling
+
+
+class RetentionDefaults(_Model):
+    """Zone retention that applies to every tier unless the tier says otherwise."""
+
+    cache: Duration = CACHE_HARD_MAX
+    quarantine: Duration = timedelta(days=30)
+    research: Duration
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_max(cls, v: timedelta) -> timedelta:
+        problem = _cache_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("research")
+    @classmethod
+    def _whole_days(cls, v: timedelta) -> timedelta:
+        if v % timedelta(days=1):
+            raise ValueError("research retention is configured in whole days (e.g. 3650d)")
+        return v
+
+
+def _upper_list(v: object) -> object:
+    if isinstance(v, list):
+        return [x.strip().upper() if isinstance(x, str) else x for x in v]
+    return v
+
+
+UpperList = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_upper_list)]
+
+
+class Match(_Model):
+    """Conditions over one object. All given conditions must hold; a list matches if any entry does.
+
+    ``keywords`` are whole words (case-insensitive) in StudyDescription or
+    ProtocolName. ``procedure_codes`` are ``CODE`` or ``SCHEME:CODE`` found
+    in the procedure code sequences. Ages are in years, from PatientAge or
+    else from PatientBirthDate and the study date. ``sources`` are sending AE
+    titles or source names given by the caller.
+    """
+
+    modality: UpperList | None = None
+    body_part: UpperList | None = None
+    sop_class: list[str] | None = None
+    keywords: UpperList | None = None
+    procedure_codes: list[str] | None = None
+    image_type: UpperList | None = None
+    age_below: float | None = Field(default=None, gt=0)
+    age_at_least: float | None = Field(default=None, ge=0)
+    burned_in_annotation: bool | None = None
+    sources: list[str] | None = None
+    deidentified: bool | None = None
+
+    @field_validator("sop_class")
+    @classmethod
+    def _uids(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from pydicom.uid import UID_dictionary
+
+        by_keyword = {info[4]: uid for uid, info in UID_dictionary.items() if info[4]}
+        out = []
+        for item in v:
+            item = item.strip()
+            if _UID.match(item) and len(item) <= 64:
+                out.append(item)
+            elif item in by_keyword:
+                out.append(by_keyword[item])
+            else:
+                raise ValueError(f"{item!r} is neither a UID nor a known SOP Class keyword")
+        return out
+
+    @field_validator("procedure_codes", "sources")
+    @classmethod
+    def _non_empty_strings(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not isinstance(x, str) or not x.strip() for x in v):
+            raise ValueError("entries must be non-empty strings")
+        return None if v is None else [x.strip() for x in v]
+
+    @model_validator(mode="after")
+    def _something(self) -> Match:
+        if not any(getattr(self, f) is not None for f in type(self).model_fields):
+            raise ValueError("a rule needs at least one condition (a catch-all would defeat fail-closed)")
+        for f in type(self).model_fields:
+            if getattr(self, f) == []:
+                raise ValueError(f"{f}: an empty list can never match; leave the condition out instead")
+        if self.age_below is not None and self.age_at_least is not None and self.age_at_least >= self.age_below:
+            raise ValueError("age_at_least must be below age_below")
+        return self
+
+
+class Rule(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
+    tier: int = Field(ge=1, le=MAX_TIER_LEVEL)
+    description: str = ""
+    match: Match
+
+
+class Classification(_Model):
+    """Ordered rules, first match wins; no match means the highest tier (fail closed)."""
+
+    identified_minimum_tier: int = Field(default=3, ge=1, le=MAX_TIER_LEVEL)
+    rules: list[Rule] = Field(min_length=1)
+
+
+class DeidOptions(_Model):
+    """PS3.15 Annex E options chosen by the hospital (names follow the standard's)."""
+
+    retain_longitudinal_modified_dates: bool = True
+    clean_descriptors: bool = True
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    #: dates move back by 1..date_shift_max_days days, per patient
+    date_shift_max_days: int = Field(default=365, ge=1, le=3650)
+
+
+def _hex_int(v: object) -> object:
+    if isinstance(v, str):
+        s = v.strip().lower().removeprefix("0x")
+        if not re.fullmatch(r"[0-9a-f]{1,4}", s):
+            raise ValueError(f"{v!r} is not a hexadecimal number")
+        return int(s, 16)
+    return v
+
+
+class SafePrivateTag(_Model):
+    """A private element that is known not to carry identity: kept, by block owner, not by block number."""
+
+    group: Annotated[int, BeforeValidator(_hex_int)]
+    creator: str = Field(min_length=1, max_length=64)
+    element: Annotated[int, BeforeValidator(_hex_int), Field(ge=0x00, le=0xFF)]
+    name: str = ""
+
+    @field_validator("group")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if not (v & 1) or v <= 0x0007 or v > 0xFFFF:
+            raise ValueError("a private group is odd and above 0007")
+        return v
+
+
+class Region(_Model):
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class Mask(_Model):
+    """Pixel regions to blank for images of one size (and optionally one modality)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    modality: str | None = None
+    rows: int = Field(gt=0)
+    columns: int = Field(gt=0)
+    regions: list[Region] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _inside(self) -> Mask:
+        for i, r in enumerate(self.regions):
+            if r.x + r.width > self.columns or r.y + r.height > self.rows:
+                raise ValueError(f"regions[{i}] reaches outside the {self.columns}x{self.rows} image")
+        return self
+
+
+class BurnedInRule(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    match: Match
+
+
+class BurnedIn(_Model):
+    """Which images may carry text in their pixels, and what to do about it.
+
+    An image is flagged if BurnedInAnnotation is YES, its modality or SOP
+    class is listed, or a rule matches. A flagged image is masked with the
+    first mask for its size and modality, otherwise held for review.
+    """
+
+    modalities: UpperList = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+    rules: list[BurnedInRule] = Field(default_factory=list)
+    masks: list[Mask] = Field(default_factory=list)
+
+    _uids = field_validator("sop_classes")(Match._uids.__func__)  # type: ignore[attr-defined]
+
+
+class Policy(_Model):
+    schema_version: int
+    name: str = "unnamed"
+    description: str = ""
+    tiers: list[Tier] = Field(min_length=1)
+    retention: RetentionDefaults
+    classification: Classification
+    deid_options: DeidOptions = Field(default_factory=DeidOptions)
+    safe_private_tags: list[SafePrivateTag] = Field(default_factory=list)
+    burned_in: BurnedIn = Field(default_factory=BurnedIn)
+
+    _by_level: dict[int, Tier] = PrivateAttr(default_factory=dict)
+    _fingerprint: str = PrivateAttr(default="")
+    _source: str = PrivateAttr(default="")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v not in SCHEMA_VERSIONS:
+            raise ValueError(f"unsupported schema_version {v}; this build reads {list(SCHEMA_VERSIONS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Policy:
+        levels = [t.level for t in self.tiers]
+        if sorted(levels) != list(range(1, len(levels) + 1)):
+            raise ValueError(f"tiers: levels must be 1..N, each once; got {levels}")
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError("tiers: two tiers share a name")
+        top = max(levels)
+        seen: set[str] = set()
+        floor = self.classification.identified_minimum_tier
+        if floor > top:
+            raise ValueError(f"classification.identified_minimum_tier: {floor} is above the highest tier {top}")
+        for i, rule in enumerate(self.classification.rules):
+            where = f"classification.rules[{i}] ({rule.id})"
+            if rule.id in seen:
+                raise ValueError(f"{where}: duplicate rule id")
+            seen.add(rule.id)
+            if rule.id.startswith("fail-closed"):
+                raise ValueError(f"{where}: ids starting 'fail-closed' are reserved for the classifier")
+            if rule.tier > top:
+                raise ValueError(f"{where}.tier: {rule.tier} is not a declared tier level")
+            if rule.match.deidentified is not True and rule.tier < floor:
+                raise ValueError(
+                    f"{where}.tier: {rule.tier} is below identified_minimum_tier {floor}; "
+                    "a rule that can match identified originals must add 'deidentified: true' or raise its tier"
+                )
+        ids = [r.id for r in self.burned_in.rules]
+        if len(set(ids)) != len(ids):
+            raise ValueError("burned_in.rules: duplicate rule id")
+        keys = [(t.group, t.creator, t.element) for t in self.safe_private_tags]
+        if len(set(keys)) != len(keys):
+            raise ValueError("safe_private_tags: an entry is listed twice")
+        return self
+
+    def model_post_init(self, __context: object) -> None:
+        self._by_level = {t.level: t for t in self.tiers}
+        self._fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    # -- helpers others rely on -------------------------------------------------
+
+    @property
+    def highest_tier(self) -> int:
+        """The most restrictive level: where anything unknown or unreadable goes."""
+        return max(self._by_level)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the validated policy; audit records name the policy that decided."""
+        return self._fingerprint
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def tier(self, level: int) -> Tier:
+        try:
+            return self._by_level[level]
+        except KeyError:
+            raise KeyError(f"tier level {level} is not declared; levels are {sorted(self._by_level)}") from None
+
+    def retention_for(self, tier: int, zone: str) -> timedelta:
+        """Retention of ``zone`` copies of ``tier`` objects: the tier's own value, else the policy default."""
+        if zone not in ZONES:
+            raise KeyError(f"unknown zone {zone!r}; zones are {', '.join(ZONES)}")
+        own = self.tier(tier).handling.retention.get(zone)
+        if own is not None:
+            return own
+        default = getattr(self.retention, zone, None) if zone in RetentionDefaults.model_fields else None
+        if default is None:
+            raise KeyError(f"the policy sets no retention for zone {zone!r} of tier {tier}")
+        return default
