@@ -52,7 +52,7 @@ FILES = (
 )
 
 
-def testfile(name: str) -> Path:
+def sample_path(name: str) -> Path:
     path = get_testdata_file(name, download=False)
     assert path is not None, f"pydicom test file {name} is not bundled"
     return Path(path)
@@ -61,7 +61,7 @@ def testfile(name: str) -> Path:
 def read(name: str) -> Dataset:
     from imaging_lifecycle.classify import read_dataset
 
-    return read_dataset(testfile(name))
+    return read_dataset(sample_path(name))
 
 
 def to_bytes(ds: Dataset) -> bytes:
