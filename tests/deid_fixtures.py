@@ -119,6 +119,8 @@ def plant(ds: Dataset, actions: dict[int, str]) -> Planted:
     out = Planted(gone={FAMILY, GIVEN, PATIENT_ID, DATE, "1977-07-07"})
     n = 0
     for tag, action in actions.items():
+        if tag >> 16 in (0x0000, 0x0002):
+            continue  # command and file meta elements do not go in the dataset
         vr = dictionary_VR(tag)
         if vr in TEXT_VRS:
             if action in ("C", "K"):

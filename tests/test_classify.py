@@ -126,7 +126,9 @@ def test_classify_path_fails_closed_on_unreadable_files(policy, tmp_path):
     garbage.write_bytes(b"\x00" * 200 + b"this is not DICOM")
     empty = tmp_path / "empty.dcm"
     empty.write_bytes(b"")
-    for p in (garbage, empty, tmp_path / "missing.dcm", tmp_path):
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(sample_path("CT_small.dcm").read_bytes()[:1000])  # ends inside a header value
+    for p in (garbage, empty, cut, tmp_path / "missing.dcm", tmp_path):
         assert classify_path(p, policy) == Classification(5, "fail-closed:unreadable")
 
 

@@ -81,12 +81,14 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
                 if 0x00080016 not in ds._dict or 0x00080018 not in ds._dict:
                     raise UnreadableDicom("not-dicom") from None
-                return ds
+        deflated = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99"
+        _check_complete(ds, None if stop_before_pixels or deflated else Path(path).stat().st_size)
+        return ds
     except UnreadableDicom:
         raise
     except FileNotFoundError:
@@ -95,6 +97,23 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
         raise UnreadableDicom("not-a-readable-file") from None
     except Exception as e:  # pydicom raises many types on damaged input; the text may quote values
         raise UnreadableDicom(f"parse-error:{type(e).__name__}") from None
+
+
+def _check_complete(ds: Dataset, file_size: int | None) -> None:
+    """pydicom stops quietly at the end of a short file; a cut-off object must not pass as whole.
+
+    A value shorter than its declared length, or bytes left over after the last
+    element (a header cut in half), can only be the end of a cut file. A file
+    cut exactly between two elements cannot be told from a complete one.
+    """
+    if not ds._dict:
+        raise UnreadableDicom("empty-dataset")
+    last = next(reversed(ds._dict.values()))
+    length, value = getattr(last, "length", None), last.value  # parsed sequences have no raw length
+    if length in (None, 0xFFFFFFFF) or not isinstance(value, bytes):
+        return
+    if len(value) != length or (file_size is not None and last.value_tell + length != file_size):
+        raise UnreadableDicom("truncated")
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""What counts as an "original identifying string", shared by the engine and the validation gate.
+
+The issue names the kinds: names, IDs, accession number, dates, addresses,
+device serial numbers, institution. Names are every PN value; dates are every
+DA value and the date part of every DT value; the rest are the attributes
+below. Each is a Table E.1-1 attribute (a test checks), and one whose action
+under the chosen options is K or C is being retained on purpose and so is not
+an identifier to hunt for.
+
+Values shorter than :data:`MIN_LENGTH` characters are not hunted: "M",
+"1" or "JR" occur in innocent text everywhere, and removing them would
+destroy data without protecting anyone.
+"""
+
+from __future__ import annotations
+
+import re
+
+MIN_LENGTH = 3
+
+IDENTIFYING_KEYWORDS: tuple[str, ...] = (
+    # patient names and IDs
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "MedicalRecordLocator",
+    "AdmissionID",
+    "ServiceEpisodeID",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    # order and study identifiers
+    "AccessionNumber",
+    "StudyID",
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    # addresses and contacts
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientTelecomInformation",
+    "RegionOfResidence",
+    "CountryOfResidence",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "PersonAddress",
+    "PersonTelephoneNumbers",
+    "ResponsibleOrganization",
+    # devices
+    "DeviceSerialNumber",
+    "StationName",
+    "DetectorID",
+    "GantryID",
+    "PlateID",
+    "CassetteID",
+    # institution
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+)
+
+TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+DATE_VRS = frozenset({"DA", "DT"})
+
+
+def identifying_tags(actions: dict[int, str]) -> frozenset[int]:
+    """Tags of :data:`IDENTIFYING_KEYWORDS` that the options do not retain (action not K or C)."""
+    from pydicom.datadict import tag_for_keyword
+
+    out = set()
+    for kw in IDENTIFYING_KEYWORDS:
+        tag = tag_for_keyword(kw)
+        if tag is not None and actions.get(tag) not in ("K", "C"):
+            out.add(tag)
+    return frozenset(out)
+
+
+def split_values(raw: bytes, *, person_name: bool = False) -> list[bytes]:
+    """The parts of a value worth hunting: each value of a multi-value, each name component."""
+    parts = re.split(rb"[\\^=]" if person_name else rb"\\", raw)
+    out = []
+    for p in parts:
+        p = p.strip(b" \x00")
+        if len(p) >= MIN_LENGTH:
+            out.append(p)
+    return out
+
+
+def date_parts(raw: bytes) -> list[bytes]:
+    """YYYYMMDD and YYYY-MM-DD spellings of each date in a DA or DT value."""
+    out = []
+    for p in raw.split(b"\\"):
+        p = p.strip(b" \x00")
+        if len(p) >= 8 and p[:8].isdigit():
+            d = p[:8]
+            out += [d, d[:4] + b"-" + d[4:6] + b"-" + d[6:8]]
+    return out
+
+
+def pattern(strings: set[bytes]) -> re.Pattern[bytes] | None:
+    """One case-insensitive regex for all ``strings``, longest first; None when there is nothing to hunt."""
+    if not strings:
+        return None
+    return re.compile(b"|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)), re.IGNORECASE)
