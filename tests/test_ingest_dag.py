@@ -87,3 +87,32 @@ def test_a_folder_drop_triggers_ingest_through_scheduler_and_triggerer(platform_
         assert marker not in logs, "identifier in task logs"
         assert marker not in xcoms, "identifier in XCom"
         assert marker not in audit, "identifier in audit records"
+
+
+@pytest.mark.platform
+@pytest.mark.slow
+def test_ingest_triggers_protect_and_the_sweeper_runs_on_its_schedule(platform_run, airflow_api):
+    """Data-aware chaining: the asset ingest emits starts protect; the 15-minute sweeper runs by itself."""
+    from imaging_lifecycle.catalog import Catalog
+
+    settings = platform_run.settings()
+
+    def protect_done():
+        runs = [r for r in airflow_api.dag_runs("protect") if r["state"] in ("success", "failed")]
+        return runs[0] if runs else None
+
+    run = airflow_api.wait_for(protect_done, 300, "a protect run started by the ingest asset")
+    assert run["state"] == "success", run
+    assert run["run_type"] == "asset_triggered"
+    cat = Catalog(settings.catalog_url)
+    states = {o.state for o in cat.objects() if not (o.source or "").startswith("derived:")}
+    assert states <= {"STORED", "BACKED_UP"}, states
+    assert any((o.source or "").startswith("derived:") for o in cat.objects())  # tier-3 chest CTs
+
+    def sweeper_done():
+        runs = [r for r in airflow_api.dag_runs("sweeper") if r["state"] in ("success", "failed")]
+        return runs[0] if runs else None
+
+    sweep = airflow_api.wait_for(sweeper_done, 240, "a scheduled sweeper run")
+    assert sweep["state"] == "success", sweep
+    assert cat.audit.verify().ok

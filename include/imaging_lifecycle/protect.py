@@ -1,0 +1,310 @@
+"""Protect: from a staged original to a classified, (de-identified,) encrypted, stored object.
+
+The ``protect`` DAG runs these steps per ingested batch, each a plain
+function over catalog ids:
+
+* :func:`classify_objects` decrypts each staged original (headers only),
+  classifies it under the policy (fail closed) and records tier and rule.
+* :func:`deidentify_objects` makes the de-identified derivative for tiers
+  whose policy asks for one. A derivative is an object of its own (tier of
+  de-identified data, research zone); images that may carry burned-in text
+  are held in NEEDS_REVIEW instead, visibly, and never released unreviewed.
+* :func:`store_objects` re-encrypts the original when its tier differs from
+  the staging tier (the tier is bound into the ciphertext), reads it back,
+  and moves the object to STORED with its retention deadline.
+* :func:`closing_rows` feeds the closing gate: every object STORED with a
+  key id and ciphertext hash, and no stored object that starts like DICOM.
+
+Plaintext exists only in memory or in 0600 temporary files under the state
+folder, removed in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+
+from imaging_lifecycle.catalog import states
+from imaging_lifecycle.ingest import UNCLASSIFIED_TIER, Services
+
+RESEARCH_ZONE = "research"
+REID_PREFIX = "reid/"
+CHUNK = 50
+
+
+def _archive_copy(svc: Services, obj):
+    """The object's own content in the archive (not its re-identification map beside it)."""
+    live = [c for c in svc.catalog.copies(obj.id) if c.zone in ("archive", RESEARCH_ZONE)
+            and not c.key.startswith(REID_PREFIX)]
+    return live[-1] if live else None
+
+
+@contextmanager
+def plaintext_file(svc: Services, obj):
+    """The object's original, decrypted and verified into a private temp file, removed afterwards."""
+    tmpdir = svc.settings.state_dir / "tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmpdir, 0o700)
+    path = Path(tempfile.mktemp(dir=tmpdir, suffix=".dcm"))
+    try:
+        svc.vault.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _policy():
+    from imaging_lifecycle.policy import load_policy
+
+    return load_policy(os.environ.get("IL_POLICY_FILE") or None)
+
+
+def batch_objects(svc: Services, batch_id: str | None, state: str) -> list[str]:
+    return [o.id for o in svc.catalog.objects(batch_id=batch_id, state=state) if o.quarantine_reason is None]
+
+
+def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
+    from imaging_lifecycle.classify import classify
+
+    policy = _policy()
+    counts: dict[str, int] = {}
+    for oid in ids:
+        obj = svc.catalog.get(oid)
+        if obj.state != states.VALIDATED:
+            continue  # done by an earlier attempt
+        with plaintext_file(svc, obj) as path:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                ds = None  # unreadable now: classify fails closed to the highest tier
+            source = obj.source if obj.source and obj.source.startswith("cstore:") else None
+            result = classify(ds, policy, source=source.split(":", 1)[1] if source else None)
+        svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
+                               detail={"tier": result.tier, "rule": result.rule_id})
+        counts[f"tier{result.tier}"] = counts.get(f"tier{result.tier}", 0) + 1
+    return counts
+
+
+def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime | None = None) -> dict:
+    """Final encryption (with the real tier), read-back verification, STORED with a retention deadline."""
+    policy = _policy()
+    now = now or dt.datetime.now(dt.timezone.utc)
+    stored = 0
+    for oid in ids:
+        obj = svc.catalog.get(oid)
+        # NEEDS_REVIEW holds back the derivative, never the original: it is stored all the same.
+        if obj.state not in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW, states.PROTECTED):
+            continue
+        copy = _archive_copy(svc, obj)
+        sealed = svc.catalog.sealed(copy, obj.sha256, obj.size)
+        if sealed.tier != obj.tier:
+            copy = _reencrypt(svc, obj, copy, sealed, actor=actor)
+        deadline = now + policy.retention_for(obj.tier, "archive")
+        if obj.state != states.PROTECTED:
+            svc.catalog.transition(oid, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
+                                   key_id=copy.key_id)
+        svc.catalog.transition(oid, states.STORED, actor=actor, zone="archive", retention_deadline=deadline)
+        stored += 1
+    return {"stored": stored}
+
+
+def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
+    """Encrypt the original again, bound to its real tier; retire the staged version and its key."""
+    with plaintext_file(svc, obj) as path:
+        sealed = svc.vault.put(path, catalog_id=obj.id, zone="archive", tier=obj.tier,
+                               scope_id=f"study:{obj.study_key}", key=old_copy.key)
+    new_copy = svc.catalog.record_sealed(obj.id, sealed, actor=actor)
+    svc.vault.store.purge("archive", [(old_copy.key, old_copy.version_id)])
+    svc.catalog.mark_copy_deleted(old_copy.id, actor=actor)
+    svc.catalog.destroy_data_key(old_sealed.dek_id, actor=actor, object_id=obj.id)
+    return new_copy
+
+
+def closing_rows(svc: Services, ids: list[str]) -> list[dict]:
+    """One row per object for the closing gate, including whether any stored copy looks like plaintext."""
+    rows = []
+    for oid in ids:
+        obj = svc.catalog.get(oid)
+        plaintext = False
+        for c in svc.catalog.copies(oid):
+            with svc.vault.store.open(c.zone, c.key, c.version_id) as r:
+                head = r.read(132)
+            plaintext |= head.startswith(b"DICM") or head[128:132] == b"DICM"
+        rows.append({"catalog_id": oid, "state": obj.state, "key_id": obj.key_id,
+                     "ciphertext_sha256": obj.ciphertext_sha256, "looks_like_dicom": plaintext})
+    return rows
+
+
+# -- de-identification -------------------------------------------------------------
+
+
+def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
+    """Make the de-identified derivative of every object whose tier asks for one.
+
+    The derivative is registered as an object of its own (source
+    ``derived:<parent id>``), classified as de-identified data and stored
+    encrypted in the research zone. The pseudonym <-> identity map is stored
+    encrypted at the highest tier beside the original, readable only through
+    the (later) two-person approval flow. Burned-in text risk: the original
+    goes to NEEDS_REVIEW, flagged with the reason, and no derivative is made.
+    """
+    from imaging_lifecycle.deid import DeidError, Deidentifier, write_dataset
+    from imaging_lifecycle.secretfiles import load_or_create_secret
+
+    policy = _policy()
+    engine = Deidentifier(policy, load_or_create_secret("deid-hmac", settings=svc.settings))
+    counts: dict[str, int] = {}
+
+    def count(k: str) -> None:
+        counts[k] = counts.get(k, 0) + 1
+
+    for oid in ids:
+        obj = svc.catalog.get(oid)
+        if obj.state != states.CLASSIFIED or not policy.tier(obj.tier).handling.deidentify:
+            continue
+        source = obj.source.split(":", 1)[1] if obj.source and obj.source.startswith("cstore:") else None
+        with plaintext_file(svc, obj) as path:
+            try:
+                result = engine.deidentify(pydicom.dcmread(path), source=source)
+            except DeidError as exc:
+                svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor, flagged=f"DEID_{exc.reason}"[:64],
+                                       detail={"reason": exc.reason})
+                count("needs_review")
+                continue
+            if result.needs_review:
+                svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor,
+                                       flagged=(result.review_reason or "BURNED_IN")[:64],
+                                       detail={"reason": result.review_reason or "BURNED_IN"})
+                count("needs_review")
+                continue
+            out = path.with_suffix(".deid.dcm")
+            try:
+                write_dataset(result.dataset, out)
+                _store_derivative(svc, obj, out, result.dataset, policy, actor=actor)
+                _store_reid_map(svc, obj, result.reid.to_bytes(), policy, actor=actor)
+            finally:
+                out.unlink(missing_ok=True)
+        svc.catalog.transition(oid, states.DEIDENTIFIED, actor=actor)
+        count("deidentified")
+    return counts
+
+
+def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: str) -> str:
+    """Register and store one derivative; idempotent (its UIDs are deterministic, so a rerun finds it)."""
+    from imaging_lifecycle.classify import classify
+    from imaging_lifecycle.crypto import sha256_file
+
+    reg = svc.catalog.register(
+        actor=actor, source=f"derived:{parent.id}", sha256=sha256_file(path), size=path.stat().st_size,
+        sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID), batch_id=parent.batch_id,
+    )
+    d = reg.object
+    if d.state == states.RECEIVED:
+        svc.catalog.transition(d.id, states.VALIDATED, actor=actor)
+        d = svc.catalog.get(d.id)
+    if d.state == states.VALIDATED:
+        c = classify(ds, policy, deidentified=True)
+        svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
+                               detail={"tier": c.tier, "rule": c.rule_id})
+        d = svc.catalog.get(d.id)
+    if d.state == states.CLASSIFIED:
+        copy = next((c for c in svc.catalog.copies(d.id) if c.zone == RESEARCH_ZONE), None)
+        if copy is None:
+            sealed = svc.vault.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
+                                   scope_id=f"study:{d.study_key}", key=f"{RESEARCH_ZONE}/{d.id}")
+            copy = svc.catalog.record_sealed(d.id, sealed, actor=actor)
+        svc.catalog.transition(d.id, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
+                               key_id=copy.key_id)
+        d = svc.catalog.get(d.id)
+    if d.state == states.PROTECTED:
+        deadline = dt.datetime.now(dt.timezone.utc) + policy.retention_for(d.tier, RESEARCH_ZONE)
+        svc.catalog.transition(d.id, states.STORED, actor=actor, zone=RESEARCH_ZONE, retention_deadline=deadline)
+    return d.id
+
+
+def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -> None:
+    if any(c.key.startswith(REID_PREFIX) for c in svc.catalog.copies(parent.id)):
+        return
+    top = policy.highest_tier
+    sealed = svc.vault.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=top,
+                           scope_id=f"reid:{parent.id}", key=f"{REID_PREFIX}{parent.id}", size=len(data))
+    svc.catalog.record_sealed(parent.id, sealed, actor=actor)
+
+
+# -- what the DAG calls ---------------------------------------------------------------
+
+#: Objects still on their way through protect, oldest first, from any batch
+#: (a run that died leaves work that the next run picks up).
+PENDING_STATES = (states.VALIDATED, states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW, states.PROTECTED)
+
+
+def pending_chunks(settings=None, chunk: int = CHUNK) -> list[list[str]]:
+    svc = Services.open(settings)
+    ids = [o.id for st in PENDING_STATES for o in svc.catalog.objects(state=st) if o.quarantine_reason is None]
+    return [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
+
+
+STEPS = {"classify": classify_objects, "deidentify": deidentify_objects, "store": store_objects}
+
+
+def run(step: str, ids: list[str], *, actor: str, settings=None) -> dict:
+    svc = Services.open(settings)
+    if step == "backup":
+        return backup_objects(svc, ids, actor=actor)
+    return STEPS[step](svc, ids, actor=actor)
+
+
+def backup_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
+    from imaging_lifecycle import backup
+
+    policy = _policy()
+    wanted = [i for i in ids if svc.catalog.get(i).state == states.STORED
+              and policy.tier(svc.catalog.get(i).tier).handling.backup_required]
+    return backup.replicate(svc.catalog, svc.vault.store, wanted, actor=actor, vault=svc.vault) if wanted else {}
+
+
+def gate(name: str, chunks: list[list[str]], *, actor: str, settings=None) -> dict:
+    """Run one of protect's gates over the run's objects; raises GateFailed (nothing moves on)."""
+    from imaging_lifecycle.gates import enforce
+    from imaging_lifecycle.gates import protect as suites
+
+    svc = Services.open(settings)
+    ids = [i for c in chunks for i in c]
+    if name == "classified":
+        rows = [{"catalog_id": o.id, "tier": o.tier, "rule_id": o.rule_id} for o in map(svc.catalog.get, ids)]
+        result = suites.check_classified(rows)
+    elif name == "deid":
+        result = deid_gate(svc, ids)
+    else:
+        result = suites.check_closing(closing_rows(svc, ids + derivatives_of(svc, ids)))
+    svc.catalog.audit.append(actor, "gate.run", detail={"gate": result.gate, "ok": result.success,
+                                                          "rows": result.rows, "failed": len(result.failures)})
+    return enforce(result).summary()
+
+
+def derivatives_of(svc: Services, ids: list[str]) -> list[str]:
+    wanted = {f"derived:{i}" for i in ids}
+    return [o.id for o in svc.catalog.objects() if o.source in wanted]
+
+
+def deid_gate(svc: Services, ids: list[str]):
+    """The de-identification gate over this run's (original, derivative) pairs, decrypted in memory."""
+    from imaging_lifecycle.gates import GateResult
+    from imaging_lifecycle.gates import deid as suite
+
+    pairs = []
+    for d_id in derivatives_of(svc, ids):
+        d = svc.catalog.get(d_id)
+        parent = svc.catalog.get(d.source.split(":", 1)[1])
+        with plaintext_file(svc, parent) as original, plaintext_file(svc, d) as derived:
+            pairs.append((d_id, pydicom.dcmread(original), pydicom.dcmread(derived)))
+    if not pairs:  # no tier in this run asked for a derivative: nothing was released, nothing to check
+        return GateResult("deid", True, 0)
+    return suite.check(pairs, _policy())
