@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from pydicom.dataset import Dataset
@@ -169,3 +170,20 @@ def test_cli_rejects_a_bad_policy(tmp_path, capsys):
     bad.write_text("schema_version: 1\n")
     assert main(["classify", str(sample_path("MR_small.dcm")), "--policy", str(bad)]) == 2
     assert "invalid policy" in capsys.readouterr().err
+
+
+def test_pydicom_messages_are_silenced_while_patient_data_is_handled(caplog):
+    import warnings
+
+    from pydicom.misc import warn_and_log
+
+    from imaging_lifecycle.classify import quiet_pydicom
+
+    caplog.set_level(logging.DEBUG, logger="pydicom")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_pydicom():
+            warn_and_log("Invalid value for VR PN: 'ZQFAMILY^ZQGIVEN'")  # how pydicom reports bad values
+        assert "ZQFAMILY" not in caplog.text and not seen
+        warn_and_log("outside: still reported")
+    assert "outside" in caplog.text and len(seen) == 1

@@ -466,3 +466,35 @@ def test_every_planted_vr_is_covered():
     """The planting helper covers every text, date and UID VR the table uses (guards the test itself)."""
     vrs = {dictionary_VR(a.tag) for a in load_table().attributes if a.tag is not None}
     assert {"PN", "LO", "SH", "DA", "DT", "UI", "LT", "ST", "UT", "AE", "CS"} <= vrs
+
+
+@pytest.mark.parametrize("planar", [0, 1])
+def test_masks_cover_every_frame_and_colour_layout(tmp_path, planar):
+    import numpy as np
+
+    masks = [
+        {"id": "dose", "modality": "RTDOSE", "rows": 10, "columns": 10,
+         "regions": [{"x": 2, "y": 1, "width": 3, "height": 2}]},
+        {"id": "sc", "modality": "OT", "rows": 3, "columns": 3, "regions": [{"x": 1, "y": 1, "width": 2, "height": 1}]},
+    ]  # fmt: skip
+    policy = policy_with(tmp_path, burned_in={"modalities": ["RTDOSE", "OT"], "masks": masks})
+    engine = Deidentifier(policy, KEY)
+
+    dose = read("rtdose.dcm")  # 15 frames of 32-bit samples
+    before = dose.pixel_array.copy()
+    after = reread(engine.deidentify(dose).dataset).pixel_array
+    assert (after[:, 1:3, 2:5] == 0).all() and (after[:, 3:, :] == before[:, 3:, :]).all()
+
+    rgb = read("SC_rgb_small_odd.dcm")  # 3 samples per pixel
+    if planar:
+        arr = rgb.pixel_array
+        rgb.PlanarConfiguration = 1
+        rgb.PixelData = np.ascontiguousarray(arr.transpose(2, 0, 1)).tobytes() + b"\x00"
+    before = rgb.pixel_array.copy()
+    result = engine.deidentify(rgb)
+    assert result.masked
+    after = reread(result.dataset).pixel_array
+    assert (after[1, 1:3, :] == 0).all()
+    keep = np.ones(before.shape[:2], dtype=bool)
+    keep[1, 1:3] = False
+    assert (after[keep] == before[keep]).all()

@@ -15,7 +15,11 @@ a tier and a rule id.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import date
@@ -26,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from pydicom import Dataset
 
     from imaging_lifecycle.policy import Match, Policy
+
+_PYDICOM_LOG = logging.getLogger("pydicom")
 
 FAIL_UNREADABLE = "fail-closed:unreadable"
 FAIL_MALFORMED = "fail-closed:malformed"
@@ -66,20 +72,39 @@ class UnreadableDicom(Exception):
         super().__init__(f"unreadable DICOM input: {reason}")
 
 
+class _DropPydicomRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom while we handle patient data: its warnings quote element values.
+
+    Both its ``warnings.warn`` calls and its log records (logger ``pydicom``)
+    are dropped for the duration; our own code reports reason codes instead.
+    """
+    flt = _DropPydicomRecords()
+    _PYDICOM_LOG.addFilter(flt)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _PYDICOM_LOG.removeFilter(flt)
+
+
 def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
     """Read a DICOM file, also one without preamble/meta (as many archives hold them).
 
     A forced read is only accepted when it yields a SOP Class and Instance,
     so arbitrary bytes are not mistaken for an (empty) dataset.
     """
-    import warnings
-
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_pydicom():
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
             except InvalidDicomError:
@@ -291,9 +316,10 @@ def classify(
         return Classification(top, FAIL_UNREADABLE)
     facts = Facts(ds, source=source, deidentified=deidentified)
     try:
-        for rule_id, tier, matcher in _rules(policy):
-            if matcher(facts):
-                return Classification(tier, rule_id)
+        with quiet_pydicom():
+            for rule_id, tier, matcher in _rules(policy):
+                if matcher(facts):
+                    return Classification(tier, rule_id)
     except Exception:  # damaged values: their text may hold identifiers, so only the outcome is kept
         return Classification(top, FAIL_MALFORMED)
     return Classification(top, FAIL_NO_MATCH)

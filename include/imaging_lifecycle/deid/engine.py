@@ -32,12 +32,8 @@ Nothing in this module logs or raises with a value from a dataset.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +44,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from imaging_lifecycle.classify import UnreadableDicom, read_dataset
+from imaging_lifecycle.classify import UnreadableDicom, quiet_pydicom, read_dataset
 from imaging_lifecycle.deid import identifiers, values
 from imaging_lifecycle.deid.burned_in import BurnedInCheck, apply_mask, transfer_syntax
 from imaging_lifecycle.deid.reid import ReidEntry, ReidMap
@@ -85,7 +81,6 @@ MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
 REID_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 _UID_CACHE_MAX = 200_000
-_pydicom_log = logging.getLogger("pydicom")
 
 
 class DeidError(Exception):
@@ -117,25 +112,6 @@ class DeidResult:
             "masked": self.masked,
             "counts": dict(self.counts),
         }
-
-
-class _DropIdentifyingRecords(logging.Filter):
-    """pydicom's warnings quote element values; while we work, they are dropped, not logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def quiet_pydicom() -> Iterator[None]:
-    flt = _DropIdentifyingRecords()
-    _pydicom_log.addFilter(flt)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        _pydicom_log.removeFilter(flt)
 
 
 class _Run:
