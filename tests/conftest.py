@@ -181,3 +181,34 @@ class AirflowAPI:
 @pytest.fixture(scope="session")
 def airflow_api(platform_run) -> AirflowAPI:
     return AirflowAPI(platform_run)
+
+
+@pytest.fixture
+def env(object_store_settings, tmp_path):
+    """Settings with a fresh landing folder and catalog for this test (S3 and key store shared)."""
+    import shutil
+    from dataclasses import replace
+
+    settings = replace(object_store_settings, landing_dir=tmp_path / "landing",
+                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    settings.landing_dir.mkdir()
+    (settings.state_dir / "ingest").mkdir(exist_ok=True)
+    for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+    return settings
+
+
+def ingest_now(settings) -> dict:
+    """One ingest batch of whatever is in the landing folder, through the same functions the DAG runs."""
+    from imaging_lifecycle import ingest
+
+    claim = ingest.claim_batch(settings, quiet_seconds=0)
+    results = [ingest.run_chunk(claim.batch_id, c, actor="test/ingest", settings=settings) for c in claim.chunks]
+    return ingest.close_batch(results, actor="test/ingest", settings=settings) if claim.files else {}
+
+
+def catalog(settings):
+    from imaging_lifecycle.catalog import Catalog
+
+    return Catalog(settings.catalog_url)

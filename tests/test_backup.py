@@ -19,19 +19,6 @@ CLI = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
 ACTOR = "test/backup"
 
 
-@pytest.fixture
-def env(object_store_settings, tmp_path):
-    """Settings with a fresh landing folder and catalog for this test (S3 and key store shared)."""
-    settings = replace(object_store_settings, landing_dir=tmp_path / "landing",
-                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    settings.landing_dir.mkdir()
-    (settings.state_dir / "ingest").mkdir(exist_ok=True)
-    for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-    return settings
-
-
 def services(settings):
     from imaging_lifecycle.backup import open_services
 

@@ -567,7 +567,9 @@ _BIG_CHILD = textwrap.dedent(
     pt_sha = crypto.decrypt_stream(tee, Discard(), dek, aad)
     print(json.dumps({
         "seconds": time.perf_counter() - t0,
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        # VmHWM is this address space's own peak. ru_maxrss is not: Linux carries it over
+        # fork+exec, so it would report the (large) pytest parent's RSS.
+        "maxrss_kb": int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))),
         "source_sha": gen.sha.hexdigest(),
         "enc_pt_sha": enc.plaintext_sha256,
         "dec_pt_sha": pt_sha,

@@ -36,7 +36,7 @@ def env(object_store_settings, tmp_path, monkeypatch):
 
 def stored_objects(env, dicom_file, names, *, tier=3, deadline=T):
     """Real DICOM files through ingest, then CLASSIFIED -> PROTECTED -> STORED with ``deadline``."""
-    from test_ingest import ingest_now
+    from conftest import ingest_now
 
     from imaging_lifecycle.catalog import Catalog
 

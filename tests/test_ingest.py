@@ -12,34 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT
-
-
-@pytest.fixture
-def env(object_store_settings, tmp_path):
-    """Settings with a fresh landing folder and catalog for this test (S3 shared with the session)."""
-    settings = replace(object_store_settings, landing_dir=tmp_path / "landing",
-                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    settings.landing_dir.mkdir()
-    (settings.state_dir / "ingest").mkdir(exist_ok=True)
-    for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-    return settings
-
-
-def ingest_now(settings) -> dict:
-    from imaging_lifecycle import ingest
-
-    claim = ingest.claim_batch(settings, quiet_seconds=0)
-    results = [ingest.run_chunk(claim.batch_id, c, actor="test/ingest", settings=settings) for c in claim.chunks]
-    return ingest.close_batch(results, actor="test/ingest", settings=settings) if claim.files else {}
-
-
-def catalog(settings):
-    from imaging_lifecycle.catalog import Catalog
-
-    return Catalog(settings.catalog_url)
+from conftest import PROJECT, catalog, ingest_now  # noqa: F401
 
 
 def test_real_dicom_files_are_stored_encrypted_and_the_landing_file_removed(env, dicom_file):

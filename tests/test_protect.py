@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from test_ingest import catalog, env, ingest_now  # noqa: F401  (fixture)
+from conftest import catalog, ingest_now
 
 
 def protect_all(settings, actor="test/protect") -> dict:

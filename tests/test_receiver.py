@@ -9,7 +9,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-from test_ingest import catalog, env, ingest_now  # noqa: F401  (fixture)
+from conftest import catalog, ingest_now
 
 
 def _free_port() -> int:

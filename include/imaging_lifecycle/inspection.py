@@ -11,13 +11,14 @@ for the caller; they are never part of :meth:`Inspection.public`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from imaging_lifecycle.crypto import sha256_file
 
 #: Quarantine reason codes. Stable strings: operators and dashboards match on them.
 REASONS: dict[str, str] = {
@@ -33,7 +34,6 @@ REASONS: dict[str, str] = {
 
 REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
 DEFER_SIZE = 4096
-HASH_CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -96,14 +96,6 @@ def safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name and (
         not any(ord(c) < 32 for c in name)
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inspect(path: Path, landing: Path, *, max_bytes: int | None = None) -> Inspection:

@@ -387,6 +387,15 @@ def ours(settings: Settings) -> list[psutil.Process]:
     return [p for p in found.values() if p.pid != me]
 
 
+def _kill(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
 def down(settings: Settings | None = None, *, timeout: float = 20.0) -> int:
     """Stop every process of this platform, children included; keep the data."""
     settings = settings or load_settings()
@@ -398,20 +407,8 @@ def down(settings: Settings | None = None, *, timeout: float = 20.0) -> int:
         except (psutil.Error, ProcessLookupError, PermissionError):
             pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    # Anything forked during the shutdown itself.
-    late = ours(settings)
-    for p in late:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(late, timeout=5)
+    _kill(alive)
+    _kill(ours(settings))  # anything forked during the shutdown itself
     for pidfile in _run_dir(settings).glob("*.json"):
         pidfile.unlink()
     return len(procs)
