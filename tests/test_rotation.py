@@ -9,7 +9,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from test_backup import ACTOR, CLI, cli_env, env, services, stored_objects  # noqa: F401  (env is a fixture)
+from test_backup import ACTOR, CLI, cli_env, services, stored_objects
 
 from imaging_lifecycle.keystore import KekRef
 
