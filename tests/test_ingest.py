@@ -154,3 +154,50 @@ def test_no_identifier_reaches_audit_records_outputs_or_buckets_in_clear(env):
     for marker in patient.markers():
         assert marker not in text
         assert marker.encode() not in blobs
+
+
+def test_the_object_store_dying_mid_run_loses_nothing_and_the_retry_duplicates_nothing(env, dicom_file):
+    """Kill the primary S3 server during an ingest run, restart it, retry: every file stored exactly once."""
+    import threading
+
+    import psutil
+
+    from imaging_lifecycle import ingest, platform
+    from imaging_lifecycle.storage import ObjectStore
+
+    for i in range(12):
+        shutil.copy(dicom_file("CT_small.dcm" if i == 0 else "MR_small.dcm" if i == 1 else "rtplan.dcm"),
+                    env.landing_dir / f"f{i}.dcm")
+    from pydicom import dcmread
+
+    for i in range(2, 12):  # distinct instances
+        ds = dcmread(env.landing_dir / f"f{i}.dcm")
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{i}"
+        ds.save_as(env.landing_dir / f"f{i}.dcm")
+    claim = ingest.claim_batch(env, quiet_seconds=0)
+    weed = platform._recorded(env, "s3-primary")
+    store = ObjectStore(env)
+
+    def kill_after_first_upload():
+        while not any(True for _ in store.versions("archive", "objects/")):
+            pass
+        weed.kill()
+
+    killer = threading.Thread(target=kill_after_first_upload)
+    killer.start()
+    with pytest.raises(Exception):  # the task fails: Airflow would retry it
+        ingest.run_chunk(claim.batch_id, 0, actor="test/ingest", settings=env)
+    killer.join()
+    psutil.wait_procs([weed], timeout=10)
+    platform.start_object_stores(env)  # the store comes back
+    retry = ingest.run_chunk(claim.batch_id, 0, actor="test/ingest", settings=env)
+    summary = ingest.close_batch([retry], actor="test/ingest", settings=env)
+    cat = catalog(env)
+    objs = [o for o in cat.objects() if o.quarantine_reason is None]
+    assert len(objs) == 12 and {o.state for o in objs} == {"VALIDATED"}
+    assert summary["gate"]["success"]
+    for o in objs:
+        copies = cat.copies(o.id)
+        assert len(copies) == 1
+        assert [v.version_id for v in store.versions("archive", copies[0].key)] == [copies[0].version_id]
+    assert not list((env.state_dir / "ingest").rglob("*.dcm"))
