@@ -85,3 +85,14 @@ def test_the_classified_gate_blocks_an_object_without_a_tier(env, dicom_file):  
     chunks = protect.pending_chunks(env)  # not classified yet: tier is empty
     with pytest.raises(GateFailed, match="classified"):
         protect.gate("classified", chunks, actor="test/protect", settings=env)
+
+
+def test_objects_of_a_batch_that_has_not_passed_its_gate_are_not_taken(env, dicom_file):  # noqa: F811
+    from imaging_lifecycle import ingest, protect
+
+    shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "ct.dcm")
+    claim = ingest.claim_batch(env, quiet_seconds=0)
+    results = [ingest.run_chunk(claim.batch_id, c, actor="test/protect", settings=env) for c in claim.chunks]
+    assert protect.pending_chunks(env) == []  # stored and VALIDATED, but the gate has not run
+    ingest.close_batch(results, actor="test/protect", settings=env)
+    assert len([i for c in protect.pending_chunks(env) for i in c]) == 1

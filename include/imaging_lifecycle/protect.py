@@ -246,8 +246,22 @@ PENDING_STATES = (states.VALIDATED, states.CLASSIFIED, states.DEIDENTIFIED, stat
 
 
 def pending_chunks(settings=None, chunk: int = CHUNK) -> list[list[str]]:
+    """Ids to protect, in chunks: only from batches whose ingest gate passed (INGESTED).
+
+    An object of a batch still being ingested, or whose gate failed, is VALIDATED
+    too; taking it here would let it past the gate.
+    """
     svc = Services.open(settings)
-    ids = [o.id for st in PENDING_STATES for o in svc.catalog.objects(state=st) if o.quarantine_reason is None]
+    passed: dict[str, bool] = {}
+
+    def gated(batch_id: str | None) -> bool:
+        if batch_id not in passed:
+            batch = svc.catalog.get_batch(batch_id) if batch_id else None
+            passed[batch_id] = batch is not None and batch.state == "INGESTED"
+        return passed[batch_id]
+
+    ids = [o.id for st in PENDING_STATES for o in svc.catalog.objects(state=st)
+           if o.quarantine_reason is None and gated(o.batch_id)]
     return [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
 
 
