@@ -49,9 +49,6 @@ class Claim:
     files: int
     chunks: list[int]
 
-    def public(self) -> dict:
-        return {"batch_id": self.batch_id, "files": self.files, "chunks": self.chunks}
-
     def work(self) -> list[dict]:
         """One {batch_id, chunk} per mapped ingest task (XCom-safe: no names)."""
         return [{"batch_id": self.batch_id, "chunk": c} for c in self.chunks]

@@ -28,7 +28,6 @@ def _in_progress(name: str) -> bool:
 class Snapshot:
     count: int
     total_size: int
-    newest_mtime: float
     digest: str  # changes whenever any name, size or mtime changes
 
     @property
@@ -59,7 +58,6 @@ def entries(landing: Path) -> list[os.DirEntry]:
 def snapshot(landing: Path) -> Snapshot:
     h = hashlib.sha256()
     count = total = 0
-    newest = 0.0
     for e in sorted(entries(landing), key=lambda e: e.path):
         try:
             st = e.stat(follow_symlinks=False)
@@ -67,9 +65,8 @@ def snapshot(landing: Path) -> Snapshot:
             continue
         count += 1
         total += st.st_size
-        newest = max(newest, st.st_mtime)
         h.update(f"{e.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-    return Snapshot(count, total, newest, h.hexdigest())
+    return Snapshot(count, total, h.hexdigest())
 
 
 def settled_files(landing: Path, quiet_seconds: float, now: float | None = None) -> list[Path]:

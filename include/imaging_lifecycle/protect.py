@@ -65,10 +65,6 @@ def _policy():
     return load_policy(os.environ.get("IL_POLICY_FILE") or None)
 
 
-def batch_objects(svc: Services, batch_id: str | None, state: str) -> list[str]:
-    return [o.id for o in svc.catalog.objects(batch_id=batch_id, state=state) if o.quarantine_reason is None]
-
-
 def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     from imaging_lifecycle.classify import classify
 
@@ -154,6 +150,7 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     the (later) two-person approval flow. Burned-in text risk: the original
     goes to NEEDS_REVIEW, flagged with the reason, and no derivative is made.
     """
+    from imaging_lifecycle.classify import UnreadableDicom, read_dataset
     from imaging_lifecycle.deid import DeidError, Deidentifier, write_dataset
     from imaging_lifecycle.secretfiles import load_or_create_secret
 
@@ -171,8 +168,8 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         source = obj.source.split(":", 1)[1] if obj.source and obj.source.startswith("cstore:") else None
         with plaintext_file(svc, obj) as path:
             try:
-                result = engine.deidentify(pydicom.dcmread(path), source=source)
-            except DeidError as exc:
+                result = engine.deidentify(read_dataset(path), source=source)
+            except (DeidError, UnreadableDicom) as exc:  # reason codes only: pydicom's messages quote values
                 svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor, flagged=f"DEID_{exc.reason}"[:64],
                                        detail={"reason": exc.reason})
                 count("needs_review")
@@ -279,8 +276,8 @@ def backup_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     from imaging_lifecycle import backup
 
     policy = _policy()
-    wanted = [i for i in ids if svc.catalog.get(i).state == states.STORED
-              and policy.tier(svc.catalog.get(i).tier).handling.backup_required]
+    wanted = [o.id for o in map(svc.catalog.get, ids)
+              if o.state == states.STORED and policy.tier(o.tier).handling.backup_required]
     return backup.replicate(svc.catalog, svc.vault.store, wanted, actor=actor, vault=svc.vault) if wanted else {}
 
 
@@ -310,6 +307,7 @@ def derivatives_of(svc: Services, ids: list[str]) -> list[str]:
 
 def deid_gate(svc: Services, ids: list[str]):
     """The de-identification gate over this run's (original, derivative) pairs, decrypted in memory."""
+    from imaging_lifecycle.classify import read_dataset
     from imaging_lifecycle.gates import GateResult
     from imaging_lifecycle.gates import deid as suite
 
@@ -318,7 +316,7 @@ def deid_gate(svc: Services, ids: list[str]):
         d = svc.catalog.get(d_id)
         parent = svc.catalog.get(d.source.split(":", 1)[1])
         with plaintext_file(svc, parent) as original, plaintext_file(svc, d) as derived:
-            pairs.append((d_id, pydicom.dcmread(original), pydicom.dcmread(derived)))
+            pairs.append((d_id, read_dataset(original), read_dataset(derived)))
     if not pairs:  # no tier in this run asked for a derivative: nothing was released, nothing to check
         return GateResult("deid", True, 0)
     return suite.check(pairs, _policy())

@@ -39,13 +39,7 @@ def run(args) -> int:
     catalog, _store, vault = open_services()
     try:
         result = restore_object(catalog, vault, args.catalog_id, out, actor=actor)
-    except ValueError as exc:  # malformed id (the message never echoes it)
-        print(f"restore: {exc}", file=sys.stderr)
-        return 2
-    except UnknownObject as exc:
-        print(f"restore: {exc}", file=sys.stderr)
-        return 2
-    except FileExistsError as exc:
+    except (ValueError, UnknownObject, FileExistsError) as exc:  # messages never echo the id
         print(f"restore: {exc}", file=sys.stderr)
         return 2
     except ApprovalRequired as exc:
