@@ -11,10 +11,10 @@ CLI    := $(BIN)/imaging-lifecycle
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: install run stop demo test bench compose-check status clean-state help
+.PHONY: install run stop demo test lint bench compose-check status clean-state help
 
 help:
-	@echo "make run | stop | demo | status | test | bench | compose-check | clean-state"
+	@echo "make run | stop | demo | status | test | lint | bench | compose-check | clean-state"
 
 # Reinstall only when what we pin changes. Installs go through constraints.txt,
 # our own full lock, the way Airflow's install guide uses constraints files.
@@ -41,8 +41,14 @@ demo: install
 status: install
 	-$(CLI) status
 
-test: install compose-check
+test: install compose-check lint
 	$(BIN)/python -m pytest -q
+
+# The habits that keep the structure (ARCHITECTURE.md): ruff's rules and the
+# import-layering contracts in pyproject.toml. Either failing fails make test.
+lint: install
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -13,10 +13,10 @@ def object_stores(offset: int = 300):
     state = Path(tempfile.mkdtemp(prefix="il-bench-"))
     os.environ["IL_STATE_DIR"] = str(state)
     os.environ["IL_PORT_OFFSET"] = str(offset)
-    from imaging_lifecycle import platform
+    from imaging_lifecycle import embedded
 
-    settings = platform.start_object_stores(platform.load_settings())
+    settings = embedded.start_object_stores(embedded.load_settings())
     try:
         yield settings
     finally:
-        platform.down(settings)
+        embedded.down(settings)

@@ -40,10 +40,10 @@ PLANTED = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "test-SR.dcm")
 
 
 def corpus() -> list[tuple[str, bytes]]:
-    from deid_fixtures import plant, read, sample_path, to_bytes
-
     from imaging_lifecycle.deid import effective_actions
     from imaging_lifecycle.policy import load_policy
+
+    from deid_fixtures import plant, read, sample_path, to_bytes
 
     out = [(name, sample_path(name).read_bytes()) for name in FILES]
     actions = effective_actions(load_policy().deid_options)

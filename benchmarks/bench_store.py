@@ -24,12 +24,12 @@ ROUNDS = 3
 
 def main() -> dict:
     with object_stores() as settings:
+        from imaging_lifecycle.encrypted_store import EncryptedStore
         from imaging_lifecycle.keystore import LocalKeyStore
         from imaging_lifecycle.storage import ObjectStore
-        from imaging_lifecycle.vault import Vault
 
         store = ObjectStore(settings)
-        vault = Vault(store, LocalKeyStore(settings.state_dir / "bench-keys.bin", os.urandom(32)))
+        encrypted = EncryptedStore(store, LocalKeyStore(settings.state_dir / "bench-keys.bin", os.urandom(32)))
         slices = [os.urandom(SLICE) for _ in range(N)]
         raw_t, enc_t, ver_t = [], [], []
         for _ in range(ROUNDS):
@@ -41,7 +41,7 @@ def main() -> dict:
                 t = time.perf_counter()
                 for s in slices:
                     cid = uuid.uuid4().hex
-                    vault.put(io.BytesIO(s), catalog_id=cid, zone="archive", tier=3, scope_id="study:bench",
+                    encrypted.put(io.BytesIO(s), catalog_id=cid, zone="archive", tier=3, scope_id="study:bench",
                               key=f"bench/enc/{cid}", size=len(s), verify=verify)
                 sink.append(time.perf_counter() - t)
         mb = N * SLICE / 1e6

@@ -15,15 +15,18 @@ from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, actor
     tags=["imaging", "access", "retention"],
     params={"catalog_id": Param("", type="string", minLength=32, maxLength=32),
             "hours": Param(72, type="integer", minimum=1, maximum=72)},
-    doc_md="Re-encrypt a working copy into the cache zone under a fresh per-grant key; deleted by the sweeper at its deadline.",
+    doc_md="Re-encrypt a working copy into the cache zone under a fresh per-grant key, for at most the tier's "
+           "cache term (the policy's; never over 72 hours); deleted by the sweeper at its deadline. A tier whose "
+           "zones exclude the cache is refused.",
 )
 def retrieve_copy():
     @task
     def retrieve() -> dict:
         from imaging_lifecycle import retention
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        grant = retention.retrieve(context["params"]["catalog_id"], actor=actor(context),
+        grant = retention.retrieve(Services.open(), context["params"]["catalog_id"], actor=actor(context),
                                    hours=context["params"]["hours"])
         return grant.public()
 
@@ -44,9 +47,10 @@ def legal_hold():
     @task
     def set_hold() -> dict:
         from imaging_lifecycle import retention
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        return retention.set_legal_hold(context["params"]["catalog_id"], context["params"]["held"],
+        return retention.set_legal_hold(Services.open(), context["params"]["catalog_id"], context["params"]["held"],
                                         actor=actor(context))
 
     set_hold()

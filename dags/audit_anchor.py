@@ -23,14 +23,9 @@ def audit_anchor():
     @task
     def verify_and_anchor() -> dict:
         from imaging_lifecycle import anchor
-        from imaging_lifecycle.catalog import Catalog
-        from imaging_lifecycle.storage import ObjectStore
+        from imaging_lifecycle.services import Services
 
-        catalog, store = Catalog(), ObjectStore()
-        result = anchor.verify_with_latest_anchor(catalog, store)
-        if not result.ok:  # never anchor a broken chain: that would bless the damage
-            raise RuntimeError(f"audit chain broken at record {result.first_bad_seq}: {result.code}")
-        return anchor.write_anchor(catalog, store, actor=actor(get_current_context()))
+        return anchor.verify_and_anchor(Services.open(), actor=actor(get_current_context()))
 
     verify_and_anchor()
 

@@ -21,21 +21,24 @@ def ingest():
     def claim_batch() -> list[dict]:
         """Move settled landing files into a batch; one {batch_id, chunk} per mapped task."""
         from imaging_lifecycle import ingest as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.claim_batch(stage.load_settings(), quiet_seconds=quiet_seconds()).work()
+        return stage.claim_batch(Services.open().settings, quiet_seconds=quiet_seconds()).work()
 
     @task(max_active_tis_per_dagrun=2)
     def ingest_chunk(batch_id: str, chunk: int) -> dict:
         from imaging_lifecycle import ingest as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.run_chunk(batch_id, chunk, actor=actor(get_current_context()))
+        return stage.run_chunk(Services.open(), batch_id, chunk, actor=actor(get_current_context()))
 
     @task(outlets=[INGESTED])
     def gate(results: list[dict]) -> dict:
         from imaging_lifecycle import ingest as stage
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        summary = stage.close_batch(results, actor=actor(context))
+        summary = stage.close_batch(Services.open(), results, actor=actor(context))
         context["outlet_events"][INGESTED].extra = {"batch_id": summary["batch_id"], "stored": summary["stored"]}
         return summary
 

@@ -24,50 +24,59 @@ def protect():
     def pending() -> list[list[str]]:
         """Catalog ids still to protect, in chunks (ids only: no identifiers)."""
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.pending_chunks()
+        return stage.pending_chunks(Services.open())
 
     @task(max_active_tis_per_dagrun=2)
     def classify(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.run("classify", ids, actor=actor(get_current_context()))
+        return stage.classify_objects(Services.open(), ids, actor=actor(get_current_context()))
 
     @task
     def classified_gate(chunks: list[list[str]]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.gate("classified", chunks, actor=actor(get_current_context()))
+        return stage.classified_gate(Services.open(), chunks, actor=actor(get_current_context()))
 
     @task(max_active_tis_per_dagrun=2)
     def deidentify(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.run("deidentify", ids, actor=actor(get_current_context()))
+        return stage.deidentify_objects(Services.open(), ids, actor=actor(get_current_context()))
 
     @task
     def deid_gate(chunks: list[list[str]]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.gate("deid", chunks, actor=actor(get_current_context()))
+        return stage.deid_gate(Services.open(), chunks, actor=actor(get_current_context()))
 
     @task(max_active_tis_per_dagrun=2)
     def store(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.run("store", ids, actor=actor(get_current_context()))
+        return stage.store_objects(Services.open(), ids, actor=actor(get_current_context()))
 
     @task(outlets=[STORED])
     def closing_gate(chunks: list[list[str]]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.gate("closing", chunks, actor=actor(get_current_context()))
+        return stage.closing_gate(Services.open(), chunks, actor=actor(get_current_context()))
 
     @task
     def backup(chunks: list[list[str]]) -> dict:
         from imaging_lifecycle import protect as stage
+        from imaging_lifecycle.services import Services
 
-        return stage.run("backup", [i for c in chunks for i in c], actor=actor(get_current_context()))
+        return stage.backup_objects(Services.open(), [i for c in chunks for i in c],
+                                    actor=actor(get_current_context()))
 
     chunks = pending()
     c = classify.expand(ids=chunks)

@@ -1,4 +1,8 @@
-"""Airflow's own traces (task logs, XCom) can hold object references: prune them past a configured age."""
+"""Airflow's own traces (task logs, XCom) can hold object references: prune them past a configured age.
+
+Old runs are deleted through Airflow's REST API (their task instances and XCom
+go with them): a task never touches the metadata database.
+"""
 
 from __future__ import annotations
 
@@ -24,14 +28,12 @@ MAX_AGE = dt.timedelta(days=int(os.environ.get("IL_AIRFLOW_TRACE_DAYS", "30")))
 )
 def prune_airflow_traces():
     @task
-    def db_clean() -> dict:
-        import subprocess
-
+    def old_runs() -> dict:
         from imaging_lifecycle import retention
+        from imaging_lifecycle.services import Services
 
-        argv = retention.airflow_db_clean_command(get_current_context()["data_interval_end"], MAX_AGE)
-        subprocess.run(argv, check=True, capture_output=True)
-        return {"cleaned_before_days": MAX_AGE.days}
+        return retention.prune_airflow_runs(Services.open(), now=get_current_context()["data_interval_end"],
+                                            max_age=MAX_AGE)
 
     @task
     def log_folder() -> dict:
@@ -44,7 +46,7 @@ def prune_airflow_traces():
         return retention.prune_log_folder(Path(conf.get("logging", "base_log_folder")),
                                           now=get_current_context()["data_interval_end"], max_age=MAX_AGE)
 
-    db_clean() >> log_folder()
+    old_runs() >> log_folder()
 
 
 prune_airflow_traces()

@@ -1,4 +1,5 @@
-"""Key rotation: monthly and on demand. New KEK versions, every DEK re-wrapped, old versions destroyed; no data re-encrypted."""
+"""Key rotation: monthly and on demand. New KEK versions, every DEK re-wrapped, old versions destroyed;
+no data re-encrypted."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ def rotate_keys():
     def rotate() -> dict:
         """Resumable: the run id makes a retried or rerun attempt continue, never rotate twice."""
         from imaging_lifecycle import rotation
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        return rotation.rotate_step(actor=actor(context), run_id=context["run_id"])
+        return rotation.rotate_step(Services.open(), actor=actor(context), run_id=context["run_id"])
 
     rotate()
 

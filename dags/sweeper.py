@@ -30,30 +30,29 @@ def sweeper():
     @task
     def assign_deadlines() -> dict:
         from imaging_lifecycle import retention
-        from imaging_lifecycle.policy import load_policy
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        return retention.assign_missing_deadlines(now=context["data_interval_end"], actor=actor(context),
-                                                  retention=load_policy().retention_for)
+        return retention.assign_missing_deadlines(Services.open(), now=context["data_interval_end"],
+                                                  actor=actor(context))
 
     @task(on_failure_callback=alert_on_failure)
     def sweep() -> dict:
         """Safety gate first: one bad candidate and nothing at all is deleted."""
         from imaging_lifecycle import deletion
-        from imaging_lifecycle.policy import load_policy
+        from imaging_lifecycle.services import Services
 
-        policy = load_policy()
         context = get_current_context()
-        return deletion.sweep(context["data_interval_end"], actor=actor(context),
-                              backup_required=lambda tier: policy.tier(tier).handling.backup_required)
+        return deletion.sweep(Services.open(), context["data_interval_end"], actor=actor(context))
 
     @task(on_failure_callback=alert_on_failure)
     def stale_plaintext() -> dict:
         """Local plaintext (landing, staging, temp) is held to the 72-hour rule too: deleted, or alerted."""
         from imaging_lifecycle import retention
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        return retention.stale_local_files(now=context["data_interval_end"], actor=actor(context))
+        return retention.stale_local_files(Services.open(), now=context["data_interval_end"], actor=actor(context))
 
     assign_deadlines() >> sweep() >> stale_plaintext()
 

@@ -24,9 +24,10 @@ def verify_backups():
     def verify_sample(cycle_days: int = 30) -> dict:
         """Download from the backup site, decrypt, compare with the catalog; a mismatch fails the task."""
         from imaging_lifecycle import backup
+        from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        return backup.verify_step(actor=actor(context), today=context["data_interval_end"].date(),
+        return backup.verify_step(Services.open(), actor=actor(context), today=context["data_interval_end"].date(),
                                   cycle_days=cycle_days)
 
     verify_sample()

@@ -36,15 +36,43 @@ def state_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def airflow_db(state_dir):
+    """A migrated Airflow metadata DB for dag.test() (in this test session's state dir)."""
+    import subprocess
+
+    assert os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("airflow-unit.db")  # set above
+    subprocess.run([str(PROJECT / ".venv/bin/airflow"), "db", "migrate"], check=True, capture_output=True,
+                   env=os.environ.copy(), timeout=300)
+    yield
+
+
+def write_policy(path: Path, edit) -> Path:
+    """A hospital's own policy file: the packaged default as YAML, changed by ``edit(document)``."""
+    from importlib import resources
+
+    import yaml
+
+    doc = yaml.safe_load(resources.files("imaging_lifecycle.policy").joinpath("default.yaml").read_text("utf-8"))
+    edit(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def policy_tier(doc: dict, level: int) -> dict:
+    """The tier entry of a policy document, by level."""
+    return next(t for t in doc["tiers"] if t["level"] == level)
+
+
+@pytest.fixture(scope="session")
 def object_store_settings(state_dir):
     """Both embedded S3 sites, running for the whole session; yields Settings with credentials."""
-    from imaging_lifecycle import platform
+    from imaging_lifecycle import embedded
 
     try:
-        settings = platform.start_object_stores(platform.load_settings())
+        settings = embedded.start_object_stores(embedded.load_settings())
         yield settings
     finally:
-        platform.down(platform.load_settings())
+        embedded.down(embedded.load_settings())
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +123,7 @@ class Platform:
         return json.loads(self.cli("status", "--json", check=False).stdout)
 
     def settings(self):
-        from imaging_lifecycle.platform import _with_creds, ensure_credentials
+        from imaging_lifecycle.embedded import _with_creds, ensure_credentials
         from imaging_lifecycle.settings import Settings, load_settings
 
         old = {k: os.environ.get(k) for k in ("IL_STATE_DIR", "IL_PORT_OFFSET")}
@@ -113,7 +141,7 @@ def platform_run(tmp_path_factory):
     """``imaging-lifecycle platform up`` for real; stopped (and checked stopped) at session end."""
     import time
 
-    from imaging_lifecycle import platform as plat
+    from imaging_lifecycle import embedded as plat
 
     p = Platform(tmp_path_factory.mktemp("platform-state"), offset=200)
     p.status_before = p.status()
@@ -202,10 +230,12 @@ def env(object_store_settings, tmp_path):
 def ingest_now(settings) -> dict:
     """One ingest batch of whatever is in the landing folder, through the same functions the DAG runs."""
     from imaging_lifecycle import ingest
+    from imaging_lifecycle.services import Services
 
+    svc = Services.open(settings)
     claim = ingest.claim_batch(settings, quiet_seconds=0)
-    results = [ingest.run_chunk(claim.batch_id, c, actor="test/ingest", settings=settings) for c in claim.chunks]
-    return ingest.close_batch(results, actor="test/ingest", settings=settings) if claim.files else {}
+    results = [ingest.run_chunk(svc, claim.batch_id, c, actor="test/ingest") for c in claim.chunks]
+    return ingest.close_batch(svc, results, actor="test/ingest") if claim.files else {}
 
 
 def catalog(settings):

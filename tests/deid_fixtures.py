@@ -59,7 +59,7 @@ def sample_path(name: str) -> Path:
 
 
 def read(name: str) -> Dataset:
-    from imaging_lifecycle.classify import read_dataset
+    from imaging_lifecycle.dicomfile import read_dataset
 
     return read_dataset(sample_path(name))
 

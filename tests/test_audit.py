@@ -19,9 +19,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from imaging_lifecycle import audit, cli
-from imaging_lifecycle.audit import ACTIONS, EVENTS, OUTCOMES, ZERO_HASH, AuditLog, UnsafeAuditValue
-from imaging_lifecycle.catalog import Catalog, states
+from imaging_lifecycle import cli
+from imaging_lifecycle.catalog import Catalog, audit, states
+from imaging_lifecycle.catalog.audit import ACTIONS, EVENTS, OUTCOMES, ZERO_HASH, AuditLog, UnsafeAuditValue
 
 PROJECT = Path(__file__).resolve().parents[1]
 ACTOR = "lifecycle/ingest/scheduled__2026-01-01T00:00:00+00:00"
@@ -58,7 +58,7 @@ def rehash_from(con: sqlite3.Connection, seq: int) -> None:
     prev = prev[0] if prev else ZERO_HASH
     for row in con.execute("SELECT seq, ts, actor, action, event_id, object_ref, outcome, detail FROM audit_records "
                            "WHERE seq >= ? ORDER BY seq", (seq,)).fetchall():
-        content = dict(zip(("seq", "ts", "actor", "action", "event_id", "object_ref", "outcome"), row[:7]))
+        content = dict(zip(("seq", "ts", "actor", "action", "event_id", "object_ref", "outcome"), row[:7], strict=True))
         content["detail"] = json.loads(row[7])
         h = independent_hash(prev, content)
         con.execute("UPDATE audit_records SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, h, row[0]))
@@ -283,7 +283,8 @@ def test_inserted_record_in_the_middle_is_detected(cat, db):
     prev = con.execute("SELECT hash FROM audit_records WHERE seq = 4").fetchone()[0]
     content = {"seq": 5, "ts": "2026-01-01T00:00:00.000Z", "actor": "mallory", "action": "object.access",
                "event_id": 110103, "object_ref": None, "outcome": "success", "detail": {}}
-    con.execute("INSERT INTO audit_records VALUES (5, ?, 'mallory', 'object.access', 110103, NULL, 'success', '{}', ?, ?)",
+    con.execute("INSERT INTO audit_records VALUES "
+                "(5, ?, 'mallory', 'object.access', 110103, NULL, 'success', '{}', ?, ?)",
                 (content["ts"], prev, independent_hash(prev, content)))
     result = cat.audit.verify()
     # the forged record itself is well-formed; the record it displaced no longer fits
@@ -296,7 +297,8 @@ def test_record_written_around_the_log_is_detected(cat, db):
     prev = con.execute("SELECT hash FROM audit_records WHERE seq = 10").fetchone()[0]
     content = {"seq": 11, "ts": "2026-01-01T00:00:00.000Z", "actor": "mallory", "action": "object.access",
                "event_id": 110103, "object_ref": None, "outcome": "success", "detail": {}}
-    con.execute("INSERT INTO audit_records VALUES (11, ?, 'mallory', 'object.access', 110103, NULL, 'success', '{}', ?, ?)",
+    con.execute("INSERT INTO audit_records VALUES "
+                "(11, ?, 'mallory', 'object.access', 110103, NULL, 'success', '{}', ?, ?)",
                 (content["ts"], prev, independent_hash(prev, content)))
     result = cat.audit.verify()
     assert (result.ok, result.first_bad_seq, result.code) == (False, 11, "HEAD_MISMATCH")
@@ -468,7 +470,7 @@ def test_cli_default_url_show_and_head(monkeypatch, db, cat, capsys):
     code, out, _ = run_cli(capsys, "show", "--limit", "3")
     assert code == 0 and len(out.splitlines()) == 3 and "audit.show" in out
     code, out, _ = run_cli(capsys, "head", "--no-record")
-    assert json.loads(out) == dict(zip(("seq", "hash"), cat.audit.head()))
+    assert json.loads(out) == dict(zip(("seq", "hash"), cat.audit.head(), strict=True))
     assert cat.audit.verify().ok
 
 

@@ -20,9 +20,11 @@ ACTOR = "test/backup"
 
 
 def services(settings):
-    from imaging_lifecycle.backup import open_services
+    """Catalog, object store and encrypt-and-store layer of one task's Services."""
+    from imaging_lifecycle.services import Services
 
-    return open_services(settings)
+    svc = Services.open(settings)
+    return svc.catalog, svc.store, svc.encrypted
 
 
 def stored_objects(settings, files: dict[str, Path], *, tier: int = 3) -> dict[str, str]:
@@ -32,9 +34,12 @@ def stored_objects(settings, files: dict[str, Path], *, tier: int = 3) -> dict[s
 
     for name, src in files.items():
         shutil.copy(src, settings.landing_dir / name)
+    from imaging_lifecycle.services import Services
+
+    svc = Services.open(settings)
     claim = ingest.claim_batch(settings, quiet_seconds=0)
-    results = [ingest.run_chunk(claim.batch_id, c, actor=ACTOR, settings=settings) for c in claim.chunks]
-    ingest.close_batch(results, actor=ACTOR, settings=settings)
+    results = [ingest.run_chunk(svc, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
+    ingest.close_batch(svc, results, actor=ACTOR)
     cat = Catalog(settings.catalog_url)
     by_sha = {hashlib.sha256(p.read_bytes()).hexdigest(): n for n, p in files.items()}
     out = {}
@@ -62,9 +67,9 @@ def test_replicate_makes_a_byte_identical_locked_copy_and_backs_up(env, dicom_fi
 
     files = {n: dicom_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")}
     ids = stored_objects(env, files)
-    cat, store, vault = services(env)
+    cat, store, encrypted = services(env)
     keys_before = cat.kek_refs_in_use()
-    result = replicate(cat, store, list(ids.values()), actor=ACTOR, retention_days=1, vault=vault)
+    result = replicate(cat, store, list(ids.values()), actor=ACTOR, retention_days=1, encrypted=encrypted)
     assert result["backed_up"] == 3 and result["uploaded"] == 3 and result["failed"] == 0
     assert result["lock_mode"] == "GOVERNANCE"
     assert cat.kek_refs_in_use() == keys_before  # no new data key: the backup shares the archive's
@@ -86,7 +91,7 @@ def test_replicate_makes_a_byte_identical_locked_copy_and_backs_up(env, dicom_fi
     for oid in ids.values():
         assert len([c for c in cat.copies(oid) if c.zone == "backup"]) == 1
         assert len(backup_versions(store, f"objects/{oid}")) == 1
-    checked = verify_all(cat, store, vault, actor=ACTOR)
+    checked = verify_all(cat, store, encrypted, actor=ACTOR)
     assert checked["checked"] == 3 and checked["ok"] == 3 and checked["mismatch"] == 0
     assert all(c.verified_at is not None for oid in ids.values() for c in cat.copies(oid) if c.zone == "backup")
     # Counts and ids only: nothing from the files reaches the result.
@@ -97,17 +102,18 @@ def test_a_crash_after_upload_is_resumed_without_a_second_copy(env, dicom_file):
     ids = stored_objects(env, {"CT_small.dcm": dicom_file("CT_small.dcm")})
     (oid,) = ids.values()
     code = ("import sys; from imaging_lifecycle.backup import backup_step; "
-            f"backup_step([{oid!r}], actor='test/crash', limit=10)")
+            "from imaging_lifecycle.services import Services; "
+            f"backup_step(Services.open(), [{oid!r}], actor='test/crash', limit=10)")
     crashed = subprocess.run([str(PROJECT / ".venv" / "bin" / "python"), "-c", code],
                              env=cli_env(env, IL_CRASH_AT="backup.uploaded"), capture_output=True, text=True,
                              timeout=120)
     assert crashed.returncode == 86, crashed.stderr
-    cat, store, vault = services(env)
+    cat, store, encrypted = services(env)
     assert cat.get(oid).state == "STORED" and [c.zone for c in cat.copies(oid)] == ["archive"]
     assert len(backup_versions(store, f"objects/{oid}")) == 1  # uploaded, not recorded
     from imaging_lifecycle.backup import replicate
 
-    result = replicate(cat, store, [oid], actor=ACTOR, retention_days=1, vault=vault)
+    result = replicate(cat, store, [oid], actor=ACTOR, retention_days=1, encrypted=encrypted)
     assert result["adopted"] == 1 and result["uploaded"] == 0
     assert len(backup_versions(store, f"objects/{oid}")) == 1
     assert cat.get(oid).state == "BACKED_UP"
@@ -131,13 +137,13 @@ def test_a_damaged_backup_fails_verification_flags_the_object_and_is_audited(env
     from imaging_lifecycle.backup import BackupMismatch, replicate, verify_all
 
     ids = stored_objects(env, {n: dicom_file(n) for n in ("CT_small.dcm", "MR_small.dcm")})
-    cat, store, vault = services(env)
+    cat, store, encrypted = services(env)
     replicate(cat, store, list(ids.values()), actor=ACTOR, retention_days=1)
     bad, good = ids["CT_small.dcm"], ids["MR_small.dcm"]
     (copy,) = [c for c in cat.copies(bad) if c.zone == "backup"]
     _damage(cat, store, copy)
     with pytest.raises(BackupMismatch) as err:
-        verify_all(cat, store, vault, actor=ACTOR)
+        verify_all(cat, store, encrypted, actor=ACTOR)
     assert bad in str(err.value) and good not in str(err.value)
     assert err.value.result["mismatch"] == 1 and err.value.result["ok"] == 1
     assert err.value.result["mismatched_ids"] == [bad]
@@ -184,15 +190,15 @@ def test_verify_sample_checks_new_backups_then_only_the_days_share(env, dicom_fi
     from imaging_lifecycle.backup import replicate, sample_day, verify_sample
 
     ids = stored_objects(env, {n: dicom_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")})
-    cat, store, vault = services(env)
+    cat, store, encrypted = services(env)
     replicate(cat, store, list(ids.values()), actor=ACTOR, retention_days=1)
     today = dt.datetime.now(dt.timezone.utc).date()
-    first = verify_sample(cat, store, vault, today=today, cycle_days=7, actor=ACTOR)
+    first = verify_sample(cat, store, encrypted, today=today, cycle_days=7, actor=ACTOR)
     assert first["checked"] == 3 and first["ok"] == 3  # never verified: all due
-    assert verify_sample(cat, store, vault, today=today, cycle_days=7, actor=ACTOR)["checked"] == 0
+    assert verify_sample(cat, store, encrypted, today=today, cycle_days=7, actor=ACTOR)["checked"] == 0
     tomorrow = today + dt.timedelta(days=1)
     expected = sum(sample_day(i, 7) == tomorrow.toordinal() % 7 for i in ids.values())
-    assert verify_sample(cat, store, vault, today=tomorrow, cycle_days=7, actor=ACTOR)["checked"] == expected
+    assert verify_sample(cat, store, encrypted, today=tomorrow, cycle_days=7, actor=ACTOR)["checked"] == expected
 
 
 def test_restore_command_writes_the_exact_original_and_falls_back_to_the_backup(env, dicom_file, tmp_path):
@@ -229,9 +235,12 @@ def test_restore_command_writes_the_exact_original_and_falls_back_to_the_backup(
 
 def test_restore_of_a_tier_needing_approval_is_refused(env, dicom_file, tmp_path):
     from imaging_lifecycle.backup import approval_required
+    from imaging_lifecycle.services import Services
 
-    assert not approval_required(3, "restore")
-    assert approval_required(4, "restore") and approval_required(5, "restore") and approval_required(None, "restore")
+    policy = Services.open(env).policy  # the tiers' approval_required lists decide
+    assert not approval_required(policy, 3, "restore")
+    assert approval_required(policy, 4, "restore") and approval_required(policy, 5, "restore")
+    assert approval_required(policy, None, "restore")
     (oid,) = stored_objects(env, {"CT_small.dcm": dicom_file("CT_small.dcm")}, tier=5).values()
     out = tmp_path / "nope.dcm"
     r = subprocess.run([CLI, "restore", oid, str(out)], env=cli_env(env), capture_output=True, text=True, timeout=120)
@@ -250,9 +259,9 @@ def test_bad_settings_and_arguments_get_clear_errors(env, store, monkeypatch):
         lock_mode()
     monkeypatch.setenv("IL_BACKUP_LOCK_MODE", "compliance")
     assert lock_mode() == "COMPLIANCE"
-    cat, store_, vault = services(env)
+    cat, store_, encrypted = services(env)
     with pytest.raises(ValueError, match="cycle_days"):
-        verify_sample(cat, store_, vault, today=dt.date.today(), cycle_days=0, actor=ACTOR)
+        verify_sample(cat, store_, encrypted, today=dt.date.today(), cycle_days=0, actor=ACTOR)
     r = subprocess.run([CLI, "verify-backups", "--cycle-days", "0"], env=cli_env(env), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2

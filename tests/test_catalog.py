@@ -17,7 +17,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from imaging_lifecycle.audit import UnsafeAuditValue
 from imaging_lifecycle.catalog import (
     Catalog,
     DatabaseUsageError,
@@ -26,6 +25,7 @@ from imaging_lifecycle.catalog import (
     UnknownObject,
     states,
 )
+from imaging_lifecycle.catalog.audit import UnsafeAuditValue
 from imaging_lifecycle.catalog.db import Database
 from imaging_lifecycle.catalog.states import (
     BACKED_UP,
@@ -145,7 +145,7 @@ def test_happy_path_audits_every_step(cat):
 def test_every_illegal_transition_is_refused_and_changes_nothing(cat):
     everything = list(TRANSITIONS)
     ids = {}
-    for name, state in zip(FILES, everything):
+    for name, state in zip(FILES, everything, strict=False):
         ids[state] = new(cat, name)
         drive(cat, ids[state], state)
     assert {s: cat.get(i).state for s, i in ids.items()} == {s: s for s in everything}
@@ -247,8 +247,11 @@ def test_register_quarantined_without_uids(cat):
     reg = cat.register(actor=ACTOR, source="landing", size=path.stat().st_size, quarantine_reason="TRUNCATED")
     assert reg.outcome == "quarantined" and reg.object.state == QUARANTINED and reg.object.sop_key is None
     a = cat.audit.records(last=1)[0]
-    assert (a.action, a.event_id, a.outcome, a.detail["reason"]) == ("object.quarantine", 110107, "failure", "TRUNCATED")
-    reg2 = cat.register(actor=ACTOR, source="landing", quarantine_reason="EMPTY_FILE", sha256=hashlib.sha256(b"").hexdigest(),
+    assert (a.action, a.event_id, a.outcome, a.detail["reason"]) == (
+        "object.quarantine", 110107, "failure", "TRUNCATED"
+    )
+    reg2 = cat.register(actor=ACTOR, source="landing", quarantine_reason="EMPTY_FILE",
+                        sha256=hashlib.sha256(b"").hexdigest(),
                         size=0, zone="quarantine", ciphertext_sha256="d" * 64, key_id="dek-1")
     assert reg2.object.zone == "quarantine"
 
@@ -336,7 +339,7 @@ def test_expired_objects_and_copies(cat):
     past, future = now - dt.timedelta(days=1), now + dt.timedelta(days=1)
     ids = [new(cat, n) for n in FILES[:6]]
     deadlines = [past, past - dt.timedelta(days=5), future, past, past, None]
-    for oid, deadline in zip(ids, deadlines):
+    for oid, deadline in zip(ids, deadlines, strict=True):
         drive(cat, oid, STORED)
         if deadline is not None:
             cat.transition(oid, BACKED_UP, actor=ACTOR, retention_deadline=deadline)
@@ -427,7 +430,8 @@ def test_batches(cat):
     with pytest.raises(IllegalTransition, match=f"batch {b.id}: INGESTED -> OPEN is not allowed"):
         cat.set_batch_state(b.id, "OPEN", actor=ACTOR)
     b2 = cat.open_batch("b2", actor=ACTOR)
-    failed = cat.set_batch_state(b2.id, "GATE_FAILED", actor=ACTOR, counts={"files": 3, "quarantined": {"NOT_DICOM": 3}})
+    failed = cat.set_batch_state(b2.id, "GATE_FAILED", actor=ACTOR,
+                                 counts={"files": 3, "quarantined": {"NOT_DICOM": 3}})
     assert failed.counts == {"files": 3, "quarantined": {"NOT_DICOM": 3}}
     last = cat.audit.records(last=1)[0]
     assert (last.action, last.outcome, last.object_ref, last.detail["counts"]["files"]) == (

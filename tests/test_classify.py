@@ -9,10 +9,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from deid_fixtures import default_policy_dict, read, sample_path, write_policy
 from imaging_lifecycle.classify import Classification, classify, classify_path, patient_age_years
 from imaging_lifecycle.cli import main
 from imaging_lifecycle.policy import load_policy
+
+from deid_fixtures import default_policy_dict, read, sample_path, write_policy
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_pydicom_messages_are_silenced_while_patient_data_is_handled(caplog):
 
     from pydicom.misc import warn_and_log
 
-    from imaging_lifecycle.classify import quiet_pydicom
+    from imaging_lifecycle.dicomfile import quiet_pydicom
 
     caplog.set_level(logging.DEBUG, logger="pydicom")
     with warnings.catch_warnings(record=True) as seen:

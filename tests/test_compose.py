@@ -56,7 +56,7 @@ def test_secrets_come_from_env_and_none_are_checked_in():
         if m:
             assert "${" in m.group(3), line
     example = (PROJECT / ".env.example").read_text()
-    values = [l.split("=", 1)[1] for l in example.splitlines() if "=" in l and not l.startswith("#")]
+    values = [entry.split("=", 1)[1] for entry in example.splitlines() if "=" in entry and not entry.startswith("#")]
     assert all(v in ("CHANGE_ME", "latest") for v in values)
     assert ".env" in (PROJECT / ".gitignore").read_text().split()
 

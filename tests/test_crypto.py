@@ -65,7 +65,8 @@ def flip(blob: bytes, pos: int) -> bytes:
 
 # -- round trips -------------------------------------------------------------
 
-SIZES = {"empty": 0, "one-byte": 1, "one-chunk": CS, "chunk+1": CS + 1, "multi-chunk": 5 * CS + 7, "three-exact": 3 * CS}
+SIZES = {"empty": 0, "one-byte": 1, "one-chunk": CS, "chunk+1": CS + 1, "multi-chunk": 5 * CS + 7,
+         "three-exact": 3 * CS}
 
 
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
@@ -166,7 +167,8 @@ def test_short_reads_from_source_are_handled(dek, aad):
     assert out.getvalue() == data
 
 
-@pytest.mark.parametrize("hint_delta", [0, -1, -500, +1, +5000, None], ids=["exact", "1-short", "much-short", "1-long", "much-long", "none"])
+@pytest.mark.parametrize("hint_delta", [0, -1, -500, +1, +5000, None],
+                         ids=["exact", "1-short", "much-short", "1-long", "much-long", "none"])
 @pytest.mark.parametrize("size", [0, 700, CS, 3 * CS + 5])
 def test_length_hint_only_sizes_buffers(size, hint_delta, dek, aad):
     """A wrong ciphertext-size hint must never change the outcome, only the buffer sizes."""
@@ -221,12 +223,12 @@ def test_results_unavailable_until_finished(dek, aad):
     reader = EncryptingReader(io.BytesIO(os.urandom(3 * CS)), dek, aad, CS)
     reader.read(10)
     with pytest.raises(RuntimeError, match="not finished"):
-        reader.plaintext_sha256
+        _ = reader.plaintext_sha256
     reader.read()
     assert reader.plaintext_size == 3 * CS
     dec = DecryptingReader(io.BytesIO(b""), dek, aad)
     with pytest.raises(RuntimeError):
-        dec.plaintext_sha256
+        _ = dec.plaintext_sha256
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,9 @@ def test_no_deprecated_airflow2_api_in_dags_or_package():
                     node.module == d or node.module.startswith(d + ".") for d in DEPRECATED
                 ), f"{path.name}: from {node.module} import ..."
                 if node.module == "airflow":
-                    assert not {a.name for a in node.names} & {"DAG", "Dataset"}, f"{path.name}: from airflow import DAG"
+                    assert not {a.name for a in node.names} & {"DAG", "Dataset"}, (
+                        f"{path.name}: from airflow import DAG"
+                    )
             if isinstance(node, ast.keyword):
                 assert node.arg not in DEPRECATED_KWARGS, f"{path.name}: {node.arg}="
 

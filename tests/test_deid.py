@@ -15,6 +15,12 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from imaging_lifecycle.deid import Deidentifier, DeidError, ReidMap, effective_actions, load_table
+from imaging_lifecycle.deid.identifiers import IDENTIFYING_KEYWORDS
+from imaging_lifecycle.deid.table import OPTION_COLUMNS, TABLE_ATTRIBUTE_COUNT, TABLE_EDITION
+from imaging_lifecycle.gates.deid import build_rows
+from imaging_lifecycle.policy import load_policy
+
 from deid_fixtures import (
     DATE,
     FAMILY,
@@ -30,11 +36,6 @@ from deid_fixtures import (
     sample_path,
     to_bytes,
 )
-from imaging_lifecycle.deid import DeidError, Deidentifier, ReidMap, effective_actions, load_table
-from imaging_lifecycle.deid.identifiers import IDENTIFYING_KEYWORDS
-from imaging_lifecycle.deid.table import OPTION_COLUMNS, TABLE_ATTRIBUTE_COUNT, TABLE_EDITION
-from imaging_lifecycle.gates.deid import build_rows
-from imaging_lifecycle.policy import load_policy
 
 UID_RE = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
 
@@ -206,7 +207,7 @@ def test_uids_stay_consistent_within_a_study_and_across_batches(policy):
     assert len({d.FrameOfReferenceUID for d in a + b}) == 1
     assert len({d.SOPInstanceUID for d in a}) == 3
     assert [d.SOPInstanceUID for d in a] == [d.SOPInstanceUID for d in b]
-    for prev, cur in zip(a, a[1:]):
+    for prev, cur in zip(a, a[1:], strict=False):
         assert cur.ReferencedImageSequence[0].ReferencedSOPInstanceUID == prev.SOPInstanceUID
     for d in a:
         for uid in (d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID):

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from deid_fixtures import FAMILY, PATIENT_ID, plant, read, sample_path, to_bytes
 from imaging_lifecycle.cli import main
 from imaging_lifecycle.deid import effective_actions
 from imaging_lifecycle.gates.deid import build_rows
 from imaging_lifecycle.policy import load_policy
+
+from deid_fixtures import FAMILY, PATIENT_ID, plant, read, sample_path, to_bytes
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_a_folder_is_deidentified_and_a_bad_input_is_reported_not_written(src, t
     printed = json.dumps([{k: v for k, v in f.items() if k != "input"} for f in summary["files"]])
     assert FAMILY not in printed and PATIENT_ID not in printed  # apart from the operator's own input paths
     pairs = [(f["input"], f["output"]) for f in summary["files"] if f["output"]]
-    assert all(r["identifying_strings"] == 0 and r["uids_unchanged"] == 0 for r in build_rows(pairs))
+    assert all(r["identifying_strings"] == 0 and r["uids_unchanged"] == 0 for r in build_rows(pairs, load_policy()))
 
 
 def test_a_single_file_and_the_same_key_across_runs(tmp_path, capsys):
@@ -81,7 +82,8 @@ def test_two_inputs_with_one_sop_instance_uid_do_not_overwrite_each_other(tmp_pa
         (lambda t: [str(t / "missing"), str(t / "out")], "does not exist"),
         (lambda t: [str(t), str(t)], "DST must not be SRC"),
         (lambda t: [str(sample_path("MR_small.dcm")), str(sample_path("CT_small.dcm"))], "not a folder"),
-        (lambda t: [str(sample_path("MR_small.dcm")), str(t / "o"), "--policy", str(t / "nope.yaml")], "does not exist"),
+        (lambda t: [str(sample_path("MR_small.dcm")), str(t / "o"), "--policy", str(t / "nope.yaml")],
+         "does not exist"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, capsys, args, message):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from deid_fixtures import FAMILY, KEY, clone, plant, read
 from imaging_lifecycle.deid import Deidentifier, effective_actions
 from imaging_lifecycle.gates import GateFailed
 from imaging_lifecycle.gates.deid import COLUMNS, build_rows, check, check_and_enforce
 from imaging_lifecycle.policy import load_policy
+
+from deid_fixtures import FAMILY, KEY, clone, plant, read
 
 NAMES = ("CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm", "test-SR.dcm", "rtdose.dcm")
 
@@ -70,7 +71,8 @@ TAMPERS = {
     "uid-restored": (lambda o, b: setattr(b, "StudyInstanceUID", o.StudyInstanceUID), "uids_unchanged"),
     "nested-uid-restored": (
         lambda o, b: setattr(
-            b.ReferencedImageSequence[0], "ReferencedSOPInstanceUID", o.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            b.ReferencedImageSequence[0], "ReferencedSOPInstanceUID",
+            o.ReferencedImageSequence[0].ReferencedSOPInstanceUID,
         ),
         "uids_unchanged",
     ),

@@ -12,11 +12,15 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import PROJECT
+from conftest import PROJECT, policy_tier, write_policy
 
 UTC = dt.timezone.utc
 T = dt.datetime(2031, 3, 4, 8, 0, tzinfo=UTC)
 ACTOR = "test/sweeper"
+
+
+def _no_backup_for_tier_3(doc: dict) -> None:
+    policy_tier(doc, 3)["handling"]["backup_required"] = False
 
 
 @pytest.fixture
@@ -24,7 +28,11 @@ def env(object_store_settings, tmp_path, monkeypatch):
     # A key store per test: a study deleted here has its KEK destroyed, and the next test
     # ingests the same pydicom files (same study) again.
     monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "keystore.sealed"))
-    settings = replace(object_store_settings, landing_dir=tmp_path / "landing",
+    # The hospital's policy here: tier-3 objects need no backup (these tests store no backups),
+    # tier 4 still does. Set in the environment too, so the CLI in a subprocess runs under it.
+    policy = write_policy(tmp_path / "policy.yaml", _no_backup_for_tier_3)
+    monkeypatch.setenv("IL_POLICY_FILE", str(policy))
+    settings = replace(object_store_settings, landing_dir=tmp_path / "landing", policy_file=policy,
                        catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     settings.landing_dir.mkdir()
     (settings.state_dir / "ingest").mkdir(exist_ok=True)
@@ -36,9 +44,9 @@ def env(object_store_settings, tmp_path, monkeypatch):
 
 def stored_objects(env, dicom_file, names, *, tier=3, deadline=T):
     """Real DICOM files through ingest, then CLASSIFIED -> PROTECTED -> STORED with ``deadline``."""
-    from conftest import ingest_now
-
     from imaging_lifecycle.catalog import Catalog
+
+    from conftest import ingest_now
 
     for n in names:
         shutil.copy(dicom_file(n), env.landing_dir / n)
@@ -53,7 +61,7 @@ def stored_objects(env, dicom_file, names, *, tier=3, deadline=T):
 
 
 def services(env):
-    from imaging_lifecycle.ingest import Services
+    from imaging_lifecycle.services import Services
 
     return Services.open(env)
 
@@ -85,8 +93,8 @@ def test_an_expired_object_is_erased_purged_verified_and_certified(env, dicom_fi
     cat, (oid,) = stored_objects(env, dicom_file, ["CT_small.dcm"])
     copy = cat.copies(oid)[0]
     kek = KekRef.parse(cat.data_key_rows([copy.key_id])[copy.key_id]["kek_ref"]).kek_id
-    assert sweep(T - dt.timedelta(seconds=1), actor=ACTOR, settings=env)["candidates"] == 0
-    out = sweep(T, actor=ACTOR, settings=env)
+    assert sweep(services(env), T - dt.timedelta(seconds=1), actor=ACTOR)["candidates"] == 0
+    out = sweep(services(env), T, actor=ACTOR)
     assert out["objects_deleted"] == 1 and out["certificates"] == 1 and out["gate"]["success"]
     assert_gone(env, cat, oid)
     assert open_default_keystore(env).is_destroyed(kek)  # the whole study expired: its KEK went too
@@ -96,7 +104,7 @@ def test_an_expired_object_is_erased_purged_verified_and_certified(env, dicom_fi
                                     "kek_shared_with_live_data": False, "unwrap_possible": False, "result": "pass"}
     assert "deletion.certificate" in [r.action for r in cat.audit.records()]
     assert cat.audit.verify().ok
-    assert sweep(T + dt.timedelta(days=1), actor=ACTOR, settings=env)["candidates"] == 0  # nothing twice
+    assert sweep(services(env), T + dt.timedelta(days=1), actor=ACTOR)["candidates"] == 0  # nothing twice
 
 
 def test_a_study_kek_survives_while_other_objects_of_the_study_live(env, dicom_file):
@@ -106,15 +114,15 @@ def test_a_study_kek_survives_while_other_objects_of_the_study_live(env, dicom_f
     write_study(env.landing_dir / "s", Patient("77"), instances=2)
     cat, ids = stored_objects(env, dicom_file, [])
     first, second = ids
-    out = delete_candidates([first], T, actor=ACTOR, settings=env)
+    out = delete_candidates(services(env), [first], T, actor=ACTOR)
     assert out["objects_deleted"] == 1
     (cert,) = cat.certificates(first)
     assert cert["verification"]["kek_destroyed"] is False and cert["verification"]["result"] == "pass"
+    from imaging_lifecycle.encrypted_store import EncryptedStore
     from imaging_lifecycle.keystore import open_default_keystore
-    from imaging_lifecycle.vault import Vault
 
     o = cat.get(second)
-    with Vault(services(env).vault.store, open_default_keystore(env)).open(
+    with EncryptedStore(services(env).encrypted.store, open_default_keystore(env)).open(
             cat.sealed(cat.copies(second)[0], o.sha256), second) as r:
         assert len(r.read()) == o.size  # the other object of the study is still readable
 
@@ -127,24 +135,24 @@ def test_cache_copy_lives_72_hours_and_is_gone_one_interval_later(env, dicom_fil
 
     cat, (oid,) = stored_objects(env, dicom_file, ["MR_small.dcm"], deadline=T + dt.timedelta(days=3650))
     svc = services(env)
-    grant = retrieve(oid, actor="dr-house", now=T, services=svc)
+    grant = retrieve(svc, oid, actor="dr-house", now=T)
     g = cat.grant(grant.id)
     assert g["actor"] == "dr-house" and g["deadline"] == T + dt.timedelta(hours=72)
     out = env.state_dir / "tmp-read" / "view.dcm"
     out.parent.mkdir(exist_ok=True)
-    assert read_grant(grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=1), services=svc) == cat.get(oid).sha256
+    assert read_grant(svc, grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=1)) == cat.get(oid).sha256
     out.unlink()
     kek = open_default_keystore(env).current(f"grant:{grant.id}")
     assert kek is not None
 
-    nearly = sweep(T + dt.timedelta(hours=71, minutes=59), actor=ACTOR, settings=env)
+    nearly = sweep(services(env), T + dt.timedelta(hours=71, minutes=59), actor=ACTOR)
     assert nearly["candidates"] == 0
     store = ObjectStore(env)
     assert list(store.versions("cache", g["key"]))
     with pytest.raises(GrantNotLive):
-        read_grant(grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=72), services=svc)
+        read_grant(svc, grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=72))
 
-    done = sweep(T + dt.timedelta(hours=72, minutes=15), actor=ACTOR, settings=env)
+    done = sweep(services(env), T + dt.timedelta(hours=72, minutes=15), actor=ACTOR)
     assert done["copies_deleted"] == 1 and done["grants_erased"] == 1 and done["objects_deleted"] == 0
     assert list(store.versions("cache", g["key"])) == []
     assert open_default_keystore(env).is_destroyed(kek.kek_id)
@@ -153,7 +161,7 @@ def test_cache_copy_lives_72_hours_and_is_gone_one_interval_later(env, dicom_fil
     assert cert["scope"].startswith("copy:") and cert["zones"] == ["cache"]
     assert cert["verification"]["kek_destroyed"] is True
     with pytest.raises(GrantNotLive):
-        read_grant(grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=1), services=svc)
+        read_grant(svc, grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=1))
 
 
 def test_grant_lifetime_is_capped_at_72_hours(env, dicom_file):
@@ -163,8 +171,8 @@ def test_grant_lifetime_is_capped_at_72_hours(env, dicom_file):
     svc = services(env)
     for bad in (73, 0, -1, True, "5"):
         with pytest.raises(GrantRefused):
-            retrieve(oid, actor="dr-a", hours=bad, now=T, services=svc)
-    g = retrieve(oid, actor="dr-a", hours=5, now=T, services=svc)
+            retrieve(svc, oid, actor="dr-a", hours=bad, now=T)
+    g = retrieve(svc, oid, actor="dr-a", hours=5, now=T)
     assert cat.grant(g.id)["deadline"] == T + dt.timedelta(hours=5)
 
 
@@ -173,12 +181,12 @@ def test_held_objects_are_never_deleted(env, dicom_file):
     from imaging_lifecycle.retention import set_legal_hold
 
     cat, (oid,) = stored_objects(env, dicom_file, ["CT_small.dcm"])
-    set_legal_hold(oid, True, actor="legal", settings=env)
+    set_legal_hold(services(env), oid, True, actor="legal")
     for later in (T, T + dt.timedelta(days=400)):
-        assert sweep(later, actor=ACTOR, settings=env)["candidates"] == 0
+        assert sweep(services(env), later, actor=ACTOR)["candidates"] == 0
     assert cat.get(oid).state == "STORED" and cat.copies(oid)
-    set_legal_hold(oid, False, actor="legal", settings=env)
-    assert sweep(T, actor=ACTOR, settings=env)["objects_deleted"] == 1
+    set_legal_hold(services(env), oid, False, actor="legal")
+    assert sweep(services(env), T, actor=ACTOR)["objects_deleted"] == 1
     actions = [r.action for r in cat.audit.records()]
     assert "object.legal_hold" in actions and "object.legal_hold_release" in actions
 
@@ -190,21 +198,26 @@ def test_the_gate_blocks_a_poisoned_candidate_list_and_deletes_nothing(env, dico
     from imaging_lifecycle.storage import ObjectStore
 
     cat, (good, bad) = stored_objects(env, dicom_file, ["CT_small.dcm", "MR_small.dcm"])
-    backup_required = None
     if poison == "not_due":
         cat.set_retention_deadline(bad, T + dt.timedelta(hours=1), actor=ACTOR)
     elif poison == "held":
         cat.set_legal_hold(bad, True, ACTOR)
-    elif poison == "no_backup":
-        backup_required = lambda tier: True  # noqa: E731  (tier policy: a backup was required; none exists)
-    else:
-        from imaging_lifecycle.catalog.schema import objects
+    elif poison == "no_backup":  # the env's policy wants backups of tier 4; this tier-4 object has none
         from sqlalchemy import update
+
+        from imaging_lifecycle.catalog.schema import objects
+
+        with cat.transaction() as s:
+            s.execute(update(objects).where(objects.c.id == bad).values(tier=4))
+    else:
+        from sqlalchemy import update
+
+        from imaging_lifecycle.catalog.schema import objects
 
         with cat.transaction() as s:  # a row in a state no sweep may touch
             s.execute(update(objects).where(objects.c.id == bad).values(state="VALIDATED"))
     with pytest.raises(GateFailed):
-        delete_candidates([good, bad], T, actor=ACTOR, settings=env, backup_required=backup_required)
+        delete_candidates(services(env), [good, bad], T, actor=ACTOR)
     store = ObjectStore(env)
     for oid in (good, bad):
         assert cat.get(oid).state in ("STORED", "VALIDATED")
@@ -226,7 +239,7 @@ def test_every_version_and_delete_marker_is_purged(env, dicom_file):
     store.client("archive").remove_object(store.bucket("archive"), c.key)  # adds a delete marker
     versions = list(store.versions("archive", c.key))
     assert len(versions) == 3 and any(v.is_delete_marker for v in versions)
-    out = sweep(T, actor=ACTOR, settings=env)
+    out = sweep(services(env), T, actor=ACTOR)
     assert out["objects_deleted"] == 1
     assert list(store.versions("archive", c.key)) == []
     assert cat.certificates(oid)[0]["versions_purged"] == 3
@@ -239,27 +252,28 @@ def test_a_locked_backup_is_unreadable_at_once_and_purged_when_the_lock_ends(env
     cat, (oid,) = stored_objects(env, dicom_file, ["CT_small.dcm"])
     svc = services(env)
     obj = cat.get(oid)
-    with svc.vault.open(cat.sealed(cat.copies(oid)[0], obj.sha256), oid) as r:
+    with svc.encrypted.open(cat.sealed(cat.copies(oid)[0], obj.sha256), oid) as r:
         data = r.read()
     import io
 
     until = dt.datetime.now(UTC) + dt.timedelta(seconds=4)
-    sealed = svc.vault.put(io.BytesIO(data), catalog_id=oid, zone="backup", tier=3, scope_id=f"study:{obj.study_key}",
-                           key=f"backup/{oid}", size=len(data), retain_until=until)
+    sealed = svc.encrypted.put(io.BytesIO(data), catalog_id=oid, zone="backup", tier=3,
+                               scope_id=f"study:{obj.study_key}", key=f"backup/{oid}", size=len(data),
+                               retain_until=until)
     backup = cat.record_sealed(oid, sealed, actor=ACTOR)
 
-    first = sweep(T, actor=ACTOR, settings=env)
+    first = sweep(services(env), T, actor=ACTOR)
     assert first["pending_locked"] == 1 and first["certificates"] == 0
     assert cat.get(oid).state == "DELETING" and cat.certificates(oid) == []
-    assert svc.vault.store.exists("backup", backup.key, backup.version_id)  # still there, under lock ...
+    assert svc.encrypted.store.exists("backup", backup.key, backup.version_id)  # still there, under lock ...
     with pytest.raises(KeyUnavailable):  # ... but unreadable: its key is gone
         cat.sealed(backup, obj.sha256)
     with pytest.raises(KeyUnavailable):
-        svc.vault.dek(sealed)  # even with the wrapped DEK from before: the KEK is destroyed
-    assert not svc.vault.store.exists("archive", f"objects/{oid}")
+        svc.encrypted.dek(sealed)  # even with the wrapped DEK from before: the KEK is destroyed
+    assert not svc.encrypted.store.exists("archive", f"objects/{oid}")
 
     time.sleep(max(0.0, (until - dt.datetime.now(UTC)).total_seconds()) + 1.5)
-    second = sweep(T + dt.timedelta(minutes=15), actor=ACTOR, settings=env)
+    second = sweep(services(env), T + dt.timedelta(minutes=15), actor=ACTOR)
     assert second["objects_deleted"] == 1 and second["pending_locked"] == 0
     assert_gone(env, cat, oid)
     assert cat.certificates(oid)[0]["zones"] == ["archive", "backup"]
@@ -309,7 +323,7 @@ def test_certificate_cli_exports_json(env, dicom_file):
     cat, (oid,) = stored_objects(env, dicom_file, ["CT_small.dcm"])
     none = _cli(env, "certificate", oid, "--json")
     assert none.returncode == 1 and json.loads(none.stdout)["certificates"] == []
-    sweep(T, actor="sweeper", settings=env)
+    sweep(services(env), T, actor="sweeper")
     r = _cli(env, "certificate", oid, "--json")
     assert r.returncode == 0, r.stderr
     (cert,) = json.loads(r.stdout)["certificates"]

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import PROJECT
-
-
-@pytest.fixture(scope="module")
-def airflow_db(state_dir):
-    """A migrated Airflow metadata DB for dag.test() (in this test session's state dir)."""
-    assert os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("airflow-unit.db")  # set by conftest
-    subprocess.run([str(PROJECT / ".venv/bin/airflow"), "db", "migrate"], check=True, capture_output=True,
-                   env=os.environ.copy(), timeout=300)
-    yield
 
 
 def test_ingest_dag_runs_in_process_with_dag_test(airflow_db, object_store_settings, tmp_path, monkeypatch):
@@ -70,17 +59,20 @@ def test_a_folder_drop_triggers_ingest_through_scheduler_and_triggerer(platform_
     cat = Catalog(settings.catalog_url)
     assert sum(1 for o in cat.objects() if o.state == "VALIDATED") >= 5
     assert not list(settings.landing_dir.rglob("*.dcm"))
-    print(f"\narrival -> completed ingest: {latency:.1f} s (quiet period {os.environ.get('IL_INGEST_QUIET_SECONDS', '5')} s)")
+    print(f"\narrival -> completed ingest: {latency:.1f} s "
+          f"(quiet period {os.environ.get('IL_INGEST_QUIET_SECONDS', '5')} s)")
 
     # No identifier in task logs, XCom or the audit trail.
-    logs = "".join(p.read_text(errors="replace") for p in (platform_run.state / "airflow" / "logs").rglob("*") if p.is_file())
+    logs = "".join(p.read_text(errors="replace") for p in (platform_run.state / "airflow" / "logs").rglob("*")
+                   if p.is_file())
     xcoms = ""
     for ti in airflow_api.task_instances("ingest", run["dag_run_id"]):
         path = (f"/api/v2/dags/ingest/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}/xcomEntries"
                 f"?map_index={ti.get('map_index', -1)}")
         for entry in airflow_api.get(path)["xcom_entries"]:
             xcoms += json.dumps(airflow_api.get(f"/api/v2/dags/ingest/dagRuns/{run['dag_run_id']}/taskInstances/"
-                                                f"{ti['task_id']}/xcomEntries/{entry['key']}?map_index={ti.get('map_index', -1)}"))
+                                                f"{ti['task_id']}/xcomEntries/{entry['key']}"
+                                                f"?map_index={ti.get('map_index', -1)}"))
     audit = json.dumps([r.public() for r in cat.audit.records()], default=str)
     assert "batch_id" in xcoms and logs
     for marker in patient.markers():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from imaging_lifecycle.triggers import LandingBatchTrigger
 
@@ -17,7 +16,7 @@ async def _events(trigger, seconds: float) -> list[dict]:
 
     try:
         await asyncio.wait_for(collect(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     return out
 

@@ -39,7 +39,7 @@ def test_ui_is_served_within_three_minutes_and_the_printed_login_works(platform_
 def test_every_listening_port_is_loopback_only(platform_run):
     import psutil
 
-    from imaging_lifecycle.platform import ours
+    from imaging_lifecycle.embedded import ours
 
     pids = {p.pid for p in ours(platform_run.settings())}
     listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
@@ -52,3 +52,35 @@ def test_second_up_reuses_state(platform_run):
     r = platform_run.cli("platform", "up")
     assert password in r.stdout
     assert "migrating" not in r.stdout  # nothing was restarted
+
+
+def test_first_prune_airflow_traces_run_succeeds_and_no_dag_run_failed(platform_run, airflow_api):
+    """The daily trace pruning runs on the first start (its latest interval); it must not greet a new user in red."""
+    def finished():
+        runs = airflow_api.dag_runs("prune_airflow_traces")
+        return [r for r in runs if r["state"] in ("success", "failed")]
+
+    (first, *_) = airflow_api.wait_for(finished, 240, "the first prune_airflow_traces run to finish")
+    tis = {t["task_id"]: t["state"] for t in airflow_api.task_instances("prune_airflow_traces", first["dag_run_id"])}
+    assert first["state"] == "success", tis
+    assert tis == {"old_runs": "success", "log_folder": "success"}
+    failed = airflow_api.get("/api/v2/dags/~/dagRuns?state=failed&limit=100")["dag_runs"]
+    assert failed == [], [(r["dag_id"], r["dag_run_id"]) for r in failed]
+
+
+def test_old_airflow_runs_are_pruned_through_the_rest_api(platform_run, airflow_api):
+    """The task's pruning, with a cutoff after the first prune run ended: that run and its XCom are gone."""
+    import datetime as dt
+    import urllib.error
+
+    from imaging_lifecycle.retention import prune_airflow_runs
+    from imaging_lifecycle.services import Services
+
+    (run, *_) = [r for r in airflow_api.dag_runs("prune_airflow_traces") if r["state"] == "success"]
+    ended = dt.datetime.fromisoformat(run["end_date"].replace("Z", "+00:00"))
+    svc = Services.open(platform_run.settings())
+    out = prune_airflow_runs(svc, now=ended + dt.timedelta(days=30, seconds=1), max_age=dt.timedelta(days=30))
+    assert out["runs_deleted"] >= 1
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        airflow_api.get(f"/api/v2/dags/prune_airflow_traces/dagRuns/{run['dag_run_id']}")
+    assert gone.value.code == 404

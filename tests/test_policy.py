@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from deid_fixtures import default_policy_dict, write_policy
 from imaging_lifecycle.policy import PolicyError, load_policy, parse_duration, parse_policy
+
+from deid_fixtures import default_policy_dict, write_policy
 
 
 def test_default_policy_has_five_gbt_39725_tiers():
@@ -45,7 +46,8 @@ def test_retention_for_uses_the_tier_then_the_policy_default():
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("72h", timedelta(hours=72)), ("30d", timedelta(days=30)), ("15y", timedelta(days=5475)), ("2w", timedelta(days=14))],
+    [("72h", timedelta(hours=72)), ("30d", timedelta(days=30)), ("15y", timedelta(days=5475)),
+     ("2w", timedelta(days=14))],
 )
 def test_durations(text, expected):
     assert parse_duration(text) == expected
@@ -81,7 +83,9 @@ BAD_POLICIES = {
     "misspelt-key": (lambda d: d.update(retension=d.pop("retention")), ["retension", "unknown key"]),
     "missing-schema-version": (lambda d: d.pop("schema_version"), ["schema_version", "missing"]),
     "unsupported-schema-version": (lambda d: d.update(schema_version=2), ["schema_version", "unsupported"]),
-    "unknown-zone": (lambda d: _tier(d, 1)["handling"]["zones"].append("attic"), ["tiers[0].handling.zones[1]", "attic"]),
+    "unknown-zone": (
+        lambda d: _tier(d, 1)["handling"]["zones"].append("attic"), ["tiers[0].handling.zones[1]", "attic"]
+    ),
     "bad-duration": (
         lambda d: _tier(d, 3)["handling"]["retention"].update(archive="15 years"),
         ["tiers[2].handling.retention.archive", "15 years"],

@@ -6,18 +6,24 @@ import shutil
 
 import pytest
 
+from imaging_lifecycle.services import Services
+
 from conftest import catalog, ingest_now
 
 
 def protect_all(settings, actor="test/protect") -> dict:
+    """Every step and gate of the protect DAG, in its order, through the functions its tasks call."""
     from imaging_lifecycle import protect
 
-    chunks = protect.pending_chunks(settings)
+    svc = Services.open(settings)
+    chunks = protect.pending_chunks(svc)
     out = {"chunks": chunks}
-    for step, gate in (("classify", "classified"), ("deidentify", "deid"), ("store", "closing")):
-        out[step] = [protect.run(step, c, actor=actor, settings=settings) for c in chunks]
-        out[gate] = protect.gate(gate, chunks, actor=actor, settings=settings)
-    out["backup"] = protect.run("backup", [i for c in chunks for i in c], actor=actor, settings=settings)
+    for name, step, gate_name, gate in (("classify", protect.classify_objects, "classified", protect.classified_gate),
+                                        ("deidentify", protect.deidentify_objects, "deid", protect.deid_gate),
+                                        ("store", protect.store_objects, "closing", protect.closing_gate)):
+        out[name] = [step(Services.open(settings), c, actor=actor) for c in chunks]  # a fresh task each
+        out[gate_name] = gate(Services.open(settings), chunks, actor=actor)
+    out["backup"] = protect.backup_objects(svc, [i for c in chunks for i in c], actor=actor)
     return out
 
 
@@ -44,14 +50,14 @@ def test_ingested_objects_are_classified_deidentified_stored_and_backed_up(env, 
     assert result["closing"]["success"] is True
 
     # The derivative holds none of the patient's identifiers, decrypted and read as text.
+    from imaging_lifecycle.encrypted_store import EncryptedStore
     from imaging_lifecycle.keystore import open_default_keystore
     from imaging_lifecycle.storage import ObjectStore
-    from imaging_lifecycle.vault import Vault
 
-    vault = Vault(ObjectStore(env), open_default_keystore(env))
+    encrypted = EncryptedStore(ObjectStore(env), open_default_keystore(env))
     for d in derived:
         (copy,) = cat.copies(d.id)
-        with vault.open(cat.sealed(copy, d.sha256, d.size), d.id) as r:
+        with encrypted.open(cat.sealed(copy, d.sha256, d.size), d.id) as r:
             data = r.read()
         for marker in patient.markers():
             assert marker.encode() not in data
@@ -82,9 +88,9 @@ def test_the_classified_gate_blocks_an_object_without_a_tier(env, dicom_file):  
 
     shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "ct.dcm")
     ingest_now(env)
-    chunks = protect.pending_chunks(env)  # not classified yet: tier is empty
+    chunks = protect.pending_chunks(Services.open(env))  # not classified yet: tier is empty
     with pytest.raises(GateFailed, match="classified"):
-        protect.gate("classified", chunks, actor="test/protect", settings=env)
+        protect.classified_gate(Services.open(env), chunks, actor="test/protect")
 
 
 def test_objects_of_a_batch_that_has_not_passed_its_gate_are_not_taken(env, dicom_file):  # noqa: F811
@@ -92,7 +98,8 @@ def test_objects_of_a_batch_that_has_not_passed_its_gate_are_not_taken(env, dico
 
     shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "ct.dcm")
     claim = ingest.claim_batch(env, quiet_seconds=0)
-    results = [ingest.run_chunk(claim.batch_id, c, actor="test/protect", settings=env) for c in claim.chunks]
-    assert protect.pending_chunks(env) == []  # stored and VALIDATED, but the gate has not run
-    ingest.close_batch(results, actor="test/protect", settings=env)
-    assert len([i for c in protect.pending_chunks(env) for i in c]) == 1
+    svc = Services.open(env)
+    results = [ingest.run_chunk(svc, claim.batch_id, c, actor="test/protect") for c in claim.chunks]
+    assert protect.pending_chunks(svc) == []  # stored and VALIDATED, but the gate has not run
+    ingest.close_batch(svc, results, actor="test/protect")
+    assert len([i for c in protect.pending_chunks(svc) for i in c]) == 1

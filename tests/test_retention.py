@@ -1,4 +1,4 @@
-"""Retention without S3: the default table, deadlines, stale local plaintext, Airflow trace pruning, legal hold CLI."""
+"""Retention without S3: deadlines from the policy, stale local plaintext, Airflow trace pruning, legal hold CLI."""
 
 from __future__ import annotations
 
@@ -11,31 +11,12 @@ from dataclasses import replace
 
 import pytest
 
+from imaging_lifecycle.services import Services
+
 from conftest import PROJECT
 
 UTC = dt.timezone.utc
 T = dt.datetime(2031, 3, 4, 8, 0, tzinfo=UTC)
-
-
-def test_default_retention_mirrors_the_issue():
-    from imaging_lifecycle.retention import default_retention
-
-    assert default_retention(3, "cache") == dt.timedelta(hours=72)
-    assert default_retention(5, "quarantine") == dt.timedelta(days=30)
-    assert default_retention(2, "archive") == dt.timedelta(days=15 * 365)
-    assert default_retention(5, "archive") == dt.timedelta(days=30 * 365)
-
-
-def test_cache_deadline_is_capped_whatever_the_policy_says():
-    from imaging_lifecycle.retention import RetentionError, deadline_for
-
-    generous = lambda tier, zone: dt.timedelta(days=30)  # noqa: E731
-    assert deadline_for(3, "cache", T, generous) == T + dt.timedelta(hours=72)
-    assert deadline_for(3, "research", T, generous) == T + dt.timedelta(days=30)
-    with pytest.raises(RetentionError):
-        deadline_for(3, "cache", T.replace(tzinfo=None))
-    with pytest.raises(RetentionError):
-        deadline_for(3, "nowhere", T)
 
 
 @pytest.fixture
@@ -46,6 +27,22 @@ def settings(tmp_path):
                 catalog_url=f"sqlite:///{tmp_path / 'c.sqlite'}")
     s.landing_dir.mkdir(parents=True)
     return s
+
+
+def test_deadlines_come_from_the_policy_in_force(settings):
+    from imaging_lifecycle.retention import RetentionError, deadline_for
+    from imaging_lifecycle.services import Services
+
+    svc = Services.open(settings)  # no IL_POLICY_FILE: the packaged default
+    assert deadline_for(svc, 3, "cache", T) == T + dt.timedelta(hours=72)
+    assert deadline_for(svc, 4, "cache", T) == T + dt.timedelta(hours=24)  # the tier's own term
+    assert deadline_for(svc, 5, "quarantine", T) == T + dt.timedelta(days=30)
+    assert deadline_for(svc, 3, "archive", T) == T + svc.policy.retention_for(3, "archive")
+    assert deadline_for(svc, 5, "archive", T) - T > deadline_for(svc, 3, "archive", T) - T
+    with pytest.raises(RetentionError):
+        deadline_for(svc, 3, "cache", T.replace(tzinfo=None))
+    with pytest.raises(RetentionError):
+        deadline_for(svc, 3, "nowhere", T)
 
 
 def _stored_object(cat, content: bytes) -> str:
@@ -74,7 +71,7 @@ def test_stale_local_plaintext_is_deleted_if_stored_else_alerted(settings):
     _old(settings.state_dir / "tmp" / "x.dcm", b"never stored either", dt.timedelta(days=5))
     _old(settings.landing_dir / "young.dcm", b"never stored", dt.timedelta(hours=71))
     _old(settings.state_dir / "ingest" / "b1" / "manifest.json", b"{}", dt.timedelta(days=9))
-    out = stale_local_files(now=T, actor="t", settings=settings, catalog=cat)
+    out = stale_local_files(Services.open(settings), now=T, actor="t")
     assert out == {"deleted": 1, "alerts": 2, "stuck_by_folder": {"landing": 1, "tmp": 1}}
     assert not (settings.landing_dir / "a.dcm").exists()
     assert (settings.landing_dir / "stuck.dcm").exists() and (settings.landing_dir / "young.dcm").exists()
@@ -89,17 +86,14 @@ def test_quarantined_objects_get_their_30_day_deadline(settings):
 
     cat = Catalog(settings.catalog_url)
     q = cat.register(actor="t", source="landing", quarantine_reason="NOT_DICOM").object
-    assert assign_missing_deadlines(now=T, actor="t", catalog=cat) == {"deadlines_set": 1}
+    assert assign_missing_deadlines(Services.open(settings), now=T, actor="t") == {"deadlines_set": 1}
     assert cat.get(q.id).retention_deadline == q.created_at + dt.timedelta(days=30)
-    assert assign_missing_deadlines(now=T, actor="t", catalog=cat) == {"deadlines_set": 0}
+    assert assign_missing_deadlines(Services.open(settings), now=T, actor="t") == {"deadlines_set": 0}
 
 
 def test_airflow_traces_pruning(tmp_path):
-    from imaging_lifecycle.retention import airflow_db_clean_command, prune_log_folder
+    from imaging_lifecycle.retention import prune_log_folder
 
-    cmd = airflow_db_clean_command(T, dt.timedelta(days=30))
-    assert cmd[:3] == ["airflow", "db", "clean"] and "--yes" in cmd and "--skip-archive" in cmd
-    assert cmd[cmd.index("--clean-before-timestamp") + 1] == "2031-02-02T08:00:00+00:00"
     _old(tmp_path / "logs" / "dag_id=x" / "run" / "1.log", b"old", dt.timedelta(days=31))
     _old(tmp_path / "logs" / "dag_id=x" / "run2" / "1.log", b"new", dt.timedelta(days=1))
     assert prune_log_folder(tmp_path / "logs", now=T, max_age=dt.timedelta(days=30)) == {"log_files_removed": 1}

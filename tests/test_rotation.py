@@ -9,9 +9,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from test_backup import ACTOR, CLI, cli_env, services, stored_objects
-
 from imaging_lifecycle.keystore import KekRef
+from test_backup import ACTOR, CLI, cli_env, services, stored_objects
 
 
 def variants(src, folder, n: int, *, new_study: bool) -> dict:
@@ -29,7 +28,7 @@ def variants(src, folder, n: int, *, new_study: bool) -> dict:
     return out
 
 
-def all_readable(cat, vault, ids) -> int:
+def all_readable(cat, encrypted, ids) -> int:
     """Decrypt every live copy (archive and backup) of every object; returns how many were read."""
     from imaging_lifecycle.backup import sealed_for
 
@@ -37,7 +36,7 @@ def all_readable(cat, vault, ids) -> int:
     for oid in ids:
         obj = cat.get(oid)
         for copy in cat.copies(oid):
-            vault.verify(sealed_for(cat, copy, obj), oid)
+            encrypted.verify(sealed_for(cat, copy, obj), oid)
             n += 1
     return n
 
@@ -59,9 +58,9 @@ def test_rotation_rewraps_every_key_destroys_old_versions_and_keeps_data_readabl
     from imaging_lifecycle.rotation import rotate
 
     ids = stored_objects(env, fresh_studies(dicom_file, tmp_path, ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")))
-    cat, store, vault = services(env)
+    cat, store, encrypted = services(env)
     replicate(cat, store, list(ids.values()), actor=ACTOR, retention_days=1)
-    ks = vault.keystore
+    ks = encrypted.keystore
     before = {KekRef.parse(r) for r in cat.kek_refs_in_use()}
     ciphertexts = {c.id: c.ciphertext_sha256 for oid in ids.values() for c in cat.copies(oid)}
     result = rotate(cat, ks, actor=ACTOR, run_id="rotation-1")
@@ -71,14 +70,14 @@ def test_rotation_rewraps_every_key_destroys_old_versions_and_keeps_data_readabl
     after = {KekRef.parse(r) for r in cat.kek_refs_in_use()}
     assert {r.kek_id for r in after} == keks and all(r.version == 2 for r in after)
     assert all(ks.is_destroyed(r.kek_id, r.version) for r in before)
-    assert all_readable(cat, vault, ids.values()) == 2 * len(ids)  # archive and backup, data untouched
+    assert all_readable(cat, encrypted, ids.values()) == 2 * len(ids)  # archive and backup, data untouched
     assert {c.id: c.ciphertext_sha256 for oid in ids.values() for c in cat.copies(oid)} == ciphertexts
     # The same run again (an Airflow retry) changes nothing; a new run rotates again.
     again = rotate(cat, ks, actor=ACTOR, run_id="rotation-1")
     assert again["rotated"] == 0 and again["rewrapped"] == 0 and again["resumed"] == len(keks)
     third = rotate(cat, ks, actor=ACTOR, run_id="rotation-2")
     assert third["rotated"] == len(keks) and all(KekRef.parse(r).version == 3 for r in cat.kek_refs_in_use())
-    assert all_readable(cat, vault, ids.values()) == 2 * len(ids)
+    assert all_readable(cat, encrypted, ids.values()) == 2 * len(ids)
     recs = [r for r in cat.audit.records(last=200) if r.action in ("key.rotate", "key.destroy")]
     assert {r.detail["step"] for r in recs} == {"rotate", "rewrap", "rotation"}
     assert cat.audit.verify().ok
@@ -90,22 +89,22 @@ def test_a_shredded_scope_is_skipped_and_bad_arguments_refused(env, dicom_file, 
     # A study of its own to shred: the key store is shared by the whole test session.
     (doomed, kept) = fresh_studies(dicom_file, tmp_path, ("CT_small.dcm", "MR_small.dcm"))
     ids = stored_objects(env, {doomed: tmp_path / doomed, kept: tmp_path / kept})
-    cat, _, vault = services(env)
-    ks = vault.keystore
+    cat, _, encrypted = services(env)
+    ks = encrypted.keystore
     with pytest.raises(ValueError, match="batch"):
         rotate(cat, ks, actor=ACTOR, batch=0)
     shredded = KekRef.parse(cat.data_key(cat.get(ids[doomed]).key_id)["kek_ref"])
     ks.destroy(shredded.kek_id)
     result = rotate(cat, ks, actor=ACTOR)
     assert result["shredded"] == 1 and result["rotated"] == 1
-    assert all_readable(cat, vault, [ids[kept]]) == 1
+    assert all_readable(cat, encrypted, [ids[kept]]) == 1
 
 
 def test_rotation_killed_mid_way_resumes_on_rerun_without_rotating_twice(env, dicom_file, tmp_path):
     # Five instances of one (fresh) study: one KEK, five data keys, three batches of two.
     ids = stored_objects(env, variants(dicom_file("CT_small.dcm"), tmp_path, 5, new_study=True))
-    cat, _, vault = services(env)
-    ks = vault.keystore
+    cat, _, encrypted = services(env)
+    ks = encrypted.keystore
     (kek_id,) = {KekRef.parse(r).kek_id for r in cat.kek_refs_in_use()}
     cmd = [CLI, "rotate-keys", "--batch", "2", "--run-id", "nightly"]
     crashed = subprocess.run(cmd, env=cli_env(env, IL_CRASH_AT="rotation.mid"), capture_output=True, text=True,
@@ -113,7 +112,7 @@ def test_rotation_killed_mid_way_resumes_on_rerun_without_rotating_twice(env, di
     assert crashed.returncode == 86, crashed.stderr
     assert cat.kek_refs_in_use() == {f"{kek_id}@v1": 3, f"{kek_id}@v2": 2}  # one batch committed
     assert not ks.is_destroyed(kek_id, 1)
-    assert all_readable(cat, vault, ids.values()) == 5  # half-way is a readable state
+    assert all_readable(cat, encrypted, ids.values()) == 5  # half-way is a readable state
     rerun = subprocess.run(cmd, env=cli_env(env), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout)
@@ -122,4 +121,4 @@ def test_rotation_killed_mid_way_resumes_on_rerun_without_rotating_twice(env, di
     assert cat.kek_refs_in_use() == {f"{kek_id}@v2": 5}
     assert ks.versions(kek_id) == [KekRef(kek_id, 1), KekRef(kek_id, 2)]  # rotated once, not twice
     assert ks.is_destroyed(kek_id, 1)
-    assert all_readable(cat, vault, ids.values()) == 5
+    assert all_readable(cat, encrypted, ids.values()) == 5

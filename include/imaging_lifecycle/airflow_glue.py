@@ -60,9 +60,10 @@ STORED = Asset("imaging://catalog/stored")
 
 def alert_on_failure(context) -> None:
     """Failure callback: a security alert in the audit trail (ids and codes only), visible beside the red task."""
-    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.services import Services
 
     ti = context["ti"]
     exc = context.get("exception")
-    Catalog().audit.append(actor(context), "security.alert", outcome="failure",
-                           detail={"dag": ti.dag_id, "task": ti.task_id, "error": type(exc).__name__ if exc else "unknown"})
+    Services.open().catalog.audit.append(actor(context), "security.alert", outcome="failure",
+                                         detail={"dag": ti.dag_id, "task": ti.task_id,
+                                                 "error": type(exc).__name__ if exc else "unknown"})

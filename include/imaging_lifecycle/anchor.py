@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 
+from imaging_lifecycle.services import Services
 from imaging_lifecycle.storage import ObjectStore
 
 ZONE = "audit-anchor"
@@ -44,6 +45,17 @@ def latest_anchor(store: ObjectStore) -> tuple[int, str] | None:
     return int(data["seq"]), str(data["hash"])
 
 
+def verify_and_anchor(svc: Services, *, actor: str) -> dict:
+    """The anchor DAG step: verify the chain against the newest anchor, then anchor its head.
+
+    A broken chain is never anchored (that would bless the damage): it raises.
+    """
+    result = verify_with_latest_anchor(svc.catalog, svc.store)
+    if not result.ok:
+        raise RuntimeError(f"audit chain broken at record {result.first_bad_seq}: {result.code}")
+    return write_anchor(svc.catalog, svc.store, actor=actor)
+
+
 def verify_with_latest_anchor(catalog, store: ObjectStore):
-    """The audit chain's :class:`~imaging_lifecycle.audit.VerifyResult` against the newest anchor."""
+    """The audit chain's :class:`~imaging_lifecycle.catalog.audit.VerifyResult` against the newest anchor."""
     return catalog.audit.verify(expected_head=latest_anchor(store))

@@ -22,20 +22,25 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from imaging_lifecycle import faults
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord, states
 from imaging_lifecycle.crypto import AssociatedData, IntegrityError, KeyUnavailable
+from imaging_lifecycle.encrypted_store import EncryptedStore, Sealed
+from imaging_lifecycle.services import Services
 from imaging_lifecycle.storage import ObjectStore, StorageError
-from imaging_lifecycle.vault import Sealed, Vault
+
+if TYPE_CHECKING:
+    from imaging_lifecycle.policy import Policy
 
 __all__ = [
     "BACKUP_ZONE", "SOURCE_ZONE", "FLAG", "LOCK_MODES", "LOCK_MODE_ENV", "ReplicaSealed", "BackupFailed",
     "BackupMismatch", "ApprovalRequired", "lock_mode", "sealed_for", "replicate", "sample_day", "is_due",
-    "verify_sample", "verify_all", "approval_required", "has_approval", "restore_object", "open_services",
+    "verify_sample", "verify_all", "approval_required", "has_approval", "restore_object",
     "backup_step", "verify_step",
 ]
 
@@ -91,7 +96,7 @@ class ReplicaSealed(Sealed):
     """A :class:`Sealed` whose associated data names the zone it was *encrypted* for.
 
     A byte-identical replica lives in another zone than the one bound into its
-    ciphertext; :class:`~imaging_lifecycle.vault.Vault` reads from ``zone``
+    ciphertext; :class:`~imaging_lifecycle.encrypted_store.EncryptedStore` reads from ``zone``
     and authenticates against :meth:`aad`, so both are right.
     """
 
@@ -171,7 +176,7 @@ def replicate(
     limit: int | None = None,
     retain_until_for: Callable[[ObjectRecord], dt.datetime] | None = None,
     retention_days: int | None = None,
-    vault: Vault | None = None,
+    encrypted: EncryptedStore | None = None,
     now: dt.datetime | None = None,
     mode: str | None = None,
 ) -> dict:
@@ -182,7 +187,7 @@ def replicate(
     The lock date is ``retain_until_for(obj)``, else now + ``retention_days``,
     else the object's retention deadline (never less than a day). The copy
     is verified by the SHA-256 of what the backup site returns and, with
-    ``vault``, by a full decrypt too.
+    ``encrypted``, by a full decrypt too.
 
     Idempotent and resumable: a backup copy already recorded is re-checked
     and reused; a version uploaded by a run that died before recording it is
@@ -222,9 +227,9 @@ def replicate(
             catalog.audit.append(actor, "copy.verify", object_ref=oid, outcome="failure",
                                  detail={"zone": BACKUP_ZONE, "check": "ciphertext", "reason": how})
             continue
-        if vault is not None:
+        if encrypted is not None:
             try:
-                vault.verify(sealed_for(catalog, copy, obj), oid)
+                encrypted.verify(sealed_for(catalog, copy, obj), oid)
             except tuple(FAILURE_REASONS) as exc:
                 reason = _reason(exc)
                 catalog.record_copy_check(copy.id, ok=False, actor=actor, detail={"check": "decrypt", "reason": reason})
@@ -274,7 +279,7 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
     how = "adopted"
     if adopt is None:
         how = "uploaded"
-        length = store.client(SOURCE_ZONE).stat_object(store.bucket(SOURCE_ZONE), src.key, version_id=src.version_id).size
+        length = store.size(SOURCE_ZONE, src.key, src.version_id)
         with store.open(SOURCE_ZONE, src.key, src.version_id) as resp:
             reader = _Hashing(resp)
             put = store.put(BACKUP_ZONE, key, reader, length, retain_until=until, lock_mode=mode)
@@ -327,8 +332,8 @@ def _check_cycle(cycle_days: int) -> int:
     return cycle_days
 
 
-def verify_sample(catalog: Catalog, store: ObjectStore, vault: Vault, *, today: dt.date, cycle_days: int = 30,
-                  actor: str, limit: int | None = None) -> dict:
+def verify_sample(catalog: Catalog, store: ObjectStore, encrypted: EncryptedStore, *, today: dt.date,
+                  cycle_days: int = 30, actor: str, limit: int | None = None) -> dict:
     """Restore (download, decrypt, hash) today's share of the backups; see :func:`is_due`.
 
     Each check is recorded on the copy (``verified_at``) and audited
@@ -340,22 +345,22 @@ def verify_sample(catalog: Catalog, store: ObjectStore, vault: Vault, *, today: 
     _check_cycle(cycle_days)
     pairs = [(o, c) for o, c in catalog.live_copies_in_zone(BACKUP_ZONE, object_states=[states.BACKED_UP])
              if is_due(c, today, cycle_days)]
-    return _verify(catalog, vault, pairs[:limit] if limit is not None else pairs, actor=actor,
+    return _verify(catalog, encrypted, pairs[:limit] if limit is not None else pairs, actor=actor,
                    extra={"cycle_days": cycle_days, "day": today.toordinal() % cycle_days})
 
 
-def verify_all(catalog: Catalog, store: ObjectStore, vault: Vault, *, actor: str) -> dict:
+def verify_all(catalog: Catalog, store: ObjectStore, encrypted: EncryptedStore, *, actor: str) -> dict:
     """Restore-verify every live backup copy of every BACKED_UP object (``verify-backups --all``)."""
-    return _verify(catalog, vault, catalog.live_copies_in_zone(BACKUP_ZONE, object_states=[states.BACKED_UP]),
+    return _verify(catalog, encrypted, catalog.live_copies_in_zone(BACKUP_ZONE, object_states=[states.BACKED_UP]),
                    actor=actor, extra={"all": True})
 
 
-def _verify(catalog: Catalog, vault: Vault, pairs: list, *, actor: str, extra: dict) -> dict:
+def _verify(catalog: Catalog, encrypted: EncryptedStore, pairs: list, *, actor: str, extra: dict) -> dict:
     ok, errors = 0, 0
     bad: dict[str, str] = {}
     for obj, copy in pairs:
         try:
-            vault.verify(sealed_for(catalog, copy, obj), obj.id)
+            encrypted.verify(sealed_for(catalog, copy, obj), obj.id)
         except tuple(FAILURE_REASONS) as exc:
             reason = _reason(exc)
             with catalog.transaction() as conn:
@@ -384,33 +389,11 @@ def _verify(catalog: Catalog, vault: Vault, pairs: list, *, actor: str, extra: d
 # Restore for an operator.
 # ---------------------------------------------------------------------------
 
-#: Used when the policy module does not (yet) say: tiers that need an approval per action.
-#: Unclassified objects (tier None) are treated as the most sensitive.
-DEFAULT_APPROVALS: dict[str, frozenset] = {
-    "restore": frozenset({4, 5, None}),
-    "export": frozenset({4, 5, None}),
-}
-
-
-def approval_required(tier: int | None, action: str) -> bool:
-    """Does the policy demand an approval record before ``action`` on an object of ``tier``?
-
-    Reads ``policy.load_policy().tier(tier).handling.approval_required``
-    (a bool, or the collection of actions needing approval) when the policy
-    module provides it, else :data:`DEFAULT_APPROVALS`. Fails closed.
-    """
-    if tier is not None:
-        try:
-            from imaging_lifecycle.policy import load_policy
-
-            needed = load_policy(os.environ.get("IL_POLICY_FILE") or None).tier(tier).handling.approval_required
-        except (ImportError, AttributeError, KeyError, LookupError):
-            needed = None
-        if isinstance(needed, bool):
-            return needed
-        if isinstance(needed, (list, tuple, set, frozenset)):
-            return action in needed
-    return tier in DEFAULT_APPROVALS.get(action, frozenset({4, 5, None}))
+def approval_required(policy: Policy, tier: int | None, action: str) -> bool:
+    """Does the tier's policy demand an approval before ``action``? Unclassified objects: always (fail closed)."""
+    if tier is None:
+        return True
+    return action in policy.tier(tier).handling.approval_required
 
 
 def has_approval(catalog: Catalog, object_id: str, action: str, actor: str) -> bool:
@@ -418,7 +401,7 @@ def has_approval(catalog: Catalog, object_id: str, action: str, actor: str) -> b
     return False
 
 
-def restore_object(catalog: Catalog, vault: Vault, object_id: str, out: Path, *, actor: str) -> dict:
+def restore_object(svc: Services, object_id: str, out: Path, *, actor: str) -> dict:
     """Decrypt one object into ``out`` (0600, appears only if verified): archive first, then the backup.
 
     Raises :class:`ApprovalRequired` if the tier needs an approval that does
@@ -426,9 +409,11 @@ def restore_object(catalog: Catalog, vault: Vault, object_id: str, out: Path, *,
     :class:`~imaging_lifecycle.crypto.IntegrityError` if no copy restores.
     Every outcome is audited (``object.export``).
     """
+    svc.guard("restore", actor=actor)
+    catalog, encrypted = svc.catalog, svc.encrypted
     obj = catalog.get(object_id)
     out = Path(out)
-    if approval_required(obj.tier, "restore") and not has_approval(catalog, obj.id, "restore", actor):
+    if approval_required(svc.policy, obj.tier, "restore") and not has_approval(catalog, obj.id, "restore", actor):
         catalog.audit.append(actor, "object.export", object_ref=obj.id, outcome="failure",
                              detail={"reason": "APPROVAL_REQUIRED", "tier": obj.tier, "action": "restore"})
         raise ApprovalRequired(f"object {obj.id}: tier {obj.tier if obj.tier is not None else 'unclassified'} "
@@ -441,7 +426,7 @@ def restore_object(catalog: Catalog, vault: Vault, object_id: str, out: Path, *,
     tried: list[str] = []
     for copy in candidates:
         try:
-            vault.restore_to(sealed_for(catalog, copy, obj), obj.id, out)
+            encrypted.restore_to(sealed_for(catalog, copy, obj), obj.id, out)
         except (*FAILURE_REASONS, StorageError) as exc:
             tried.append(_reason(exc))
             catalog.audit.append(actor, "object.access", object_ref=obj.id, outcome="minor_failure",
@@ -460,29 +445,17 @@ def restore_object(catalog: Catalog, vault: Vault, object_id: str, out: Path, *,
 # ---------------------------------------------------------------------------
 
 
-def open_services(settings=None) -> tuple[Catalog, ObjectStore, Vault]:  # noqa: ANN001
-    """Catalog, object store and vault from ``settings`` (default: the environment's)."""
-    from imaging_lifecycle.keystore import open_default_keystore
-    from imaging_lifecycle.settings import load_settings
-
-    settings = settings or load_settings()
-    store = ObjectStore(settings)
-    return Catalog(settings.catalog_url), store, Vault(store, open_default_keystore(settings))
+def backup_step(svc: Services, object_ids: list[str] | None = None, *, actor: str, batch_id: str | None = None,
+                limit: int = 1000, now: dt.datetime | None = None, full_decrypt: bool = False) -> dict:
+    """The backup step: :func:`replicate` on ids, a batch, or up to ``limit`` STORED objects."""
+    return replicate(svc.catalog, svc.store, object_ids, actor=actor, batch_id=batch_id, limit=limit, now=now,
+                     encrypted=svc.encrypted if full_decrypt else None)
 
 
-def backup_step(object_ids: list[str] | None = None, *, actor: str, batch_id: str | None = None,
-                limit: int = 1000, now: dt.datetime | None = None, full_decrypt: bool = False,
-                settings=None) -> dict:  # noqa: ANN001
-    """The backup DAG step: :func:`replicate` on ids, a batch, or up to ``limit`` STORED objects."""
-    catalog, store, vault = open_services(settings)
-    return replicate(catalog, store, object_ids, actor=actor, batch_id=batch_id, limit=limit, now=now,
-                     vault=vault if full_decrypt else None)
-
-
-def verify_step(*, actor: str, today: dt.date | None = None, cycle_days: int = 30, all_copies: bool = False,
-                settings=None) -> dict:  # noqa: ANN001
+def verify_step(svc: Services, *, actor: str, today: dt.date | None = None, cycle_days: int = 30,
+                all_copies: bool = False) -> dict:
     """The restore-verification DAG step (raises :class:`BackupMismatch` on damage)."""
-    catalog, store, vault = open_services(settings)
     if all_copies:
-        return verify_all(catalog, store, vault, actor=actor)
-    return verify_sample(catalog, store, vault, today=today or _now().date(), cycle_days=cycle_days, actor=actor)
+        return verify_all(svc.catalog, svc.store, svc.encrypted, actor=actor)
+    return verify_sample(svc.catalog, svc.store, svc.encrypted, today=today or _now().date(), cycle_days=cycle_days,
+                         actor=actor)

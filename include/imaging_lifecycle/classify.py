@@ -15,23 +15,19 @@ a tier and a rule id.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from imaging_lifecycle.dicomfile import UnreadableDicom, quiet_pydicom, read_header
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom import Dataset
 
     from imaging_lifecycle.policy import Match, Policy
-
-_PYDICOM_LOG = logging.getLogger("pydicom")
 
 FAIL_UNREADABLE = "fail-closed:unreadable"
 FAIL_MALFORMED = "fail-closed:malformed"
@@ -62,83 +58,6 @@ class Classification:
 
     def to_dict(self) -> dict[str, Any]:
         return {"tier": self.tier, "rule": self.rule_id}
-
-
-class UnreadableDicom(Exception):
-    """A file is not DICOM we can parse; the message names the reason only, never content."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(f"unreadable DICOM input: {reason}")
-
-
-class _DropPydicomRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom while we handle patient data: its warnings quote element values.
-
-    Both its ``warnings.warn`` calls and its log records (logger ``pydicom``)
-    are dropped for the duration; our own code reports reason codes instead.
-    """
-    flt = _DropPydicomRecords()
-    _PYDICOM_LOG.addFilter(flt)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        _PYDICOM_LOG.removeFilter(flt)
-
-
-def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
-    """Read a DICOM file, also one without preamble/meta (as many archives hold them).
-
-    A forced read is only accepted when it yields a SOP Class and Instance,
-    so arbitrary bytes are not mistaken for an (empty) dataset.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        with quiet_pydicom():
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-            except InvalidDicomError:
-                ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-                if 0x00080016 not in ds._dict or 0x00080018 not in ds._dict:
-                    raise UnreadableDicom("not-dicom") from None
-        deflated = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99"
-        _check_complete(ds, None if stop_before_pixels or deflated else Path(path).stat().st_size)
-        return ds
-    except UnreadableDicom:
-        raise
-    except FileNotFoundError:
-        raise UnreadableDicom("missing") from None
-    except (IsADirectoryError, PermissionError):
-        raise UnreadableDicom("not-a-readable-file") from None
-    except Exception as e:  # pydicom raises many types on damaged input; the text may quote values
-        raise UnreadableDicom(f"parse-error:{type(e).__name__}") from None
-
-
-def _check_complete(ds: Dataset, file_size: int | None) -> None:
-    """pydicom stops quietly at the end of a short file; a cut-off object must not pass as whole.
-
-    A value shorter than its declared length, or bytes left over after the last
-    element (a header cut in half), can only be the end of a cut file. A file
-    cut exactly between two elements cannot be told from a complete one.
-    """
-    if not ds._dict:
-        raise UnreadableDicom("empty-dataset")
-    last = next(reversed(ds._dict.values()))
-    length, value = getattr(last, "length", None), last.value  # parsed sequences have no raw length
-    if length in (None, 0xFFFFFFFF) or not isinstance(value, bytes):
-        return
-    if len(value) != length or (file_size is not None and last.value_tell + length != file_size):
-        raise UnreadableDicom("truncated")
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +249,7 @@ def classify_path(
 ) -> Classification:
     """Classify a file from its headers (pixel data is not read)."""
     try:
-        ds = read_dataset(path, stop_before_pixels=True)
+        ds = read_header(path)
     except UnreadableDicom:
         ds = None
     return classify(ds, policy, source=source, deidentified=deidentified)

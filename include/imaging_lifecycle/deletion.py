@@ -39,8 +39,8 @@ from imaging_lifecycle import faults
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord
 from imaging_lifecycle.catalog.states import DELETED, DELETING, EXPIRABLE, EXPIRED
 from imaging_lifecycle.keystore import KekRef
-from imaging_lifecycle.retention import BackupRequired, default_backup_required
-from imaging_lifecycle.settings import LOCKED_ZONES, Settings, load_settings
+from imaging_lifecycle.services import Services
+from imaging_lifecycle.settings import LOCKED_ZONES
 
 METHOD = "cryptographic_erase+logical_delete"
 STANDARD = "NIST-SP-800-88r1"
@@ -79,24 +79,6 @@ class Target:
     @property
     def ref(self) -> str:
         return self.obj.id if self.kind == "object" else f"{self.obj.id}/{self.scope}"
-
-
-@dataclass
-class _Ctx:
-    settings: Settings
-    catalog: Catalog
-    store: object
-    keystore: object
-    actor: str
-
-
-def _ctx(actor: str, settings: Settings | None, catalog, store, keystore) -> _Ctx:
-    from imaging_lifecycle.keystore import open_default_keystore
-    from imaging_lifecycle.storage import ObjectStore
-
-    settings = settings or load_settings()
-    return _Ctx(settings, catalog or Catalog(settings.catalog_url), store or ObjectStore(settings),
-                keystore or open_default_keystore(settings), actor)
 
 
 def _chunks(items: list, n: int = BATCH):
@@ -148,9 +130,13 @@ def targets_for_ids(cat: Catalog, object_ids: list[str]) -> list[Target]:
     return targets
 
 
-def gate_rows(cat: Catalog, targets: list[Target], now: dt.datetime,
-              backup_required: BackupRequired = default_backup_required) -> list[dict]:
-    """One gate row per target, from fresh catalog reads (a hold set since planning counts)."""
+def gate_rows(svc: Services, targets: list[Target], now: dt.datetime) -> list[dict]:
+    """One gate row per target, from fresh catalog reads (a hold set since planning counts).
+
+    Whether an archived object must have a backup copy is its tier's policy
+    (an unclassified object counts as the most sensitive tier).
+    """
+    cat, policy = svc.catalog, svc.policy
     fresh = cat.get_many([t.obj.id for t in targets])
     all_copies = {}
     rows = []
@@ -158,7 +144,7 @@ def gate_rows(cat: Catalog, targets: list[Target], now: dt.datetime,
         o = fresh[t.obj.id]
         backup_ok = True
         if t.kind == "object" and o.state != DELETING and (o.zone or "archive") == "archive" \
-                and backup_required(o.tier if o.tier is not None else 5):
+                and policy.tier(o.tier if o.tier is not None else policy.highest_tier).handling.backup_required:
             if o.id not in all_copies:
                 all_copies[o.id] = cat.copies(o.id, include_deleted=True)
             backup_ok = any(c.zone == "backup" for c in all_copies[o.id])
@@ -175,24 +161,20 @@ def gate_rows(cat: Catalog, targets: list[Target], now: dt.datetime,
 # -- the procedure -----------------------------------------------------------------
 
 
-def sweep(now: dt.datetime, *, limit: int = 1000, actor: str, backup_required: BackupRequired | None = None,
-          settings: Settings | None = None, catalog=None, store=None, keystore=None) -> dict:
+def sweep(svc: Services, now: dt.datetime, *, actor: str, limit: int = 1000) -> dict:
     """The sweeper DAG step: delete everything past its deadline at ``now`` (at most ``limit`` of each kind)."""
-    ctx = _ctx(actor, settings, catalog, store, keystore)
-    targets = plan(ctx.catalog, now, limit)
-    return _run(ctx, targets, now, backup_required or default_backup_required)
+    svc.guard("sweep", actor=actor)
+    return _run(svc, plan(svc.catalog, now, limit), now, actor=actor)
 
 
-def delete_candidates(object_ids: list[str], now: dt.datetime, *, actor: str,
-                      backup_required: BackupRequired | None = None, settings: Settings | None = None,
-                      catalog=None, store=None, keystore=None) -> dict:
+def delete_candidates(svc: Services, object_ids: list[str], now: dt.datetime, *, actor: str) -> dict:
     """Delete these objects whole, if the gate lets every one of them go (else nothing is deleted)."""
-    ctx = _ctx(actor, settings, catalog, store, keystore)
-    return _run(ctx, targets_for_ids(ctx.catalog, object_ids), now, backup_required or default_backup_required)
+    svc.guard("delete", actor=actor)
+    return _run(svc, targets_for_ids(svc.catalog, object_ids), now, actor=actor)
 
 
-def _run(ctx: _Ctx, targets: list[Target], now: dt.datetime, backup_required: BackupRequired) -> dict:
-    from imaging_lifecycle.gates import enforce
+def _run(svc: Services, targets: list[Target], now: dt.datetime, *, actor: str) -> dict:
+    from imaging_lifecycle.gates import enforce_recorded
     from imaging_lifecycle.gates.deletion import check
 
     out = {"candidates": len(targets), "objects_deleted": 0, "copies_deleted": 0, "grants_erased": 0,
@@ -200,20 +182,17 @@ def _run(ctx: _Ctx, targets: list[Target], now: dt.datetime, backup_required: Ba
     if not targets:
         return out
     now = now.astimezone(dt.timezone.utc)
-    result = check(gate_rows(ctx.catalog, targets, now, backup_required))
-    ctx.catalog.audit.append(ctx.actor, "gate.run", outcome="success" if result.success else "failure",
-                             detail={"gate": result.gate, "ok": result.success, "rows": result.rows,
-                                     "failed": len(result.failures)})
+    result = check(gate_rows(svc, targets, now))
     out["gate"] = result.summary()
-    enforce(result)  # GateFailed: nothing was touched
-    _erase(ctx, targets)
+    enforce_recorded(svc.catalog, result, actor=actor)  # GateFailed: nothing was touched
+    _erase(svc, targets, actor=actor)
     faults.point("deletion.after_erase")
-    _purge(ctx, targets)
+    _purge(svc, targets)
     faults.point("deletion.after_purge")
-    _remove_local(ctx, targets)
-    _verify(ctx, targets)
+    _remove_local(svc, targets)
+    _verify(svc, targets)
     faults.point("deletion.before_certify")
-    done = _certify(ctx, targets)
+    done = _certify(svc, targets, actor=actor)
     out["certificates"] = len(done)
     out["objects_deleted"] = sum(1 for t in done if t.kind == "object")
     out["copies_deleted"] = sum(len(t.copies) for t in done)
@@ -223,24 +202,24 @@ def _run(ctx: _Ctx, targets: list[Target], now: dt.datetime, backup_required: Ba
     return out
 
 
-def _erase(ctx: _Ctx, targets: list[Target]) -> None:
+def _erase(svc: Services, targets: list[Target], *, actor: str) -> None:
     """Step 1: DELETING + every DEK destroyed (catalog), then KEKs nothing else needs (key store)."""
-    cat = ctx.catalog
+    cat = svc.catalog
     for batch in _chunks(targets):
         with cat.transaction() as s:
             for t in batch:
                 if t.kind == "object":
                     if t.obj.state in EXPIRABLE:
-                        cat.transition(t.obj.id, EXPIRED, actor=ctx.actor, session=s)
-                    cat.transition(t.obj.id, DELETING, actor=ctx.actor, session=s)
+                        cat.transition(t.obj.id, EXPIRED, actor=actor, session=s)
+                    cat.transition(t.obj.id, DELETING, actor=actor, session=s)
                 for c in t.copies:
                     if c.key_id:
-                        cat.destroy_data_key(c.key_id, actor=ctx.actor, object_id=t.obj.id, session=s)
+                        cat.destroy_data_key(c.key_id, actor=actor, object_id=t.obj.id, session=s)
     faults.point("deletion.after_dek_destroy")
     deks = sorted({c.key_id for t in targets for c in t.copies if c.key_id})
     rows = cat.data_key_rows(deks)
     kek_owner: dict[str, str] = {}
-    ks = ctx.keystore
+    ks = svc.keystore
     for t in targets:
         for c in t.copies:
             if c.key_id in rows:
@@ -260,7 +239,7 @@ def _erase(ctx: _Ctx, targets: list[Target]) -> None:
         # rather than leaving a destroyed key without one.
         with cat.transaction() as s:
             for k in batch:
-                cat.audit.append(ctx.actor, "key.destroy", object_ref=kek_owner[k], detail={"kek": k}, session=s)
+                cat.audit.append(actor, "key.destroy", object_ref=kek_owner[k], detail={"kek": k}, session=s)
         with _ks_transaction(ks):
             for k in batch:
                 ks.destroy(k)
@@ -285,7 +264,7 @@ def _copy_keys(t: Target) -> list[tuple[str, str]]:
     return keys
 
 
-def _listing(ctx: _Ctx, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list]:
+def _listing(svc: Services, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list]:
     """Every version and delete marker of the wanted (zone, key)s: one listing per folder when many."""
     found: dict[tuple[str, str], list] = defaultdict(list)
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -294,22 +273,22 @@ def _listing(ctx: _Ctx, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], l
     for (zone, folder), keys in groups.items():
         prefixes = [folder] if len(keys) >= LIST_FOLDER_AT else keys
         for prefix in prefixes:
-            for v in ctx.store.versions(zone, prefix):
+            for v in svc.store.versions(zone, prefix):
                 if (zone, v.key) in wanted:
                     found[(zone, v.key)].append(v)
     return found
 
 
-def _purge(ctx: _Ctx, targets: list[Target]) -> None:
+def _purge(svc: Services, targets: list[Target]) -> None:
     """Step 2: remove every version and delete marker (DeleteObjects, 1,000 per request)."""
     wanted = {zk for t in targets for zk in _copy_keys(t)}
-    found = _listing(ctx, wanted)
+    found = _listing(svc, wanted)
     by_zone: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
-    for (zone, key), versions in found.items():
+    for (zone, _key), versions in found.items():
         by_zone[zone].extend((v.key, v.version_id) for v in versions)
     failed: set[tuple[str, str]] = set()
     for zone, pairs in by_zone.items():
-        for key, _vid, _code in ctx.store.purge(zone, pairs):
+        for key, _vid, _code in svc.store.purge(zone, pairs):
             failed.add((zone, key))
     for t in targets:
         keys = _copy_keys(t)
@@ -317,9 +296,9 @@ def _purge(ctx: _Ctx, targets: list[Target]) -> None:
         t.locked = sum(1 for zk in keys if zk in failed and zk[0] in LOCKED_ZONES)
 
 
-def _remove_local(ctx: _Ctx, targets: list[Target]) -> None:
+def _remove_local(svc: Services, targets: list[Target]) -> None:
     """Step 3: staged ingest files of these objects (their ``.id`` sidecar names the catalog id)."""
-    root = ctx.settings.state_dir / "ingest"
+    root = svc.settings.state_dir / "ingest"
     ids = {t.obj.id for t in targets if t.kind == "object"}
     if not ids or not root.is_dir():
         return
@@ -332,15 +311,15 @@ def _remove_local(ctx: _Ctx, targets: list[Target]) -> None:
             continue
 
 
-def _verify(ctx: _Ctx, targets: list[Target]) -> None:
+def _verify(svc: Services, targets: list[Target]) -> None:
     """Step 4: a fresh listing finds no version; no DEK is live; each KEK is destroyed or still needed."""
     wanted = {zk for t in targets for zk in _copy_keys(t)}
-    left = _listing(ctx, wanted)
-    rows = ctx.catalog.data_key_rows(sorted({c.key_id for t in targets for c in t.copies if c.key_id}))
+    left = _listing(svc, wanted)
+    rows = svc.catalog.data_key_rows(sorted({c.key_id for t in targets for c in t.copies if c.key_id}))
     for t in targets:
         remaining = sum(len(left.get(zk, [])) for zk in _copy_keys(t))
         live = sum(1 for c in t.copies if c.key_id and rows.get(c.key_id, {}).get("live"))
-        shared = [k for k in t.keks if not _kek_gone(ctx.keystore, k)]
+        shared = [k for k in t.keks if not _kek_gone(svc.keystore, k)]
         t.verification = {
             "versions_remaining": remaining,
             "data_keys_live": live,
@@ -351,25 +330,25 @@ def _verify(ctx: _Ctx, targets: list[Target]) -> None:
         }
 
 
-def _certify(ctx: _Ctx, targets: list[Target]) -> list[Target]:
+def _certify(svc: Services, targets: list[Target], *, actor: str) -> list[Target]:
     """Step 5, last: mark deleted and certify the targets that verified, one transaction per batch."""
-    cat = ctx.catalog
+    cat = svc.catalog
     done = [t for t in targets if t.verification.get("result") == "pass"]
     for batch in _chunks(done):
         with cat.transaction() as s:
             for t in batch:
                 for c in t.copies:
-                    cat.mark_copy_deleted(c.id, actor=ctx.actor, session=s)
+                    cat.mark_copy_deleted(c.id, actor=actor, session=s)
                 for g in t.grants:
-                    cat.mark_grant_erased(g["id"], actor=ctx.actor, session=s)
+                    cat.mark_grant_erased(g["id"], actor=actor, session=s)
                 if t.kind == "object":
-                    cat.transition(t.obj.id, DELETED, actor=ctx.actor, session=s)
+                    cat.transition(t.obj.id, DELETED, actor=actor, session=s)
                 zones = sorted({zk[0] for zk in _copy_keys(t)})
-                cat.add_certificate(t.obj.id, scope=t.scope, actor=ctx.actor, session=s, body={
+                cat.add_certificate(t.obj.id, scope=t.scope, actor=actor, session=s, body={
                     "object": t.obj.id, "scope": t.scope, "tier": t.obj.tier, "zones": zones,
                     "copies": len(t.copies), "versions_purged": t.purged_versions,
                     "method": METHOD, "standard": STANDARD, "sanitization": "purge",
-                    "actor": ctx.actor, "completed_at": _iso(dt.datetime.now(dt.timezone.utc)),
+                    "actor": actor, "completed_at": _iso(dt.datetime.now(dt.timezone.utc)),
                     "verification": t.verification,
                 })
     return done
@@ -379,9 +358,9 @@ def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def certificates(catalog_id: str, *, settings: Settings | None = None, catalog=None) -> list[dict]:
+def certificates(svc: Services, catalog_id: str) -> list[dict]:
     """The deletion certificates of ``catalog_id`` (what ``imaging-lifecycle certificate`` exports)."""
-    cat = catalog or Catalog((settings or load_settings()).catalog_url)
+    cat = svc.catalog
     cat.get(catalog_id)  # UnknownObject for an unknown id
     return cat.certificates(catalog_id)
 

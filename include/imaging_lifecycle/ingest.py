@@ -9,13 +9,17 @@ One DAG run takes one batch:
    XCom carries the batch id and chunk numbers only. Files arriving while a
    batch runs wait for the next one. Files of an earlier batch that crashed
    are claimed again, so nothing is stranded.
-2. :func:`ingest_chunk` (a mapped task per chunk) inspects each file and
-   either stores it (encrypted, read back and verified) and registers it, or
-   quarantines it with a reason code. Only then is the staged file removed.
-   Every step is idempotent per file, so a rerun after a crash at any point
-   neither loses nor duplicates anything.
-3. :func:`gate_batch` runs the ingest validation gate over the batch's
-   catalog rows; a failed gate marks the batch and stops it there.
+2. :func:`run_chunk` (the mapped task, one per chunk) passes each file to
+   :func:`ingest_file`, which inspects it and either stores it (encrypted,
+   read back and verified) and registers it, or quarantines it with a reason
+   code. Only then is the staged file removed. Every step is idempotent per
+   file, so a rerun after a crash at any point neither loses nor duplicates
+   anything.
+3. :func:`close_batch` runs the ingest validation gate over the batch's
+   catalog rows; a failed gate marks the batch GATE_FAILED and stops it there.
+
+Stage functions take the task's :class:`~imaging_lifecycle.services.Services`;
+:func:`claim_batch` needs only the settings (it touches local folders alone).
 """
 
 from __future__ import annotations
@@ -33,14 +37,12 @@ from pathlib import Path
 
 from imaging_lifecycle import faults, landing
 from imaging_lifecycle.inspection import inspect
-from imaging_lifecycle.settings import Settings, load_settings
+from imaging_lifecycle.services import Services
+from imaging_lifecycle.settings import Settings
 
 CHUNK_SIZE = 100
 MANIFEST = "manifest.json"
 MAX_CHUNKS = 1000  # Airflow maps at most 1024 task instances
-#: Tier used in the associated data of staged originals: not yet classified,
-#: so treated as the most sensitive (fail closed). Protect re-encrypts with the real tier.
-UNCLASSIFIED_TIER = 5
 
 
 @dataclass(frozen=True)
@@ -187,25 +189,6 @@ def finish_batch(settings: Settings, batch_id: str) -> None:
 # -- one chunk: the mapped task --------------------------------------------------
 
 
-@dataclass
-class Services:
-    """What ingest talks to; opened once per task, not per file."""
-
-    settings: Settings
-    catalog: "Catalog"
-    vault: "Vault"
-
-    @classmethod
-    def open(cls, settings: Settings | None = None) -> "Services":
-        from imaging_lifecycle.catalog import Catalog
-        from imaging_lifecycle.keystore import open_default_keystore
-        from imaging_lifecycle.storage import ObjectStore
-        from imaging_lifecycle.vault import Vault
-
-        settings = settings or load_settings()
-        return cls(settings, Catalog(settings.catalog_url), Vault(ObjectStore(settings), open_default_keystore(settings)))
-
-
 def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str):
     """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
 
@@ -217,11 +200,14 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
         if copy.zone == zone:
             return copy
     key = f"{'objects' if zone == 'archive' else zone}/{oid}"
-    store = svc.vault.store
+    store = svc.encrypted.store
     leftovers = [(v.key, v.version_id) for v in store.versions(zone, key) if v.key == key]
     if leftovers:
         store.purge(zone, leftovers)
-    sealed = svc.vault.put(staged, catalog_id=oid, zone=zone, tier=UNCLASSIFIED_TIER, scope_id=scope_id, key=key)
+    # Not yet classified, so bound to the policy's most sensitive tier (fail closed);
+    # protect re-encrypts the original with its real tier.
+    sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=svc.policy.highest_tier,
+                               scope_id=scope_id, key=key)
     faults.point("ingest.after_upload")
     return svc.catalog.record_sealed(oid, sealed, actor=actor)
 
@@ -267,9 +253,8 @@ def ingest_file(svc: Services, staged: Path, source: str, batch_id: str, *, acto
     return "stored"
 
 
-def run_chunk(batch_id: str, chunk: int, *, actor: str, settings: Settings | None = None) -> dict:
+def run_chunk(svc: Services, batch_id: str, chunk: int, *, actor: str) -> dict:
     """The mapped ingest task: every file of one chunk. Returns counts by outcome (XCom-safe)."""
-    svc = Services.open(settings)
     counts: dict[str, int] = {}
     for staged, source in chunk_files(svc.settings, batch_id, chunk):
         outcome = ingest_file(svc, staged, source, batch_id, actor=actor)
@@ -277,12 +262,11 @@ def run_chunk(batch_id: str, chunk: int, *, actor: str, settings: Settings | Non
     return {"batch_id": batch_id, "chunk": chunk, "counts": counts}
 
 
-def close_batch(results: list[dict], *, actor: str, settings: Settings | None = None) -> dict:
+def close_batch(svc: Services, results: list[dict], *, actor: str) -> dict:
     """Gate the batch; mark it INGESTED or GATE_FAILED. Raises GateFailed so nothing moves on."""
-    from imaging_lifecycle.gates import GateFailed, enforce
+    from imaging_lifecycle.gates import GateFailed, enforce_recorded
     from imaging_lifecycle.gates.ingest import check, rows_for
 
-    svc = Services.open(settings)
     (batch_id,) = {r["batch_id"] for r in results}
     totals: dict[str, int] = {}
     for r in results:
@@ -301,11 +285,8 @@ def close_batch(results: list[dict], *, actor: str, settings: Settings | None = 
     if not rows:  # everything was quarantined: nothing moves on, and nothing needs gating
         svc.catalog.set_batch_state(batch_id, "INGESTED", actor=actor, counts=_counts(summary))
         return {**summary, "gate": None}
-    result = check(rows)
-    svc.catalog.audit.append(actor, "gate.run", detail={"gate": result.gate, "ok": result.success,
-                                                          "rows": result.rows, "failed": len(result.failures)})
     try:
-        enforce(result)
+        result = enforce_recorded(svc.catalog, check(rows), actor=actor)
     except GateFailed:
         svc.catalog.set_batch_state(batch_id, "GATE_FAILED", actor=actor, counts=_counts(summary), outcome="failure")
         raise

@@ -4,7 +4,8 @@ Parsing never loads pixel data: values larger than :data:`DEFER_SIZE` are
 skipped by seeking, which also reveals a truncated file (the parser seeks
 past the end); smaller values cut short are caught by a short-read probe. A
 file cut exactly between two elements is a well-formed smaller dataset and
-cannot be told from one; it is caught only if that removed a required UID. Every refusal carries a reason code from :data:`REASONS`,
+cannot be told from one; it is caught only if that removed a required UID.
+Every refusal carries a reason code from :data:`REASONS`,
 so quarantine is machine-readable. The inspection holds the UIDs in memory
 for the caller; they are never part of :meth:`Inspection.public`.
 """
@@ -15,10 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from imaging_lifecycle.crypto import sha256_file
+from imaging_lifecycle.dicomfile import NotDicom, read_probed
 
 #: Quarantine reason codes. Stable strings: operators and dashboards match on them.
 REASONS: dict[str, str] = {
@@ -55,32 +54,6 @@ class Inspection:
     def public(self) -> dict:
         """What may leave the process (XCom, logs): no names, no UIDs."""
         return {"size": self.size, "sha256": self.sha256, "reason": self.reason, "sop_class_uid": self.sop_class_uid}
-
-
-class _ShortReadProbe:
-    """A read-only file wrapper that notices when the parser asked for more than the file holds.
-
-    pydicom accepts a short read of an element value silently. The only
-    legitimate short read is a clean end of file where the next element header
-    (8 bytes) would start; anything else means the file was cut inside an
-    element.
-    """
-
-    def __init__(self, f):
-        self._f = f
-        self.truncated = False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        if n is not None and n > 0 and len(data) < n and not (len(data) == 0 and n == 8):
-            self.truncated = True
-        return data
-
-    def seek(self, *a):
-        return self._f.seek(*a)
-
-    def tell(self) -> int:
-        return self._f.tell()
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -122,16 +95,18 @@ def inspect(path: Path, landing: Path, *, max_bytes: int | None = None) -> Inspe
                 insp.reason = "NOT_DICOM"
                 return insp
             f.seek(0)
-            probe = _ShortReadProbe(f)
-            ds = pydicom.dcmread(probe, defer_size=DEFER_SIZE)
-            end = f.tell()
-    except InvalidDicomError:
+            probed = read_probed(f, defer_size=DEFER_SIZE)
+    except NotDicom:
         insp.reason = "NOT_DICOM"
         return insp
-    except Exception:  # pydicom raises many types for malformed input; none may escape
-        insp.reason = "TRUNCATED" if "probe" in locals() and probe.truncated else "UNREADABLE"
+    except OSError:
+        insp.reason = "UNREADABLE"
         return insp
-    if end > st.st_size or probe.truncated:
+    if probed.dataset is None:
+        insp.reason = "TRUNCATED" if probed.truncated else "UNREADABLE"
+        return insp
+    ds = probed.dataset
+    if probed.end > st.st_size or probed.truncated:
         insp.reason = "TRUNCATED"
         return insp
     values = {}

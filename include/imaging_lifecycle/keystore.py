@@ -91,7 +91,7 @@ from typing import Protocol, runtime_checkable
 from imaging_lifecycle import crypto
 from imaging_lifecycle.crypto import CryptoError, KeyUnavailable
 from imaging_lifecycle.secretfiles import load_or_create_secret
-from imaging_lifecycle.settings import Settings, load_settings
+from imaging_lifecycle.settings import Settings
 
 __all__ = [
     "KekRef",
@@ -525,8 +525,7 @@ def load_master_key(settings: Settings | None = None) -> bytes:
     return load_or_create_secret("master", crypto.KEY_SIZE, settings)
 
 
-def open_default_keystore(settings: Settings | None = None) -> LocalKeyStore:
+def open_default_keystore(settings: Settings) -> LocalKeyStore:
     """The embedded key store: ``IL_KEYSTORE_PATH`` or ``<state>/secrets/keystore.sealed``."""
-    settings = settings or load_settings()
     path = os.environ.get(KEYSTORE_PATH_ENV) or settings.secrets_dir / "keystore.sealed"
     return LocalKeyStore(path, load_master_key(settings))

@@ -1,7 +1,10 @@
 """Protect: from a staged original to a classified, (de-identified,) encrypted, stored object.
 
-The ``protect`` DAG runs these steps per ingested batch, each a plain
-function over catalog ids:
+The ``protect`` DAG runs these steps, each a plain function over catalog ids
+that takes the :class:`~imaging_lifecycle.services.Services` of its task:
+
+* :func:`pending_chunks` lists what is still to protect, from batches whose
+  ingest gate passed.
 
 * :func:`classify_objects` decrypts each staged original (headers only),
   classifies it under the policy (fail closed) and records tier and rule.
@@ -12,8 +15,11 @@ function over catalog ids:
 * :func:`store_objects` re-encrypts the original when its tier differs from
   the staging tier (the tier is bound into the ciphertext), reads it back,
   and moves the object to STORED with its retention deadline.
-* :func:`closing_rows` feeds the closing gate: every object STORED with a
-  key id and ciphertext hash, and no stored object that starts like DICOM.
+* :func:`backup_objects` replicates what the tier's policy wants backed up.
+* :func:`classified_gate`, :func:`deid_gate` and :func:`closing_gate` stand
+  between them; each audits its verdict and raises ``GateFailed`` on failure.
+  The closing gate wants every object STORED with a key id and ciphertext
+  hash, and no stored copy that starts like DICOM.
 
 Plaintext exists only in memory or in 0600 temporary files under the state
 folder, removed in ``finally`` blocks.
@@ -24,14 +30,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import pydicom
-
 from imaging_lifecycle.catalog import states
-from imaging_lifecycle.ingest import UNCLASSIFIED_TIER, Services
+from imaging_lifecycle.dicomfile import UnreadableDicom, read_dataset, read_header
+from imaging_lifecycle.services import Services
 
 RESEARCH_ZONE = "research"
 REID_PREFIX = "reid/"
@@ -51,24 +56,27 @@ def plaintext_file(svc: Services, obj):
     tmpdir = svc.settings.state_dir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     os.chmod(tmpdir, 0o700)
-    path = Path(tempfile.mktemp(dir=tmpdir, suffix=".dcm"))
+    # A fresh random name in our 0700 folder; restore_to creates it exclusively (0600) and
+    # makes it appear only once the content verified.
+    path = tmpdir / f"{uuid.uuid4().hex}.dcm"
     try:
-        svc.vault.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)
+        svc.encrypted.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)
         yield path
     finally:
         path.unlink(missing_ok=True)
 
 
-def _policy():
-    from imaging_lifecycle.policy import load_policy
-
-    return load_policy(os.environ.get("IL_POLICY_FILE") or None)
+def _sender(obj) -> str | None:  # noqa: ANN001
+    """The sending AE title of an object our C-STORE receiver took in, else None."""
+    return obj.source.split(":", 1)[1] if obj.source and obj.source.startswith("cstore:") else None
 
 
 def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
+    """Classify each VALIDATED original under the policy in force (fail closed); records tier, rule and policy."""
     from imaging_lifecycle.classify import classify
 
-    policy = _policy()
+    svc.guard("classify", actor=actor)
+    policy = svc.policy
     counts: dict[str, int] = {}
     for oid in ids:
         obj = svc.catalog.get(oid)
@@ -76,20 +84,21 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
             continue  # done by an earlier attempt
         with plaintext_file(svc, obj) as path:
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:
+                ds = read_header(path)
+            except UnreadableDicom:
                 ds = None  # unreadable now: classify fails closed to the highest tier
-            source = obj.source if obj.source and obj.source.startswith("cstore:") else None
-            result = classify(ds, policy, source=source.split(":", 1)[1] if source else None)
+            result = classify(ds, policy, source=_sender(obj))
         svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
-                               detail={"tier": result.tier, "rule": result.rule_id})
+                               policy_fingerprint=policy.fingerprint,
+                               detail={"tier": result.tier, "rule": result.rule_id, "policy": policy.fingerprint})
         counts[f"tier{result.tier}"] = counts.get(f"tier{result.tier}", 0) + 1
     return counts
 
 
 def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime | None = None) -> dict:
     """Final encryption (with the real tier), read-back verification, STORED with a retention deadline."""
-    policy = _policy()
+    svc.guard("store", actor=actor)
+    policy = svc.policy
     now = now or dt.datetime.now(dt.timezone.utc)
     stored = 0
     for oid in ids:
@@ -113,10 +122,10 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
 def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
     """Encrypt the original again, bound to its real tier; retire the staged version and its key."""
     with plaintext_file(svc, obj) as path:
-        sealed = svc.vault.put(path, catalog_id=obj.id, zone="archive", tier=obj.tier,
+        sealed = svc.encrypted.put(path, catalog_id=obj.id, zone="archive", tier=obj.tier,
                                scope_id=f"study:{obj.study_key}", key=old_copy.key)
     new_copy = svc.catalog.record_sealed(obj.id, sealed, actor=actor)
-    svc.vault.store.purge("archive", [(old_copy.key, old_copy.version_id)])
+    svc.encrypted.store.purge("archive", [(old_copy.key, old_copy.version_id)])
     svc.catalog.mark_copy_deleted(old_copy.id, actor=actor)
     svc.catalog.destroy_data_key(old_sealed.dek_id, actor=actor, object_id=obj.id)
     return new_copy
@@ -129,7 +138,7 @@ def closing_rows(svc: Services, ids: list[str]) -> list[dict]:
         obj = svc.catalog.get(oid)
         plaintext = False
         for c in svc.catalog.copies(oid):
-            with svc.vault.store.open(c.zone, c.key, c.version_id) as r:
+            with svc.encrypted.store.open(c.zone, c.key, c.version_id) as r:
                 head = r.read(132)
             plaintext |= head.startswith(b"DICM") or head[128:132] == b"DICM"
         rows.append({"catalog_id": oid, "state": obj.state, "key_id": obj.key_id,
@@ -150,11 +159,11 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     the (later) two-person approval flow. Burned-in text risk: the original
     goes to NEEDS_REVIEW, flagged with the reason, and no derivative is made.
     """
-    from imaging_lifecycle.classify import UnreadableDicom, read_dataset
-    from imaging_lifecycle.deid import DeidError, Deidentifier, write_dataset
+    from imaging_lifecycle.deid import Deidentifier, DeidError, write_dataset
     from imaging_lifecycle.secretfiles import load_or_create_secret
 
-    policy = _policy()
+    svc.guard("deidentify", actor=actor)
+    policy = svc.policy
     engine = Deidentifier(policy, load_or_create_secret("deid-hmac", settings=svc.settings))
     counts: dict[str, int] = {}
 
@@ -165,10 +174,9 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         obj = svc.catalog.get(oid)
         if obj.state != states.CLASSIFIED or not policy.tier(obj.tier).handling.deidentify:
             continue
-        source = obj.source.split(":", 1)[1] if obj.source and obj.source.startswith("cstore:") else None
         with plaintext_file(svc, obj) as path:
             try:
-                result = engine.deidentify(read_dataset(path), source=source)
+                result = engine.deidentify(read_dataset(path), source=_sender(obj))
             except (DeidError, UnreadableDicom) as exc:  # reason codes only: pydicom's messages quote values
                 svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor, flagged=f"DEID_{exc.reason}"[:64],
                                        detail={"reason": exc.reason})
@@ -209,12 +217,13 @@ def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: s
     if d.state == states.VALIDATED:
         c = classify(ds, policy, deidentified=True)
         svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
-                               detail={"tier": c.tier, "rule": c.rule_id})
+                               policy_fingerprint=policy.fingerprint,
+                               detail={"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint})
         d = svc.catalog.get(d.id)
     if d.state == states.CLASSIFIED:
         copy = next((c for c in svc.catalog.copies(d.id) if c.zone == RESEARCH_ZONE), None)
         if copy is None:
-            sealed = svc.vault.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
+            sealed = svc.encrypted.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
                                    scope_id=f"study:{d.study_key}", key=f"{RESEARCH_ZONE}/{d.id}")
             copy = svc.catalog.record_sealed(d.id, sealed, actor=actor)
         svc.catalog.transition(d.id, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
@@ -230,7 +239,7 @@ def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -
     if any(c.key.startswith(REID_PREFIX) for c in svc.catalog.copies(parent.id)):
         return
     top = policy.highest_tier
-    sealed = svc.vault.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=top,
+    sealed = svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=top,
                            scope_id=f"reid:{parent.id}", key=f"{REID_PREFIX}{parent.id}", size=len(data))
     svc.catalog.record_sealed(parent.id, sealed, actor=actor)
 
@@ -242,13 +251,12 @@ def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -
 PENDING_STATES = (states.VALIDATED, states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW, states.PROTECTED)
 
 
-def pending_chunks(settings=None, chunk: int = CHUNK) -> list[list[str]]:
+def pending_chunks(svc: Services, chunk: int = CHUNK) -> list[list[str]]:
     """Ids to protect, in chunks: only from batches whose ingest gate passed (INGESTED).
 
     An object of a batch still being ingested, or whose gate failed, is VALIDATED
     too; taking it here would let it past the gate.
     """
-    svc = Services.open(settings)
     passed: dict[str, bool] = {}
 
     def gated(batch_id: str | None) -> bool:
@@ -262,61 +270,58 @@ def pending_chunks(settings=None, chunk: int = CHUNK) -> list[list[str]]:
     return [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
 
 
-STEPS = {"classify": classify_objects, "deidentify": deidentify_objects, "store": store_objects}
-
-
-def run(step: str, ids: list[str], *, actor: str, settings=None) -> dict:
-    svc = Services.open(settings)
-    if step == "backup":
-        return backup_objects(svc, ids, actor=actor)
-    return STEPS[step](svc, ids, actor=actor)
-
-
 def backup_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
+    """Replicate the STORED objects whose tier's policy requires a backup copy."""
     from imaging_lifecycle import backup
 
-    policy = _policy()
+    policy = svc.policy
     wanted = [o.id for o in map(svc.catalog.get, ids)
               if o.state == states.STORED and policy.tier(o.tier).handling.backup_required]
-    return backup.replicate(svc.catalog, svc.vault.store, wanted, actor=actor, vault=svc.vault) if wanted else {}
+    return backup.replicate(svc.catalog, svc.store, wanted, actor=actor, encrypted=svc.encrypted) if wanted else {}
 
 
-def gate(name: str, chunks: list[list[str]], *, actor: str, settings=None) -> dict:
-    """Run one of protect's gates over the run's objects; raises GateFailed (nothing moves on)."""
-    from imaging_lifecycle.gates import enforce
-    from imaging_lifecycle.gates import protect as suites
+# -- the gates between the steps --------------------------------------------------------
 
-    svc = Services.open(settings)
-    ids = [i for c in chunks for i in c]
-    if name == "classified":
-        rows = [{"catalog_id": o.id, "tier": o.tier, "rule_id": o.rule_id} for o in map(svc.catalog.get, ids)]
-        result = suites.check_classified(rows)
-    elif name == "deid":
-        result = deid_gate(svc, ids)
-    else:
-        result = suites.check_closing(closing_rows(svc, ids + derivatives_of(svc, ids)))
-    svc.catalog.audit.append(actor, "gate.run", detail={"gate": result.gate, "ok": result.success,
-                                                          "rows": result.rows, "failed": len(result.failures)})
-    return enforce(result).summary()
+
+def _ids(chunks: list[list[str]]) -> list[str]:
+    return [i for c in chunks for i in c]
+
+
+def classified_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
+    """Every object of the run has a tier and the rule that decided it."""
+    from imaging_lifecycle.gates import enforce_recorded
+    from imaging_lifecycle.gates.protect import check_classified
+
+    rows = [{"catalog_id": o.id, "tier": o.tier, "rule_id": o.rule_id} for o in map(svc.catalog.get, _ids(chunks))]
+    return enforce_recorded(svc.catalog, check_classified(rows), actor=actor).summary()
+
+
+def deid_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
+    """The de-identification gate over this run's (original, derivative) pairs, decrypted in memory."""
+    from imaging_lifecycle.gates import GateResult, enforce_recorded
+    from imaging_lifecycle.gates import deid as suite
+
+    pairs = []
+    for d_id in derivatives_of(svc, _ids(chunks)):
+        d = svc.catalog.get(d_id)
+        parent = svc.catalog.get(d.source.split(":", 1)[1])
+        with plaintext_file(svc, parent) as original, plaintext_file(svc, d) as derived:
+            pairs.append((d_id, read_dataset(original), read_dataset(derived)))
+    # No tier in this run asked for a derivative: nothing was released, nothing to check.
+    result = suite.check(pairs, svc.policy) if pairs else GateResult("deid", True, 0)
+    return enforce_recorded(svc.catalog, result, actor=actor).summary()
+
+
+def closing_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
+    """Every object (and derivative) of the run is STORED, keyed, hashed, and no stored copy is plaintext."""
+    from imaging_lifecycle.gates import enforce_recorded
+    from imaging_lifecycle.gates.protect import check_closing
+
+    ids = _ids(chunks)
+    result = check_closing(closing_rows(svc, ids + derivatives_of(svc, ids)))
+    return enforce_recorded(svc.catalog, result, actor=actor).summary()
 
 
 def derivatives_of(svc: Services, ids: list[str]) -> list[str]:
     wanted = {f"derived:{i}" for i in ids}
     return [o.id for o in svc.catalog.objects() if o.source in wanted]
-
-
-def deid_gate(svc: Services, ids: list[str]):
-    """The de-identification gate over this run's (original, derivative) pairs, decrypted in memory."""
-    from imaging_lifecycle.classify import read_dataset
-    from imaging_lifecycle.gates import GateResult
-    from imaging_lifecycle.gates import deid as suite
-
-    pairs = []
-    for d_id in derivatives_of(svc, ids):
-        d = svc.catalog.get(d_id)
-        parent = svc.catalog.get(d.source.split(":", 1)[1])
-        with plaintext_file(svc, parent) as original, plaintext_file(svc, d) as derived:
-            pairs.append((d_id, read_dataset(original), read_dataset(derived)))
-    if not pairs:  # no tier in this run asked for a derivative: nothing was released, nothing to check
-        return GateResult("deid", True, 0)
-    return suite.check(pairs, _policy())

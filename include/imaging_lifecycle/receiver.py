@@ -37,7 +37,7 @@ class ReceiverConfig:
     bind: str = "127.0.0.1"
 
     @classmethod
-    def from_env(cls, settings: Settings | None = None) -> "ReceiverConfig":
+    def from_env(cls, settings: Settings | None = None) -> ReceiverConfig:
         settings = settings or load_settings()
         allowed = os.environ.get("IL_DICOM_ALLOWED_AES", "IL_DEMO_SCU")
         return cls(

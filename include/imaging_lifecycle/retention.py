@@ -1,16 +1,19 @@
-"""Retention: deadlines, the 72-hour cache grant, legal holds, stale local plaintext, Airflow's traces.
+"""Retention: deadlines, the cache grant, legal holds, stale local plaintext, Airflow's traces.
 
 Every deadline is computed when something enters a zone and stored in the
 catalog (``objects.retention_deadline`` for the primary copy, ``copies.deadline``
 for a working copy), so the sweeper (:mod:`imaging_lifecycle.deletion`) only
-compares indexed timestamps with ``now``. ``now`` is always passed in (the
-DAG run's data interval), never read from the wall clock here, so tests and
-backfills are exact.
+compares indexed timestamps with ``now``.
 
-Retention comes from the policy as a callable ``retention(tier, zone) ->
-timedelta``. Until the policy module is wired in, :data:`DEFAULT_RETENTION`
-(the issue's defaults, as data) answers. Whatever the policy says, a cache
-copy never lives longer than :data:`CACHE_MAX` (the hospitals' hard rule).
+Every term comes from the policy in force (``svc.policy``): the tier's own
+retention for a zone, else the policy's zone default. A working copy is made
+only in a zone the object's tier allows, and never lives longer than the
+tier's cache term, itself never more than :data:`CACHE_HARD_MAX` (the
+hospitals' 72-hour rule, enforced when the policy is loaded).
+
+``now`` is a parameter everywhere: the DAG tasks pass their run's data
+interval, so tests and backfills are exact. Only an interactive request with
+no ``now`` (``retrieve`` from the command line) reads the wall clock.
 """
 
 from __future__ import annotations
@@ -20,36 +23,15 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from imaging_lifecycle.settings import Settings, load_settings
-
-Retention = Callable[[int, str], dt.timedelta]
-BackupRequired = Callable[[int], bool]
-
-#: The hard limit of the cache zone, and of plaintext left on local disk.
-CACHE_MAX = dt.timedelta(hours=72)
-_YEAR = dt.timedelta(days=365)
-
-#: zone -> tier -> retention; ``None`` is the zone's value for any tier.
-#: Archive terms follow medical-record rules (15 years; 30 for the most
-#: sensitive tiers). The backup replica lives exactly as long as the archive.
-DEFAULT_RETENTION: dict[str, dict[int | None, dt.timedelta]] = {
-    "cache": {None: CACHE_MAX},
-    "research": {None: dt.timedelta(days=365)},
-    "archive": {1: 15 * _YEAR, 2: 15 * _YEAR, 3: 15 * _YEAR, 4: 30 * _YEAR, 5: 30 * _YEAR, None: 30 * _YEAR},
-    "backup": {1: 15 * _YEAR, 2: 15 * _YEAR, 3: 15 * _YEAR, 4: 30 * _YEAR, 5: 30 * _YEAR, None: 30 * _YEAR},
-    "quarantine": {None: dt.timedelta(days=30)},
-}
-
-#: tier -> whether an archived object of that tier must have a backup copy
-#: (the deletion gate refuses to delete one that lacks it: its history is wrong).
-DEFAULT_BACKUP_REQUIRED: dict[int, bool] = {1: False, 2: False, 3: False, 4: True, 5: True}
+from imaging_lifecycle.policy import CACHE_HARD_MAX
+from imaging_lifecycle.services import Services
 
 #: Local folders (relative to the state dir) where plaintext may sit; the landing folder is added.
 LOCAL_PLAINTEXT_DIRS = ("ingest", "tmp")
 #: File names in those folders that are bookkeeping, not content.
 _BOOKKEEPING_SUFFIXES = (".id", ".idtmp", ".json", ".tmp")
+CACHE_ZONE = "cache"
 
 
 class RetentionError(ValueError):
@@ -64,45 +46,38 @@ class GrantNotLive(RetentionError):
     """The grant expired, was erased, or its object is gone."""
 
 
-def default_retention(tier: int, zone: str) -> dt.timedelta:
-    """Look ``(tier, zone)`` up in :data:`DEFAULT_RETENTION`."""
-    table = DEFAULT_RETENTION.get(zone)
-    if table is None:
-        raise RetentionError(f"no retention for zone {zone!r}")
-    return table.get(tier, table[None])
+def _tier_of(svc: Services, obj) -> int:  # noqa: ANN001
+    """The object's tier; an unclassified object counts as the policy's most sensitive tier."""
+    return obj.tier if obj.tier is not None else svc.policy.highest_tier
 
 
-def default_backup_required(tier: int) -> bool:
-    return DEFAULT_BACKUP_REQUIRED.get(tier, True)  # unknown tier: fail closed
-
-
-def deadline_for(tier: int, zone: str, entered_at: dt.datetime, retention: Retention | None = None) -> dt.datetime:
-    """When something of ``tier`` that entered ``zone`` at ``entered_at`` must be gone."""
+def deadline_for(svc: Services, tier: int, zone: str, entered_at: dt.datetime) -> dt.datetime:
+    """When something of ``tier`` that entered ``zone`` at ``entered_at`` must be gone, by the policy."""
     if entered_at.utcoffset() is None:
         raise RetentionError("entered_at must be timezone-aware")
-    term = (retention or default_retention)(tier, zone)
-    if zone == "cache":
-        term = min(term, CACHE_MAX)
+    try:
+        term = svc.policy.retention_for(tier, zone)
+    except KeyError as exc:
+        raise RetentionError(str(exc.args[0])) from None
     return entered_at + term
 
 
-def assign_missing_deadlines(*, now: dt.datetime, actor: str, retention: Retention | None = None,
-                             limit: int = 1000, settings: Settings | None = None, catalog=None) -> dict:
+def assign_missing_deadlines(svc: Services, *, now: dt.datetime, actor: str, limit: int = 1000) -> dict:
     """Give objects that reached a resting state without a deadline their deadline (DAG step).
 
     Quarantined objects are registered without one; they get ``created_at +
     quarantine term``. Stored objects missing one (should not happen, the
     protect stage sets it) get their primary zone's term from ``now``.
     """
-    from imaging_lifecycle.catalog import Catalog, states
+    from imaging_lifecycle.catalog import states
 
-    cat = catalog or Catalog((settings or load_settings()).catalog_url)
+    cat = svc.catalog
     n = 0
     for obj in cat.without_deadline([states.QUARANTINED, states.STORED, states.BACKED_UP], limit):
         if obj.state == states.QUARANTINED:
-            when = deadline_for(obj.tier or 5, "quarantine", obj.created_at, retention)
+            when = deadline_for(svc, _tier_of(svc, obj), "quarantine", obj.created_at)
         else:
-            when = deadline_for(obj.tier or 5, obj.zone or "archive", now, retention)
+            when = deadline_for(svc, _tier_of(svc, obj), obj.zone or "archive", now)
         cat.set_retention_deadline(obj.id, when, actor=actor, detail={"zone": obj.zone or "quarantine"})
         n += 1
     return {"deadlines_set": n}
@@ -123,20 +98,14 @@ class Grant:
         return {"grant_id": self.id, "object_id": self.object_id, "hours": self.hours}
 
 
-def _check_hours(hours: int | None) -> int:
+def _check_hours(hours: int | None) -> int | None:
     if hours is None:
-        return int(CACHE_MAX.total_seconds() // 3600)
+        return None
     if isinstance(hours, bool) or not isinstance(hours, int) or hours < 1:
         raise GrantRefused("hours must be a whole number of hours, at least 1")
-    if dt.timedelta(hours=hours) > CACHE_MAX:
-        raise GrantRefused(f"hours must be at most {int(CACHE_MAX.total_seconds() // 3600)} (the cache rule)")
+    if dt.timedelta(hours=hours) > CACHE_HARD_MAX:
+        raise GrantRefused(f"hours must be at most {CACHE_HARD_MAX // dt.timedelta(hours=1)} (the cache rule)")
     return hours
-
-
-def _services(settings: Settings | None):
-    from imaging_lifecycle.ingest import Services
-
-    return Services.open(settings)
 
 
 #: Object states whose primary copy may be handed out as a working copy.
@@ -144,52 +113,71 @@ READABLE_STATES = frozenset({"VALIDATED", "CLASSIFIED", "DEIDENTIFIED", "NEEDS_R
                              "STORED", "BACKED_UP"})
 
 
-def grant_copy(svc, obj, src, size: int, *, hours: int | None, actor: str, now: dt.datetime,
-               retention: Retention | None = None, verify: bool = True) -> Grant:
+def cache_terms(svc: Services, obj, hours: int | None) -> tuple[int, int]:  # noqa: ANN001
+    """``(granted hours, tier limit in hours)`` for a working copy of ``obj``; refuses a tier without a cache.
+
+    The grant is capped at the tier's cache term; asking for nothing gets the whole term.
+    """
+    tier = _tier_of(svc, obj)
+    handling = svc.policy.tier(tier).handling
+    if CACHE_ZONE not in handling.zones:
+        raise GrantRefused(f"object {obj.id}: tier {tier} ({svc.policy.tier(tier).name}) allows no copy in the "
+                           f"{CACHE_ZONE} zone (its zones are {', '.join(handling.zones)})")
+    limit = svc.policy.retention_for(tier, CACHE_ZONE) // dt.timedelta(hours=1)
+    if limit < 1:
+        raise GrantRefused(f"object {obj.id}: tier {tier} keeps cache copies for less than an hour")
+    asked = _check_hours(hours)
+    return (limit if asked is None else min(asked, limit)), limit
+
+
+def grant_copy(svc: Services, obj, src, size: int, *, hours: int | None, actor: str, now: dt.datetime,  # noqa: ANN001
+               verify: bool = True) -> Grant:
     """Encrypt plaintext ``src`` into the cache zone under a fresh KEK (scope ``grant:<id>``).
 
     The grant row (who asked, deadline) is committed before the upload, so a
     crash at any point leaves an expiring grant the sweeper erases.
     """
-    hours = _check_hours(hours)
-    tier = obj.tier if obj.tier is not None else 5
-    deadline = min(now + dt.timedelta(hours=hours), deadline_for(tier, "cache", now, retention))
+    granted, limit = cache_terms(svc, obj, hours)
+    tier = _tier_of(svc, obj)
+    deadline = now + dt.timedelta(hours=granted)
     gid = uuid.uuid4().hex
-    key = f"cache/{gid}"
+    key = f"{CACHE_ZONE}/{gid}"
     scope = f"grant:{gid}"
     svc.catalog.add_grant(gid, obj.id, key=key, kek_scope=scope, deadline=deadline, actor=actor,
-                          detail={"hours": hours})
-    sealed = svc.vault.put(src, catalog_id=obj.id, zone="cache", tier=tier, scope_id=scope, key=key,
-                           size=size, verify=verify)
+                          detail={"hours": granted, "asked": hours, "tier_limit": limit})
+    sealed = svc.encrypted.put(src, catalog_id=obj.id, zone=CACHE_ZONE, tier=tier, scope_id=scope, key=key,
+                               size=size, verify=verify)
     with svc.catalog.transaction() as s:
         copy = svc.catalog.record_sealed(obj.id, sealed, actor=actor, deadline=deadline, session=s)
         svc.catalog.attach_grant_copy(gid, copy.id, session=s)
-    return Grant(gid, obj.id, hours)
+    return Grant(gid, obj.id, granted)
 
 
-def retrieve(catalog_id: str, *, actor: str, hours: int | None = None, now: dt.datetime | None = None,
-             retention: Retention | None = None, settings: Settings | None = None, services=None) -> Grant:
+def retrieve(svc: Services, catalog_id: str, *, actor: str, hours: int | None = None,
+             now: dt.datetime | None = None) -> Grant:
     """Re-encrypt a working copy of ``catalog_id`` into the cache zone for ``actor``; returns the grant.
 
-    The plaintext never touches disk: the primary copy is decrypted (and
-    verified) as a stream straight into the new encryption.
+    Refused before anything is decrypted when the object's tier allows no cache
+    copy; ``hours`` is capped at the tier's cache term. The plaintext never
+    touches disk: the primary copy is decrypted (and verified) as a stream
+    straight into the new encryption.
     """
-    svc = services or _services(settings)
-    hours = _check_hours(hours)
+    svc.guard("working_copy", actor=actor)
+    _check_hours(hours)
     now = now or dt.datetime.now(dt.timezone.utc)
     obj = svc.catalog.get(catalog_id)
     if obj.state not in READABLE_STATES:
         raise GrantRefused(f"object {catalog_id} is {obj.state}: no working copy can be made")
+    cache_terms(svc, obj, hours)  # refuse a tier without a cache before decrypting anything
     primary = [c for c in svc.catalog.copies(catalog_id) if c.zone == (obj.zone or "archive")]
     if not primary:
         raise GrantRefused(f"object {catalog_id} has no live copy in its primary zone")
     sealed = svc.catalog.sealed(primary[-1], obj.sha256, obj.size)
-    with svc.vault.open(sealed, catalog_id) as reader:
-        return grant_copy(svc, obj, reader, obj.size, hours=hours, actor=actor, now=now, retention=retention)
+    with svc.encrypted.open(sealed, catalog_id) as reader:
+        return grant_copy(svc, obj, reader, obj.size, hours=hours, actor=actor, now=now)
 
 
-def read_grant(grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | None = None,
-               settings: Settings | None = None, services=None) -> str:
+def read_grant(svc: Services, grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | None = None) -> str:
     """Decrypt the grant's working copy into ``out_path`` (0600) if the grant is live; returns its SHA-256.
 
     Checked on every read: the grant exists, is not erased, is before its
@@ -197,7 +185,7 @@ def read_grant(grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | 
     """
     from imaging_lifecycle.catalog import UnknownObject
 
-    svc = services or _services(settings)
+    svc.guard("working_copy", actor=actor)
     now = now or dt.datetime.now(dt.timezone.utc)
     try:
         g = svc.catalog.grant(grant_id)
@@ -209,7 +197,7 @@ def read_grant(grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | 
                                  detail={"grant": grant_id, "live": False})
         raise GrantNotLive(f"grant {grant_id} is expired or erased")
     obj = svc.catalog.get(g["object_id"])
-    digest = svc.vault.restore_to(svc.catalog.sealed(copy, obj.sha256, obj.size), obj.id, Path(out_path))
+    digest = svc.encrypted.restore_to(svc.catalog.sealed(copy, obj.sha256, obj.size), obj.id, Path(out_path))
     svc.catalog.audit.append(actor, "grant.read", object_ref=obj.id, detail={"grant": grant_id, "live": True})
     return digest
 
@@ -217,19 +205,17 @@ def read_grant(grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | 
 # -- legal hold --------------------------------------------------------------------
 
 
-def set_legal_hold(catalog_id: str, held: bool, *, actor: str, settings: Settings | None = None, catalog=None) -> dict:
+def set_legal_hold(svc: Services, catalog_id: str, held: bool, *, actor: str) -> dict:
     """Place or release a legal hold (audited either way); a held object is never deleted."""
-    from imaging_lifecycle.catalog import Catalog
-
-    cat = catalog or Catalog((settings or load_settings()).catalog_url)
-    rec = cat.set_legal_hold(catalog_id, held, actor)
+    svc.guard("legal_hold" if held else "release_hold", actor=actor)
+    rec = svc.catalog.set_legal_hold(catalog_id, held, actor)
     return {"object_id": rec.id, "legal_hold": rec.legal_hold, "state": rec.state}
 
 
 # -- stale local plaintext ---------------------------------------------------------
 
 
-def _local_files(settings: Settings) -> list[tuple[str, Path]]:
+def _local_files(settings) -> list[tuple[str, Path]]:
     roots = [("landing", settings.landing_dir)] + [(d, settings.state_dir / d) for d in LOCAL_PLAINTEXT_DIRS]
     out = []
     for label, root in roots:
@@ -242,21 +228,18 @@ def _local_files(settings: Settings) -> list[tuple[str, Path]]:
     return out
 
 
-def stale_local_files(*, now: dt.datetime, actor: str, max_age: dt.timedelta = CACHE_MAX,
-                      settings: Settings | None = None, catalog=None) -> dict:
-    """Hold local plaintext to the 72-hour rule: delete what is stored elsewhere, alert on the rest.
+def stale_local_files(svc: Services, *, now: dt.datetime, actor: str) -> dict:
+    """Hold local plaintext to the cache rule: delete what is stored elsewhere, alert on the rest.
 
-    A file older than ``max_age`` (by mtime, against ``now``) is deleted if
+    A file older than the policy's cache term (by mtime, against ``now``) is deleted if
     its SHA-256 is the content of a catalog object with a live stored copy;
     otherwise it is stuck, and each folder with stuck files raises one
     ``security.alert`` (counts only). Nothing is kept silently.
     """
-    from imaging_lifecycle.catalog import Catalog
     from imaging_lifecycle.crypto import sha256_file
 
-    settings = settings or load_settings()
-    cat = catalog or Catalog(settings.catalog_url)
-    cutoff = (now - max_age).timestamp()
+    settings, cat = svc.settings, svc.catalog
+    cutoff = (now - svc.policy.retention.cache).timestamp()
     stale: list[tuple[str, Path, str]] = []
     for label, path in _local_files(settings):
         try:
@@ -287,14 +270,18 @@ def stale_local_files(*, now: dt.datetime, actor: str, max_age: dt.timedelta = C
 # -- Airflow's own traces ----------------------------------------------------------
 
 
-def airflow_db_clean_command(now: dt.datetime, max_age: dt.timedelta,
-                             tables: tuple[str, ...] = ("xcom", "task_instance_history", "log", "job")) -> list[str]:
-    """The ``airflow db clean`` argv that prunes metadata (XCom, logs table, ...) older than ``max_age``."""
+def prune_airflow_runs(svc: Services, *, now: dt.datetime, max_age: dt.timedelta) -> dict:
+    """Delete Airflow's finished DAG runs older than ``max_age``: their task instances and XCom go with them.
+
+    Through Airflow's REST API (``svc.airflow_api``): a task never touches the
+    metadata database. Counts only are returned.
+    """
     if now.utcoffset() is None:
         raise RetentionError("now must be timezone-aware")
-    before = (now - max_age).astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    return ["airflow", "db", "clean", "--clean-before-timestamp", before, "--tables", ",".join(tables),
-            "--skip-archive", "--yes"]
+    runs = svc.airflow_api.finished_runs_before(now - max_age)
+    for dag_id, run_id in runs:
+        svc.airflow_api.delete_run(dag_id, run_id)
+    return {"runs_deleted": len(runs), "older_than_days": max_age.days}
 
 
 def prune_log_folder(log_dir: Path, *, now: dt.datetime, max_age: dt.timedelta) -> dict:

@@ -30,6 +30,7 @@ import hashlib
 from imaging_lifecycle import faults
 from imaging_lifecycle.catalog import Catalog
 from imaging_lifecycle.keystore import KekRef, KeyStore, KeyUnavailable
+from imaging_lifecycle.services import Services
 
 __all__ = ["RotationIncomplete", "rotate", "rotate_step", "run_token"]
 
@@ -153,12 +154,8 @@ def _destroy_unused(catalog: Catalog, keystore: KeyStore, kek_id: str, new: KekR
     return destroyed
 
 
-def rotate_step(*, actor: str, scopes: list[str] | None = None, batch: int = 1000, run_id: str | None = None,
-                destroy_old: bool = True, settings=None) -> dict:  # noqa: ANN001
-    """The rotation DAG step: :func:`rotate` with the catalog and key store of ``settings``."""
-    from imaging_lifecycle.keystore import open_default_keystore
-    from imaging_lifecycle.settings import load_settings
-
-    settings = settings or load_settings()
-    return rotate(Catalog(settings.catalog_url), open_default_keystore(settings), actor=actor, scopes=scopes,
-                  batch=batch, run_id=run_id, destroy_old=destroy_old)
+def rotate_step(svc: Services, *, actor: str, scopes: list[str] | None = None, batch: int = 1000,
+                run_id: str | None = None, destroy_old: bool = True) -> dict:
+    """The rotation DAG step: :func:`rotate` with the catalog and key store of ``svc``."""
+    return rotate(svc.catalog, svc.keystore, actor=actor, scopes=scopes, batch=batch, run_id=run_id,
+                  destroy_old=destroy_old)

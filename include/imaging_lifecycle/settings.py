@@ -70,6 +70,8 @@ class Settings:
     backup: S3Endpoint | None
     bucket_prefix: str = "il-"
     port_offset: int = 0
+    #: The policy file (``IL_POLICY_FILE``); None means the packaged default.
+    policy_file: Path | None = None
 
     def port(self, name: str) -> int:
         return DEFAULT_PORTS[name] + self.port_offset
@@ -146,4 +148,5 @@ def load_settings() -> Settings:
         backup=backup,
         bucket_prefix=os.environ.get("IL_BUCKET_PREFIX", "il-"),
         port_offset=offset,
+        policy_file=Path(os.environ["IL_POLICY_FILE"]).resolve() if os.environ.get("IL_POLICY_FILE") else None,
     )

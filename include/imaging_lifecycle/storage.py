@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from minio import Minio
 from minio.commonconfig import ENABLED, GOVERNANCE
@@ -24,7 +25,7 @@ from minio.error import S3Error
 from minio.retention import Retention
 from minio.versioningconfig import VersioningConfig
 
-from imaging_lifecycle.settings import LOCKED_ZONES, ZONES, S3Endpoint, Settings, load_settings
+from imaging_lifecycle.settings import LOCKED_ZONES, ZONES, S3Endpoint, Settings
 
 #: S3 answers that mean "no such object or version".
 _MISSING = {"NoSuchKey", "NoSuchVersion", "NoSuchObject", "ResourceNotFound"}
@@ -72,8 +73,8 @@ def client_for(endpoint: S3Endpoint, *, timeout: float | None = None) -> Minio:
 class ObjectStore:
     """Zone-addressed access to the primary and backup sites."""
 
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or load_settings()
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self._clients: dict[str, Minio] = {}
 
     # -- plumbing -------------------------------------------------------
@@ -143,6 +144,15 @@ class ObjectStore:
                 raise FileNotFoundError(f"{zone}/{key}") from None
             raise StorageError(f"get {zone}/{key} failed: {exc.code}") from None
         return _Response(resp)
+
+    def size(self, zone: str, key: str, version_id: str | None = None) -> int:
+        """The stored size of one version, in bytes (FileNotFoundError if it does not exist)."""
+        try:
+            return self.client(zone).stat_object(self.bucket(zone), key, version_id=version_id).size
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise FileNotFoundError(f"{zone}/{key}") from None
+            raise StorageError(f"stat {zone}/{key} failed: {exc.code}") from None
 
     def exists(self, zone: str, key: str, version_id: str | None = None) -> bool:
         try:

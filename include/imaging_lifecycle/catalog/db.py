@@ -132,6 +132,7 @@ class Database:
             if self.engine.dialect.name == "postgresql":
                 c.execute(text("SELECT pg_advisory_xact_lock(727001)"))  # one creator at a time
             metadata.create_all(c)
+            _add_missing_columns(c)
             has_head = c.execute(select(audit_head.c.id).where(audit_head.c.id == HEAD_ID)).first()
             if has_head is None and c.execute(select(audit_records.c.seq).limit(1)).first() is None:
                 # Only an empty trail gets a fresh head: a missing head with
@@ -150,3 +151,23 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Add the nullable columns a newer schema has and an older catalog lacks (``ALTER TABLE ... ADD COLUMN``).
+
+    Only nullable columns without server defaults are added this way, so old
+    rows stay valid as they are; anything else is a migration to write.
+    """
+    from sqlalchemy import inspect as sa_inspect
+
+    insp = sa_inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in present:
+                continue
+            if not col.nullable or col.server_default is not None:
+                raise RuntimeError(f"catalog table {table.name} lacks column {col.name}: it needs a migration")
+            ddl = col.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
-    LargeBinary,
     DDL,
     BigInteger,
     Boolean,
@@ -29,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -80,6 +80,7 @@ objects = Table(
     Column("state", String(16), nullable=False, index=True),
     Column("tier", Integer),  # sensitivity tier, null until classified
     Column("rule_id", String(64)),  # the classification rule that decided the tier
+    Column("policy_fingerprint", String(64)),  # the policy that rule belongs to (SHA-256 of the validated policy)
     Column("zone", String(32)),  # storage zone of the primary copy
     Column("ciphertext_sha256", String(64)),
     Column("key_id", String(128)),  # DEK id (crypto.new_key_id), never key material
@@ -155,7 +156,7 @@ batches = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
-#: The hash-chained audit trail (see ``imaging_lifecycle.audit`` for the
+#: The hash-chained audit trail (see ``imaging_lifecycle.catalog.audit`` for the
 #: exact hash input). ``ts`` is kept as its canonical string so the value
 #: hashed is the value stored, with no driver round-trip in between.
 audit_records = Table(
@@ -219,6 +220,18 @@ event.listen(
 #: of its own (scope ``grant:<id>``), for one requester, until ``deadline``
 #: (at most 72 hours). The row is written *before* the upload, so a retrieval
 #: that dies half-way still leaves the sweeper something to erase.
+#: The policy the platform runs under: one row, id 1. A process whose policy
+#: has another fingerprint refuses guarded actions (see ``services.Services.guard``).
+platform_policy = Table(
+    "platform_policy",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("source", String(512)),
+    Column("adopted_at", UTCDateTime, nullable=False),
+    Column("adopted_by", String(128), nullable=False),
+)
+
 grants = Table(
     "grants",
     metadata,

@@ -41,7 +41,7 @@ def _actor() -> str:
         name = getpass.getuser()
     except Exception:  # no passwd entry in a container, no LOGNAME
         name = ""
-    from imaging_lifecycle.audit import UnsafeAuditValue, check_actor
+    from imaging_lifecycle.catalog.audit import UnsafeAuditValue, check_actor
 
     try:
         return check_actor(name)
@@ -59,7 +59,7 @@ def _open(url: str | None):  # noqa: ANN202
     from sqlalchemy import inspect
     from sqlalchemy.engine import make_url
 
-    from imaging_lifecycle.audit import AuditLog
+    from imaging_lifecycle.catalog.audit import AuditLog
     from imaging_lifecycle.catalog.db import Database
 
     if url is None:

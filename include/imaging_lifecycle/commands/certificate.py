@@ -16,9 +16,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imaging_lifecycle.catalog import CatalogError
     from imaging_lifecycle.deletion import certificates
+    from imaging_lifecycle.services import Services
 
     try:
-        certs = certificates(args.catalog_id)
+        certs = certificates(Services.open(), args.catalog_id)
     except (CatalogError, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

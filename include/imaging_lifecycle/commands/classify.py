@@ -1,9 +1,9 @@
-"""``imaging-lifecycle classify PATH... [--policy FILE] [--json]``: the tier of each file and the rule that decided it."""
+"""``imaging-lifecycle classify PATH... [--policy FILE] [--json]``: the tier of each file and the rule that
+decided it."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +13,24 @@ HELP = "print the sensitivity tier of DICOM files and the policy rule that decid
 
 def add_arguments(parser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders to walk")
-    parser.add_argument("--policy", metavar="FILE", help="policy YAML (default: $IL_POLICY, else the packaged default)")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="policy YAML (default: $IL_POLICY_FILE, else the packaged default)")
     parser.add_argument("--json", action="store_true", help='one JSON object per file: {"path", "tier", "rule"}')
     parser.add_argument("--source", metavar="AE", help="sending AE title or source name, for source rules")
     parser.add_argument("--deidentified", action="store_true", help="the files are our de-identified derivatives")
 
 
-def policy_path(args) -> str | None:
-    return args.policy or os.environ.get("IL_POLICY") or None
+def policy_of(args):  # noqa: ANN001, ANN201
+    """The policy in force, or the one ``--policy`` names instead (loaded the same way, through Services)."""
+    from dataclasses import replace
+
+    from imaging_lifecycle.services import Services
+    from imaging_lifecycle.settings import load_settings
+
+    settings = load_settings()
+    if args.policy:
+        settings = replace(settings, policy_file=Path(args.policy).resolve())
+    return Services.open(settings).policy
 
 
 def iter_files(paths: list[str]) -> Iterator[Path]:
@@ -34,10 +44,10 @@ def iter_files(paths: list[str]) -> Iterator[Path]:
 
 def run(args) -> int:
     from imaging_lifecycle.classify import classify_path
-    from imaging_lifecycle.policy import PolicyError, load_policy
+    from imaging_lifecycle.policy import PolicyError
 
     try:
-        policy = load_policy(policy_path(args))
+        policy = policy_of(args)
     except PolicyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

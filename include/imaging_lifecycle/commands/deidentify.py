@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from imaging_lifecycle.commands.classify import iter_files, policy_path
+from imaging_lifecycle.commands.classify import iter_files, policy_of
 
 HELP = "de-identify DICOM files (PS3.15 Annex E, per policy) from SRC into DST; prints a JSON summary"
 REVIEW_DIR = "needs-review"
@@ -26,14 +26,15 @@ REVIEW_DIR = "needs-review"
 def add_arguments(parser) -> None:
     parser.add_argument("src", metavar="SRC", help="a DICOM file or a folder of them")
     parser.add_argument("dst", metavar="DST", help="output folder (created)")
-    parser.add_argument("--policy", metavar="FILE", help="policy YAML (default: $IL_POLICY, else the packaged default)")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="policy YAML (default: $IL_POLICY_FILE, else the packaged default)")
     parser.add_argument("--source", metavar="AE", help="sending AE title or source name, for burned-in rules")
 
 
 def run(args) -> int:
-    from imaging_lifecycle.classify import UnreadableDicom, read_dataset
-    from imaging_lifecycle.deid import DeidError, Deidentifier, TABLE_EDITION, output_name, quiet_pydicom, write_dataset
-    from imaging_lifecycle.policy import PolicyError, load_policy
+    from imaging_lifecycle.deid import TABLE_EDITION, Deidentifier, DeidError, output_name, write_dataset
+    from imaging_lifecycle.dicomfile import UnreadableDicom, quiet_pydicom, read_dataset
+    from imaging_lifecycle.policy import PolicyError
     from imaging_lifecycle.secretfiles import load_or_create_secret
 
     src, dst = Path(args.src), Path(args.dst)
@@ -47,7 +48,7 @@ def run(args) -> int:
         print("error: DST must not be SRC", file=sys.stderr)
         return 2
     try:
-        policy = load_policy(policy_path(args))
+        policy = policy_of(args)
     except PolicyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,16 +20,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imaging_lifecycle import ingest
     from imaging_lifecycle.gates import GateFailed
-    from imaging_lifecycle.settings import load_settings
+    from imaging_lifecycle.services import Services
 
-    settings = load_settings()
-    claim = ingest.claim_batch(settings, quiet_seconds=args.quiet_seconds)
+    svc = Services.open()
+    claim = ingest.claim_batch(svc.settings, quiet_seconds=args.quiet_seconds)
     if not claim.files:
         print(json.dumps({"batch_id": None, "files": 0}))
         return 0
-    results = [ingest.run_chunk(claim.batch_id, c, actor=args.actor, settings=settings) for c in claim.chunks]
+    results = [ingest.run_chunk(svc, claim.batch_id, c, actor=args.actor) for c in claim.chunks]
     try:
-        summary = ingest.close_batch(results, actor=args.actor, settings=settings)
+        summary = ingest.close_batch(svc, results, actor=args.actor)
     except GateFailed as exc:
         print(json.dumps({"batch_id": claim.batch_id, "gate": exc.result.summary()}))
         return 1

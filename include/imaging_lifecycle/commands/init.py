@@ -14,18 +14,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imaging_lifecycle.catalog import Catalog
-    from imaging_lifecycle.settings import load_settings
-    from imaging_lifecycle.storage import ObjectStore
-
     import os
+
+    from imaging_lifecycle.services import Services
 
     placeholders = sorted(k for k, v in os.environ.items() if v == "CHANGE_ME")
     if placeholders:  # .env.example copied without filling in the secrets
         print(f"refusing to start: replace CHANGE_ME in .env for {', '.join(placeholders)}")
         return 2
-    settings = load_settings()
-    created = ObjectStore(settings).ensure_zones()
-    Catalog(settings.catalog_url)
+    svc = Services.open()
+    created = svc.store.ensure_zones()
+    svc.catalog  # noqa: B018 (opening the catalog creates its tables)
     print(f"storage zones ready ({len(created)} created); catalog ready")
     return 0

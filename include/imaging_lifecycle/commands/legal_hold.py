@@ -18,10 +18,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imaging_lifecycle.catalog import CatalogError
     from imaging_lifecycle.retention import set_legal_hold
+    from imaging_lifecycle.services import PolicyMismatch, Services
 
     try:
-        out = set_legal_hold(args.catalog_id, args.action == "set", actor=args.actor or getpass.getuser())
-    except (CatalogError, ValueError) as exc:
+        out = set_legal_hold(Services.open(), args.catalog_id, args.action == "set",
+                             actor=args.actor or getpass.getuser())
+    except (CatalogError, ValueError, PolicyMismatch) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(out))

@@ -10,13 +10,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imaging_lifecycle import platform
+    from imaging_lifecycle import embedded
 
     if args.action == "down":
-        n = platform.down()
+        n = embedded.down()
         print(f"stopped {n} process(es); data kept under the state folder")
         return 0
-    login = platform.up()
+    login = embedded.up()
     print(
         f"\nimaging-lifecycle is up (ready in {login['seconds']} s)\n"
         f"  Airflow UI:  {login['url']}\n"

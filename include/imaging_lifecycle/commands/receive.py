@@ -25,6 +25,7 @@ def run(args) -> int:
         config = replace(config, ae_title=args.ae_title)
     if args.allow is not None:
         config = replace(config, allowed_calling_aes=tuple(a for a in args.allow.split(",") if a))
-    print(f"C-STORE receiver {config.ae_title} on {config.bind}:{config.port}, allowed: {', '.join(config.allowed_calling_aes)}")
+    print(f"C-STORE receiver {config.ae_title} on {config.bind}:{config.port}, "
+          f"allowed: {', '.join(config.allowed_calling_aes)}")
     serve(config)
     return 0

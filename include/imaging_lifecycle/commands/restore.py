@@ -26,23 +26,23 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imaging_lifecycle.backup import ApprovalRequired, open_services, restore_object
+    from imaging_lifecycle.backup import ApprovalRequired, restore_object
     from imaging_lifecycle.catalog import UnknownObject
     from imaging_lifecycle.commands.audit import _actor
     from imaging_lifecycle.crypto import IntegrityError
+    from imaging_lifecycle.services import PolicyMismatch, Services
 
     actor = args.actor or _actor()
     out: Path = args.out
     if not out.parent.is_dir():
         print(f"restore: the folder of {out} does not exist", file=sys.stderr)
         return 2
-    catalog, _store, vault = open_services()
     try:
-        result = restore_object(catalog, vault, args.catalog_id, out, actor=actor)
+        result = restore_object(Services.open(), args.catalog_id, out, actor=actor)
     except (ValueError, UnknownObject, FileExistsError) as exc:  # messages never echo the id
         print(f"restore: {exc}", file=sys.stderr)
         return 2
-    except ApprovalRequired as exc:
+    except (ApprovalRequired, PolicyMismatch) as exc:
         print(f"restore refused: {exc}", file=sys.stderr)
         return 3
     except IntegrityError as exc:

@@ -24,12 +24,13 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imaging_lifecycle.commands.audit import _actor
     from imaging_lifecycle.rotation import RotationIncomplete, rotate_step
+    from imaging_lifecycle.services import Services
 
     if args.batch < 1:
         print("rotate-keys: --batch must be at least 1", file=sys.stderr)
         return 2
     try:
-        result = rotate_step(actor=args.actor or _actor(), scopes=args.scopes, batch=args.batch,
+        result = rotate_step(Services.open(), actor=args.actor or _actor(), scopes=args.scopes, batch=args.batch,
                              run_id=args.run_id, destroy_old=not args.keep_old)
     except RotationIncomplete as exc:
         print(json.dumps(exc.result))

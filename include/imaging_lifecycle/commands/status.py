@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
 def check() -> dict[str, dict]:
     from sqlalchemy import create_engine, text
 
-    from imaging_lifecycle.platform import airflow_health
+    from imaging_lifecycle.embedded import airflow_health
     from imaging_lifecycle.settings import load_settings
     from imaging_lifecycle.storage import ping
 
@@ -27,7 +27,8 @@ def check() -> dict[str, dict]:
         else:
             up, detail = ping(ep)
             out[name] = {"up": up, "detail": f"{ep.endpoint}: {detail}"}
-    sqlite_path = settings.catalog_url.split("sqlite:///", 1)[1] if settings.catalog_url.startswith("sqlite:///") else None
+    sqlite_path = (settings.catalog_url.split("sqlite:///", 1)[1] if settings.catalog_url.startswith("sqlite:///")
+                   else None)
     try:
         if sqlite_path is not None and not Path(sqlite_path).exists():
             raise FileNotFoundError  # connecting would create an empty file; status must not

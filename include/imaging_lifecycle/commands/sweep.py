@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imaging_lifecycle.deletion import sweep
     from imaging_lifecycle.gates import GateFailed
+    from imaging_lifecycle.services import PolicyMismatch, Services
 
     now = dt.datetime.now(dt.timezone.utc)
     if args.now:
@@ -32,9 +33,12 @@ def run(args) -> int:
             print("--now needs a UTC offset", file=sys.stderr)
             return 2
     try:
-        out = sweep(now, limit=args.limit, actor=args.actor or getpass.getuser())
+        out = sweep(Services.open(), now, limit=args.limit, actor=args.actor or getpass.getuser())
     except GateFailed as exc:
         print(f"gate failed, nothing deleted: {exc}", file=sys.stderr)
         return 3
+    except PolicyMismatch as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 4
     print(json.dumps(out))
     return 0

@@ -24,13 +24,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from imaging_lifecycle.backup import BackupFailed, BackupMismatch, verify_step
     from imaging_lifecycle.commands.audit import _actor
+    from imaging_lifecycle.services import Services
 
     if args.cycle_days < 1:
         print("verify-backups: --cycle-days must be at least 1", file=sys.stderr)
         return 2
     try:
-        result = verify_step(actor=args.actor or _actor(), today=args.today, cycle_days=args.cycle_days,
-                             all_copies=args.all)
+        result = verify_step(Services.open(), actor=args.actor or _actor(), today=args.today,
+                             cycle_days=args.cycle_days, all_copies=args.all)
     except (BackupMismatch, BackupFailed) as exc:
         print(json.dumps(exc.result))
         print(f"verify-backups: {exc}", file=sys.stderr)

@@ -7,11 +7,10 @@ of what was done.
 """
 
 from imaging_lifecycle.deid.engine import (
-    DeidError,
     Deidentifier,
+    DeidError,
     DeidResult,
     output_name,
-    quiet_pydicom,
     write_dataset,
 )
 from imaging_lifecycle.deid.reid import ReidEntry, ReidMap
@@ -28,6 +27,5 @@ __all__ = [
     "effective_actions",
     "load_table",
     "output_name",
-    "quiet_pydicom",
     "write_dataset",
 ]

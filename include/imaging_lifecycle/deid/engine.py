@@ -44,7 +44,6 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from imaging_lifecycle.classify import UnreadableDicom, quiet_pydicom, read_dataset
 from imaging_lifecycle.deid import identifiers, values
 from imaging_lifecycle.deid.burned_in import BurnedInCheck, apply_mask, transfer_syntax
 from imaging_lifecycle.deid.reid import ReidEntry, ReidMap
@@ -56,6 +55,7 @@ from imaging_lifecycle.deid.table import (
     effective_actions,
     repeating_action,
 )
+from imaging_lifecycle.dicomfile import UnreadableDicom, quiet_pydicom, read_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from imaging_lifecycle.policy import Policy
@@ -478,7 +478,7 @@ class Deidentifier:
         self._record(ds, run, pseudonym, masked)
         self._encode_sequences(ds._dict, run)
 
-        counts = {name: n for name, n in zip(ACTION_NAMES, run.counts) if n}
+        counts = {name: n for name, n in zip(ACTION_NAMES, run.counts, strict=True) if n}
         counts["private_removed"] = run.private_removed
         counts["scrubbed"] = scrubbed
         return DeidResult(

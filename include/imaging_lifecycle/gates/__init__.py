@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +116,14 @@ def enforce(result: GateResult) -> GateResult:
     if not result.success:
         raise GateFailed(result)
     return result
+
+
+def enforce_recorded(catalog, result: GateResult, *, actor: str, session=None) -> GateResult:  # noqa: ANN001
+    """The one way a stage runs a gate's verdict: audit it (``gate.run``, success or failure), then enforce it.
+
+    The audit record carries the gate's name, row count and failure count only.
+    """
+    catalog.audit.append(actor, "gate.run", outcome="success" if result.success else "failure",
+                         detail={"gate": result.gate, "ok": result.success, "rows": result.rows,
+                                 "failed": len(result.failures)}, session=session)
+    return enforce(result)

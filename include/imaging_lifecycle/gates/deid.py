@@ -87,7 +87,7 @@ def _as_bytes(value: Any) -> bytes:
 
 def _load(obj: Dataset | str | Path) -> Dataset:
     if isinstance(obj, (str, Path)):
-        from imaging_lifecycle.classify import read_dataset
+        from imaging_lifecycle.dicomfile import read_dataset
 
         return read_dataset(obj)
     return obj
@@ -188,13 +188,11 @@ class _Checker:
         return False
 
 
-def build_rows(pairs: Iterable[tuple], policy: Policy | None = None) -> list[dict[str, Any]]:
+def build_rows(pairs: Iterable[tuple], policy: Policy) -> list[dict[str, Any]]:
     """One row per pair. A pair is ``(original, output)`` or ``(object_id, original, output)``;
     originals and outputs are datasets or file paths. Without an id, the row is numbered."""
-    from imaging_lifecycle.deid.engine import quiet_pydicom
-    from imaging_lifecycle.policy import load_policy
-
-    checker = _Checker(policy or load_policy())
+    from imaging_lifecycle.dicomfile import quiet_pydicom
+    checker = _Checker(policy)
     rows = []
     with quiet_pydicom():
         for i, pair in enumerate(pairs):
@@ -203,11 +201,11 @@ def build_rows(pairs: Iterable[tuple], policy: Policy | None = None) -> list[dic
     return rows
 
 
-def check(pairs: Iterable[tuple], policy: Policy | None = None) -> GateResult:
+def check(pairs: Iterable[tuple], policy: Policy) -> GateResult:
     """Run the de-identification suite over ``pairs``; the result carries names and counts only."""
     return run_gate(GATE_NAME, build_rows(pairs, policy), SUITE, columns=COLUMNS)
 
 
-def check_and_enforce(pairs: Iterable[tuple], policy: Policy | None = None) -> GateResult:
+def check_and_enforce(pairs: Iterable[tuple], policy: Policy) -> GateResult:
     """:func:`check`, raising :class:`~imaging_lifecycle.gates.GateFailed` if the batch fails."""
     return enforce(check(pairs, policy))

@@ -33,7 +33,8 @@ def parse_duration(text: object) -> timedelta:
     m = _DURATION.match(text.strip())
     if not m or m.group(2) not in UNITS:
         raise ValueError(
-            f"duration {text!r} is not <positive integer><unit> with unit one of {', '.join(UNITS)} (e.g. 72h, 30d, 15y)"
+            f"duration {text!r} is not <positive integer><unit> with unit one of {', '.join(UNITS)} "
+            "(e.g. 72h, 30d, 15y)"
         )
     return int(m.group(1)) * UNITS[m.group(2)]
 

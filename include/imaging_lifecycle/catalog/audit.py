@@ -33,15 +33,12 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
 
 from imaging_lifecycle.catalog.db import HEAD_ID, ZERO_HASH, Database
 from imaging_lifecycle.catalog.schema import audit_head, audit_records
-
-if TYPE_CHECKING:
-    from imaging_lifecycle.catalog import Catalog
 
 __all__ = [
     "ACTIONS", "EVENTS", "OUTCOMES", "ZERO_HASH", "AuditError", "UnsafeAuditValue", "AuditRecord",
@@ -93,6 +90,7 @@ ACTIONS: dict[str, int] = {
     "batch.open": 110107,
     "batch.state": 110107,
     "gate.run": 110100,
+    "policy.adopt": 110100,
     # the catalog and the trail themselves
     "catalog.query": 110112,
     "audit.verify": 110101,
@@ -104,13 +102,13 @@ ACTIONS: dict[str, int] = {
     "user.login": 110114,
     "app.start": 110100,
     "app.stop": 110100,
-    # retention and secure deletion (issue 6)
+    # retention, cache grants and secure deletion
     "retention.set": 110103,
     "grant.create": 110103,
     "grant.read": 110106,
     "grant.erase": 110105,
     "deletion.certificate": 110105,
-    # backup, restore verification and key rotation (issue 5)
+    # objects flagged for human attention (e.g. a backup mismatch)
     "object.flag": 110113,
 }
 assert set(ACTIONS.values()) <= set(EVENTS)
@@ -328,16 +326,27 @@ def _row_to_record(row) -> AuditRecord:  # noqa: ANN001
     )
 
 
+class HasDatabase(Protocol):
+    """Anything that holds its catalog ``Database`` as ``db``, such as a ``Catalog``.
+
+    A structural type, so this module depends only on ``catalog.db`` and
+    ``catalog.schema``, never on the catalog package that builds on it.
+    """
+
+    db: Database
+
+
 class AuditLog:
     """Append to and verify the audit chain of one catalog database.
 
-    ``target`` is a :class:`~imaging_lifecycle.catalog.Catalog`, a SQLAlchemy
-    ``Engine`` or a database URL (the tables are then created if missing, as
-    ``Catalog`` does), or a ``catalog.db.Database`` (used as it is: nothing
-    is created; what ``audit verify`` uses).
+    ``target`` is a :class:`~imaging_lifecycle.catalog.Catalog` (or anything
+    else with a ``db``, see :class:`HasDatabase`), a SQLAlchemy ``Engine`` or
+    a database URL (the tables are then created if missing, as ``Catalog``
+    does), or a ``catalog.db.Database`` (used as it is: nothing is created;
+    what ``audit verify`` uses).
     """
 
-    def __init__(self, target: Catalog | Database | Engine | str):
+    def __init__(self, target: HasDatabase | Database | Engine | str):
         db = target if isinstance(target, Database) else getattr(target, "db", None)
         if isinstance(db, Database):
             self.db = db
@@ -364,7 +373,9 @@ class AuditLog:
         """
         actor = check_actor(actor)
         if action not in ACTIONS:
-            raise ValueError("unknown audit action; known actions are listed in imaging_lifecycle.audit.ACTIONS")
+            raise ValueError(
+                "unknown audit action; known actions are listed in imaging_lifecycle.catalog.audit.ACTIONS"
+            )
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
         object_ref = _check_object_ref(object_ref)

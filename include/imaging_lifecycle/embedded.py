@@ -28,9 +28,9 @@ import sys
 import time
 import urllib.request
 from base64 import urlsafe_b64encode
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -173,7 +173,9 @@ def airflow_env(settings: Settings, creds: dict) -> dict[str, str]:
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
         ),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(settings.state_dir / "secrets" / "airflow-passwords.json"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+            settings.state_dir / "secrets" / "airflow-passwords.json"
+        ),
         "AIRFLOW__CORE__FERNET_KEY": creds["airflow"]["fernet_key"],
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -233,7 +235,10 @@ def services(settings: Settings, creds: dict) -> list[Service]:
         # Each component counts as up once the api-server reports it healthy.
         key = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer",
                "api-server": "metadatabase"}[component]
-        ready = lambda key=key: ((airflow_health(settings) or {}).get(key) or {}).get("status") == "healthy"
+
+        def ready(key=key):
+            return ((airflow_health(settings) or {}).get(key) or {}).get("status") == "healthy"
+
         argv = [airflow, component]
         if component in ("scheduler", "triggerer"):
             # Task and trigger logs are local files the api-server reads directly;
@@ -359,9 +364,11 @@ def _with_creds(settings: Settings, creds: dict) -> Settings:
     return replace(
         settings,
         primary=settings.primary
-        or S3Endpoint(f"127.0.0.1:{settings.port('s3_primary')}", creds["primary"]["access_key"], creds["primary"]["secret_key"]),
+        or S3Endpoint(f"127.0.0.1:{settings.port('s3_primary')}", creds["primary"]["access_key"],
+                      creds["primary"]["secret_key"]),
         backup=settings.backup
-        or S3Endpoint(f"127.0.0.1:{settings.port('s3_backup')}", creds["backup"]["access_key"], creds["backup"]["secret_key"]),
+        or S3Endpoint(f"127.0.0.1:{settings.port('s3_backup')}", creds["backup"]["access_key"],
+                      creds["backup"]["secret_key"]),
     )
 
 

@@ -1,13 +1,13 @@
 """The only way plaintext goes into or comes out of a bucket: encrypted on the way in, verified on the way out.
 
-:meth:`Vault.put` encrypts a file under a fresh data key (DEK) with the
+:meth:`EncryptedStore.put` encrypts a file under a fresh data key (DEK) with the
 object's associated data, wraps the DEK under the KEK of the object's key
 scope, uploads the ciphertext as a stream, then reads it back and decrypts it
 to check the plaintext hash before reporting success. Only then may a caller
 treat the content as durably stored (and, for ingest, remove the local file).
 
 The wrapped DEK is *not* stored with the data: the caller records it in the
-catalog (:class:`Sealed` is exactly what to record). Destroying that record
+catalog (:class:`~imaging_lifecycle.catalog.records.Sealed` is exactly what to record). Destroying that record
 or the KEK makes the ciphertext unreadable everywhere, backups included.
 """
 
@@ -15,38 +15,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from imaging_lifecycle import crypto
+from imaging_lifecycle.catalog.records import Sealed
 from imaging_lifecycle.crypto import AssociatedData, DecryptingReader, EncryptingReader
 from imaging_lifecycle.keystore import KekRef, KeyDestroyed, KeyStore
 from imaging_lifecycle.storage import ObjectStore
 
 
-@dataclass(frozen=True)
-class Sealed:
-    """One encrypted copy, as the catalog records it."""
-
-    zone: str
-    bucket: str
-    key: str
-    version_id: str | None
-    dek_id: str
-    kek_ref: str
-    wrapped_dek: bytes
-    tier: int
-    plaintext_sha256: str
-    ciphertext_sha256: str
-    size: int
-    ciphertext_size: int
-
-    def aad(self, catalog_id: str) -> AssociatedData:
-        return AssociatedData(catalog_id, self.zone, self.tier, self.dek_id)
-
-
-class Vault:
+class EncryptedStore:
     def __init__(self, store: ObjectStore, keystore: KeyStore, *, chunk_size: int = crypto.DEFAULT_CHUNK_SIZE):
         self.store = store
         self.keystore = keystore

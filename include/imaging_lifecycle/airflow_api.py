@@ -1,0 +1,100 @@
+"""Airflow's own REST API (v2), for the few things the pipeline asks of Airflow itself.
+
+Tasks never touch Airflow's metadata database (Airflow 3 hands a task process a
+connection string that refuses, and ``airflow db clean`` from a task fails on
+it). What a task needs from Airflow's records it asks the API server for, as
+any other client would, with a bearer token.
+
+Credentials: ``AIRFLOW_CONN_IL_AIRFLOW_API`` (Airflow connection JSON with
+``host``, ``login``, ``password``) in a deployment; else the embedded
+platform's generated ``admin`` password (the 0600 file ``make run`` writes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from imaging_lifecycle.settings import Settings, SettingsError
+
+CONN_ENV = "AIRFLOW_CONN_IL_AIRFLOW_API"
+#: Run states Airflow lets a client delete (a running or queued run is left alone).
+FINISHED = ("success", "failed")
+
+
+class AirflowApiError(RuntimeError):
+    """The API server refused or failed a call; the message names the call and the status only."""
+
+
+@dataclass
+class AirflowApi:
+    base_url: str
+    username: str
+    password: str = field(repr=False)
+    timeout: float = 30.0
+    _token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AirflowApi:
+        raw = os.environ.get(CONN_ENV)
+        if raw:
+            try:
+                conn = json.loads(raw)
+                return cls(str(conn["host"]).rstrip("/"), str(conn["login"]), str(conn["password"]))
+            except (ValueError, KeyError, TypeError):
+                raise SettingsError(f"{CONN_ENV} must be Airflow connection JSON with host, login and password") \
+                    from None
+        path = settings.secrets_dir / "airflow-passwords.json"
+        try:
+            password = json.loads(path.read_text())["admin"]
+        except (OSError, ValueError, KeyError):
+            raise SettingsError(f"no Airflow API credentials: set {CONN_ENV}, or start the embedded platform") \
+                from None
+        return cls(settings.airflow_url, "admin", password)
+
+    def _request(self, method: str, path: str, body: dict | None = None, *, auth: bool = True):
+        req = urllib.request.Request(self.base_url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token()}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                data = r.read()
+        except urllib.error.HTTPError as exc:
+            raise AirflowApiError(f"{method} {path.split('?', 1)[0]} -> HTTP {exc.code}") from None
+        except urllib.error.URLError as exc:
+            raise AirflowApiError(f"{method} {path.split('?', 1)[0]}: {type(exc.reason).__name__}") from None
+        return json.loads(data) if data else None
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self._request("POST", "/auth/token", {"username": self.username, "password": self.password},
+                                        auth=False)["access_token"]
+        return self._token
+
+    def finished_runs_before(self, cutoff: dt.datetime, *, page: int = 100) -> list[tuple[str, str]]:
+        """``(dag_id, run_id)`` of every finished run of any DAG that ended before ``cutoff``."""
+        if cutoff.utcoffset() is None:
+            raise ValueError("cutoff must be timezone-aware")
+        when = cutoff.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out: list[tuple[str, str]] = []
+        offset = 0
+        while True:
+            query = urllib.parse.urlencode([("end_date_lt", when), *(("state", s) for s in FINISHED),
+                                            ("order_by", "id"), ("limit", page), ("offset", offset)])
+            runs = self._request("GET", f"/api/v2/dags/~/dagRuns?{query}")["dag_runs"]
+            out += [(r["dag_id"], r["dag_run_id"]) for r in runs]
+            if len(runs) < page:
+                return out
+            offset += page
+
+    def delete_run(self, dag_id: str, run_id: str) -> None:
+        """Delete one run; its task instances, their history and XCom go with it (Airflow cascades)."""
+        q = urllib.parse.quote
+        self._request("DELETE", f"/api/v2/dags/{q(dag_id, safe='')}/dagRuns/{q(run_id, safe='')}")

@@ -1,0 +1,134 @@
+"""The composition root: the one place that builds what the stages talk to.
+
+``Services.open(settings)`` hands every stage function, DAG task and command
+the same set of collaborators, built from one :class:`Settings`:
+
+* ``policy``: the policy in force, loaded once per process from
+  ``IL_POLICY_FILE`` (the packaged default when unset);
+* ``catalog``: the lifecycle catalog (objects, copies, keys, audit trail);
+* ``store``: the object store (the only code that talks to S3);
+* ``keystore``: the key-encryption keys;
+* ``encrypted``: the encrypt-and-store layer over ``store`` and ``keystore``
+  (the only way plaintext goes into or out of a bucket);
+* ``airflow_api``: Airflow's REST API, for what a task needs of Airflow's own
+  records (a task never touches the metadata database).
+
+Each is built on first use, so a command that only classifies a file never
+needs object-store credentials. Nothing else in the package constructs these.
+
+The policy is part of what the platform *is*: the catalog records the
+fingerprint of the policy the platform runs under, and each object records the
+fingerprint it was classified under. :meth:`Services.guard` refuses a guarded
+action in a process whose policy differs from the platform's, so a worker
+started with another policy file cannot classify, hand out, restore or delete
+anything under rules nobody agreed to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache, cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaging_lifecycle.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from imaging_lifecycle.airflow_api import AirflowApi
+    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.encrypted_store import EncryptedStore
+    from imaging_lifecycle.keystore import KeyStore
+    from imaging_lifecycle.policy import Policy
+    from imaging_lifecycle.storage import ObjectStore
+
+
+class PolicyMismatch(RuntimeError):
+    """This process runs under another policy than the one the platform recorded; guarded actions refuse."""
+
+
+@cache
+def _load_policy(path: str | None, mtime_ns: int | None):  # noqa: ARG001 (mtime_ns is the cache key)
+    from imaging_lifecycle.policy import load_policy
+
+    return load_policy(path)
+
+
+def policy_in_force(settings: Settings) -> Policy:
+    """The policy of ``settings`` (``IL_POLICY_FILE``, else the packaged default), loaded once per process.
+
+    A file edited while the process runs is read again (the cache key holds its
+    modification time); a broken file raises :class:`~imaging_lifecycle.policy.PolicyError`.
+    """
+    path = settings.policy_file
+    if path is None:
+        return _load_policy(None, None)
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError:
+        mtime = None  # load_policy names the problem
+    return _load_policy(str(path), mtime)
+
+
+@dataclass
+class Services:
+    """What the stages talk to, built from one :class:`Settings`. Open it once per task or command."""
+
+    settings: Settings
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> Services:
+        return cls(settings or load_settings())
+
+    @cached_property
+    def policy(self) -> Policy:
+        return policy_in_force(self.settings)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        from imaging_lifecycle.catalog import Catalog
+
+        return Catalog(self.settings.catalog_url)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        from imaging_lifecycle.storage import ObjectStore
+
+        return ObjectStore(self.settings)
+
+    @cached_property
+    def keystore(self) -> KeyStore:
+        from imaging_lifecycle.keystore import open_default_keystore
+
+        return open_default_keystore(self.settings)
+
+    @cached_property
+    def airflow_api(self) -> AirflowApi:
+        from imaging_lifecycle.airflow_api import AirflowApi
+
+        return AirflowApi.from_settings(self.settings)
+
+    @cached_property
+    def encrypted(self) -> EncryptedStore:
+        from imaging_lifecycle.encrypted_store import EncryptedStore
+
+        return EncryptedStore(self.store, self.keystore)
+
+    # -- the policy the platform runs under --------------------------------------
+
+    def guard(self, action: str, *, actor: str) -> None:
+        """Refuse ``action`` unless this process's policy is the one recorded for the platform.
+
+        The first process to ask on a new catalog records its policy (audited
+        ``policy.adopt``). A refusal is audited too (``security.alert`` with
+        both fingerprints) and raises :class:`PolicyMismatch`.
+        """
+        ours = self.policy.fingerprint
+        recorded = self.catalog.platform_policy(adopt=ours, actor=actor)
+        if recorded != ours:
+            self.catalog.audit.append(actor, "security.alert", outcome="major_failure",
+                                      detail={"reason": "POLICY_MISMATCH", "action": action,
+                                              "platform_policy": recorded, "process_policy": ours})
+            raise PolicyMismatch(
+                f"refusing {action}: this process runs policy {ours[:12]} ({self.policy.source}) but the "
+                f"platform runs policy {recorded[:12]}; set IL_POLICY_FILE to the platform's policy, or adopt "
+                "this one with 'imaging-lifecycle policy adopt'")

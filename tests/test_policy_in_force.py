@@ -1,0 +1,168 @@
+"""One policy: a hospital's own policy file decides every stage, and a process under another policy is refused.
+
+The custom policy moves chest imaging to tier 4 under a new rule id, and gives
+tier 4 its own archive term (7 years), cache term (6 hours) and no backup.
+The packaged default says tier 3, 15 years and 72 hours for the same objects,
+and requires a backup of tier 4, so every assertion here fails if any stage
+falls back to the default. The stages run through the real DAGs (dag.test()).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT, policy_tier, write_policy
+
+SEVEN_YEARS = "2555d"
+
+
+def _hospital_policy(doc: dict) -> None:
+    rule = next(r for r in doc["classification"]["rules"] if r["id"] == "l3-chest-radiograph")
+    rule.update(id="hospital-chest-l4", tier=4)
+    policy_tier(doc, 4)["handling"].update(
+        retention={"archive": SEVEN_YEARS, "backup": SEVEN_YEARS, "cache": "6h"}, backup_required=False)
+
+
+@pytest.fixture
+def hospital(airflow_db, object_store_settings, tmp_path, monkeypatch):
+    """Everything the DAG tasks read from the environment, pointed at this test; the policy via IL_POLICY_FILE."""
+    policy = write_policy(tmp_path / "hospital-policy.yaml", _hospital_policy)
+    monkeypatch.setenv("IL_POLICY_FILE", str(policy))
+    monkeypatch.setenv("IL_LANDING_DIR", str(tmp_path / "landing"))
+    monkeypatch.setenv("IL_CATALOG_URL", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "keystore.sealed"))
+    monkeypatch.setenv("IL_INGEST_QUIET_SECONDS", "0")
+    (tmp_path / "landing").mkdir()
+    from imaging_lifecycle.services import Services
+
+    return Services.open()
+
+
+def _dag(name: str, dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT / "dags" / f"{name}.py")).dags[dag_id]
+
+
+def test_a_custom_policy_decides_classification_deadlines_cache_backup_and_sweep(hospital):
+    from imaging_lifecycle.policy import load_policy
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    svc = hospital
+    assert svc.policy.fingerprint != load_policy().fingerprint
+    write_study(svc.settings.landing_dir / "chest", Patient("4711"), instances=2, modality="CT", body_part="CHEST")
+    t0 = dt.datetime.now(dt.timezone.utc)
+    assert _dag("ingest", "ingest").test().state == "success"
+    assert _dag("protect", "protect").test().state == "success"
+
+    cat = svc.catalog
+    originals = [o for o in cat.objects() if not (o.source or "").startswith("derived:")]
+    assert len(originals) == 2
+    for o in originals:  # classification: the hospital's rule, recorded with its policy
+        assert (o.tier, o.rule_id, o.policy_fingerprint) == (4, "hospital-chest-l4", svc.policy.fingerprint)
+        # retention: the tier's own 7-year archive term, not the default's 30 years for tier 4
+        assert abs(o.retention_deadline - (t0 + dt.timedelta(days=2555))) < dt.timedelta(minutes=10)
+        # backup rule: tier 4 needs none here, so protect made none
+        assert o.state == "STORED" and not [c for c in cat.copies(o.id) if c.zone == "backup"]
+    assert cat.platform_policy() == svc.policy.fingerprint
+
+    # cache cap: 72 hours asked, the tier's 6 granted
+    target = originals[0]
+    assert _dag("access", "retrieve_copy").test(run_conf={"catalog_id": target.id, "hours": 72}).state == "success"
+    (cache,) = [c for c in cat.copies(target.id) if c.zone == "cache"]
+    assert cache.deadline - cache.created_at <= dt.timedelta(hours=6, seconds=5)
+    assert cache.deadline - cache.created_at >= dt.timedelta(hours=6) - dt.timedelta(seconds=5)
+
+    # sweeper: eight years on, everything is past its 7-year term and no backup is required, so it goes
+    later = t0 + dt.timedelta(days=8 * 365)
+    assert _dag("sweeper", "sweeper").test(logical_date=later).state == "success"
+    assert {cat.get(o.id).state for o in originals} == {"DELETED"}
+
+
+def test_retrieve_refuses_a_tier_without_a_cache_zone_and_caps_hours(hospital, dicom_file):
+    import shutil
+
+    from imaging_lifecycle.retention import GrantRefused, retrieve
+
+    from conftest import ingest_now
+
+    svc = hospital
+    shutil.copy(dicom_file("CT_small.dcm"), svc.settings.landing_dir / "a.dcm")
+    shutil.copy(dicom_file("MR_small.dcm"), svc.settings.landing_dir / "b.dcm")
+    ingest_now(svc.settings)
+    (a, b) = [o.id for o in svc.catalog.objects()]
+    for oid, tier in ((a, 5), (b, 4)):
+        svc.catalog.transition(oid, "CLASSIFIED", tier=tier, rule_id="test", actor="test")
+    with pytest.raises(GrantRefused, match="allows no copy in the cache zone"):
+        retrieve(svc, a, actor="dr-a", hours=1)  # tier 5's zones exclude the cache
+    assert not [c for c in svc.catalog.copies(a) if c.zone == "cache"]
+    now = dt.datetime(2031, 1, 1, tzinfo=dt.timezone.utc)
+    grant = retrieve(svc, b, actor="dr-a", hours=72, now=now)
+    assert grant.hours == 6 and svc.catalog.grant(grant.id)["deadline"] == now + dt.timedelta(hours=6)
+    assert retrieve(svc, b, actor="dr-a", now=now).hours == 6  # no hours asked: the tier's whole term
+
+
+def test_a_process_under_another_policy_refuses_guarded_actions(hospital, dicom_file, tmp_path):
+    import shutil
+
+    from imaging_lifecycle.services import PolicyMismatch, Services
+
+    from conftest import ingest_now
+
+    svc = hospital
+    shutil.copy(dicom_file("CT_small.dcm"), svc.settings.landing_dir / "a.dcm")
+    ingest_now(svc.settings)
+    (oid,) = [o.id for o in svc.catalog.objects()]
+    svc.guard("classify", actor="test")  # the first process records the platform's policy
+    assert svc.catalog.platform_policy() == svc.policy.fingerprint
+
+    from dataclasses import replace
+
+    other = Services.open(replace(svc.settings, policy_file=None))  # the packaged default instead
+    from imaging_lifecycle import protect, retention
+
+    with pytest.raises(PolicyMismatch, match="refusing classify"):
+        protect.classify_objects(other, [oid], actor="test/worker-2")
+    with pytest.raises(PolicyMismatch):
+        retention.set_legal_hold(other, oid, True, actor="test/worker-2")
+    assert svc.catalog.get(oid).state == "VALIDATED" and not svc.catalog.get(oid).legal_hold
+    alerts = [r for r in svc.catalog.audit.records() if r.action == "security.alert"]
+    assert alerts and alerts[-1].detail["reason"] == "POLICY_MISMATCH"
+
+    # The CLI, run without IL_POLICY_FILE, is refused too; then adopting its policy makes it the platform's.
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "IL_POLICY_FILE"}
+    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
+    r = subprocess.run([cli, "legal-hold", "set", oid, "--actor", "counsel"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "refusing" in r.stderr
+    r = subprocess.run([cli, "policy", "show"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and json.loads(r.stdout)["in_force"] is False
+    r = subprocess.run([cli, "policy", "adopt", "--actor", "dso"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["in_force"] is True
+    assert [x.actor for x in svc.catalog.audit.records() if x.action == "policy.adopt"][-1] == "dso"
+    with pytest.raises(PolicyMismatch):  # and now the hospital's own process is the one refused
+        svc.guard("classify", actor="test")
+
+
+def test_only_the_composition_root_loads_the_policy():
+    """No stage, DAG or command reads a policy file or the packaged default on its own."""
+    callers = []
+    for root in ("include/imaging_lifecycle", "dags", "plugins"):
+        for path in sorted((PROJECT / root).rglob("*.py")):
+            rel = path.relative_to(PROJECT).as_posix()
+            if rel.startswith("include/imaging_lifecycle/policy/") or rel.endswith(("/services.py", "/settings.py")):
+                continue  # the policy package itself; the one loader; the one place the environment is read
+            text = path.read_text()
+            if "load_policy(" in text or re.search(r"environ[^\n]*IL_POLICY", text):
+                callers.append(rel)
+    assert callers == []
+    assert "IL_POLICY_FILE" in Path(PROJECT / "include/imaging_lifecycle/settings.py").read_text()
