@@ -206,3 +206,13 @@ def test_the_object_store_dying_mid_run_loses_nothing_and_the_retry_duplicates_n
         assert [v.version_id for v in store.versions("archive", copies[0].key)] == [copies[0].version_id]
     assert not list((env.state_dir / "ingest").rglob("*.dcm"))
 
+
+def test_a_batch_id_never_reads_as_a_dicom_date(env, dicom_file, monkeypatch):
+    """A random suffix of eight digits starting 19/20 (1 in 2,147 batches) failed the audit's date guard."""
+    import uuid
+
+    real, first = uuid.uuid4, [uuid.UUID("20123456-7890-4000-8000-000000000000")]
+    monkeypatch.setattr(uuid, "uuid4", lambda: first.pop() if first else real())
+    shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "a.dcm")
+    summary = ingest_now(env)
+    assert summary["stored"] == 1 and summary["batch_id"].rsplit("-", 1)[1] == "b20123456789"
