@@ -166,3 +166,46 @@ def test_only_the_composition_root_loads_the_policy():
                 callers.append(rel)
     assert callers == []
     assert "IL_POLICY_FILE" in Path(PROJECT / "include/imaging_lifecycle/settings.py").read_text()
+
+
+GUARDED = {
+    "classify": lambda m, svc, oid, tmp: m.protect.classify_objects(svc, [oid], actor="t"),
+    "deidentify": lambda m, svc, oid, tmp: m.protect.deidentify_objects(svc, [oid], actor="t"),
+    "store": lambda m, svc, oid, tmp: m.protect.store_objects(svc, [oid], actor="t"),
+    "working_copy": lambda m, svc, oid, tmp: m.retention.retrieve(svc, oid, actor="t"),
+    "read_grant": lambda m, svc, oid, tmp: m.retention.read_grant(svc, "0" * 32, tmp / "x.dcm", actor="t"),
+    "legal_hold": lambda m, svc, oid, tmp: m.retention.set_legal_hold(svc, oid, True, actor="t"),
+    "release_hold": lambda m, svc, oid, tmp: m.retention.set_legal_hold(svc, oid, False, actor="t"),
+    "restore": lambda m, svc, oid, tmp: m.backup.restore_object(svc, oid, tmp / "x.dcm", actor="t"),
+    "sweep": lambda m, svc, oid, tmp: m.deletion.sweep(svc, dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc),
+                                                       actor="t"),
+    "delete": lambda m, svc, oid, tmp: m.deletion.delete_candidates(
+        svc, [oid], dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc), actor="t"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(GUARDED))
+def test_every_guarded_action_refuses_under_another_policy(hospital, dicom_file, tmp_path, action):
+    import shutil
+    import types
+    from dataclasses import replace
+
+    from imaging_lifecycle import backup, deletion, protect, retention
+    from imaging_lifecycle.services import PolicyMismatch, Services
+
+    from conftest import ingest_now
+
+    svc = hospital
+    shutil.copy(dicom_file("CT_small.dcm"), svc.settings.landing_dir / "a.dcm")
+    ingest_now(svc.settings)
+    (oid,) = [o.id for o in svc.catalog.objects()]
+    svc.guard("setup", actor="test")  # the platform runs the hospital's policy
+    before = [r.seq for r in svc.catalog.audit.records()]
+    other = Services.open(replace(svc.settings, policy_file=None))
+    modules = types.SimpleNamespace(protect=protect, retention=retention, backup=backup, deletion=deletion)
+    with pytest.raises(PolicyMismatch):
+        GUARDED[action](modules, other, oid, tmp_path)
+    after = svc.catalog.audit.records()
+    new = [r for r in after if r.seq not in before]
+    assert [r.action for r in new] == ["security.alert"] and new[0].detail["reason"] == "POLICY_MISMATCH"
+    assert svc.catalog.get(oid).state == "VALIDATED" and not svc.catalog.get(oid).legal_hold
