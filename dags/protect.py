@@ -1,6 +1,7 @@
 """Protect: started by the ingest asset (data-aware scheduling), never by a clock.
 
-classify -> gate -> de-identify -> gate -> encrypt, upload, read back -> STORED -> gate -> backup
+classify -> gate -> de-identify (gated per object before release) -> encrypt, upload, read back -> STORED
+-> gate -> backup. Every gate judges each object alone: one that fails is held for review, the rest go on.
 """
 
 from __future__ import annotations
@@ -49,13 +50,6 @@ def protect():
 
         return stage.deidentify_objects(Services.open(), ids, actor=actor(get_current_context()))
 
-    @task
-    def deid_gate(chunks: list[list[str]]) -> dict:
-        from imaging_lifecycle import protect as stage
-        from imaging_lifecycle.services import Services
-
-        return stage.deid_gate(Services.open(), chunks, actor=actor(get_current_context()))
-
     @task(max_active_tis_per_dagrun=2)
     def store(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
@@ -82,10 +76,9 @@ def protect():
     c = classify.expand(ids=chunks)
     g1 = classified_gate(chunks)
     d = deidentify.expand(ids=chunks)
-    g2 = deid_gate(chunks)
     s = store.expand(ids=chunks)
-    g3 = closing_gate(chunks)
-    c >> g1 >> d >> g2 >> s >> g3 >> backup(chunks)
+    g2 = closing_gate(chunks)
+    c >> g1 >> d >> s >> g2 >> backup(chunks)
 
 
 protect()

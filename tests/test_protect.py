@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-
-import pytest
 
 from imaging_lifecycle.services import Services
 
@@ -18,11 +17,14 @@ def protect_all(settings, actor="test/protect") -> dict:
     svc = Services.open(settings)
     chunks = protect.pending_chunks(svc)
     out = {"chunks": chunks}
-    for name, step, gate_name, gate in (("classify", protect.classify_objects, "classified", protect.classified_gate),
-                                        ("deidentify", protect.deidentify_objects, "deid", protect.deid_gate),
-                                        ("store", protect.store_objects, "closing", protect.closing_gate)):
-        out[name] = [step(Services.open(settings), c, actor=actor) for c in chunks]  # a fresh task each
-        out[gate_name] = gate(Services.open(settings), chunks, actor=actor)
+    def each(step):  # a mapped task per chunk, each with its own Services
+        return [step(Services.open(settings), c, actor=actor) for c in chunks]
+
+    out["classify"] = each(protect.classify_objects)
+    out["classified"] = protect.classified_gate(Services.open(settings), chunks, actor=actor)
+    out["deidentify"] = each(protect.deidentify_objects)  # gated per object before release
+    out["store"] = each(protect.store_objects)
+    out["closing"] = protect.closing_gate(Services.open(settings), chunks, actor=actor)
     out["backup"] = protect.backup_objects(svc, [i for c in chunks for i in c], actor=actor)
     return out
 
@@ -47,7 +49,7 @@ def test_ingested_objects_are_classified_deidentified_stored_and_backed_up(env, 
     # originals whose tier requires a backup are BACKED_UP on the second site
     assert {o.state for o in chest} == {"BACKED_UP"}
     assert all(any(c.zone == "backup" for c in cat.copies(o.id)) for o in chest)
-    assert result["closing"]["success"] is True
+    assert result["classified"]["held"] == 0 and result["closing"]["held"] == 0
 
     # The derivative holds none of the patient's identifiers, decrypted and read as text.
     from imaging_lifecycle.encrypted_store import EncryptedStore
@@ -82,15 +84,25 @@ def test_every_bucket_holds_ciphertext_only_after_a_run(env, store):  # noqa: F8
     assert seen > 0
 
 
-def test_the_classified_gate_blocks_an_object_without_a_tier(env, dicom_file):  # noqa: F811
+def test_the_classified_gate_holds_an_object_without_a_tier_and_lets_the_others_go(env, dicom_file):  # noqa: F811
     from imaging_lifecycle import protect
-    from imaging_lifecycle.gates import GateFailed
 
     shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "ct.dcm")
+    shutil.copy(dicom_file("MR_small.dcm"), env.landing_dir / "mr.dcm")
     ingest_now(env)
-    chunks = protect.pending_chunks(Services.open(env))  # not classified yet: tier is empty
-    with pytest.raises(GateFailed, match="classified"):
-        protect.classified_gate(Services.open(env), chunks, actor="test/protect")
+    svc = Services.open(env)
+    chunks = protect.pending_chunks(svc)
+    (first, second) = [i for c in chunks for i in c]
+    protect.classify_objects(svc, [first], actor="test/protect")  # the second is never classified: no tier
+    out = protect.classified_gate(svc, chunks, actor="test/protect")
+    assert out["held"] == 1
+    cat = catalog(env)
+    assert cat.get(second).flagged == protect.HELD_CLASSIFIED and cat.get(first).flagged is None
+    protect.store_objects(svc, [first, second], actor="test/protect")
+    assert cat.get(first).state == "STORED" and cat.get(second).state == "VALIDATED"
+    assert protect.pending_chunks(svc) == []  # held for review: not taken again
+    gate = [r for r in cat.audit.records() if r.action == "gate.run" and r.detail["gate"] == "classified"]
+    assert gate[-1].outcome == "failure" and gate[-1].detail["held"] == 1
 
 
 def test_objects_of_a_batch_that_has_not_passed_its_gate_are_not_taken(env, dicom_file):  # noqa: F811
@@ -103,3 +115,76 @@ def test_objects_of_a_batch_that_has_not_passed_its_gate_are_not_taken(env, dico
     assert protect.pending_chunks(svc) == []  # stored and VALIDATED, but the gate has not run
     ingest.close_batch(svc, results, actor="test/protect")
     assert len([i for c in protect.pending_chunks(svc) for i in c]) == 1
+
+
+def _plant_study_uid_in_safe_private(path) -> None:
+    """Copy the study's UID into a private element the policy keeps as it is (its safe list)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "UI", ds.StudyInstanceUID)
+    ds.save_as(path)
+
+
+def test_one_object_failing_the_deid_gate_is_held_and_the_rest_are_released(env, store):  # noqa: F811
+    """The gate judges each derivative before release: the bad one never reaches research; nothing stalls."""
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    patient = Patient("6061")
+    files = write_study(env.landing_dir / "chest", patient, instances=3, modality="CT", body_part="CHEST")
+    _plant_study_uid_in_safe_private(sorted(files)[0])  # an original UID where the engine keeps values
+    ingest_now(env)
+    result = protect_all(env)
+    cat = catalog(env)
+    originals = [o for o in cat.objects() if not (o.source or "").startswith("derived:")]
+    derived = [o for o in cat.objects() if (o.source or "").startswith("derived:")]
+    bad = [o for o in originals if o.flagged == "DEID_GATE"]
+    assert len(bad) == 1 and sum(r.get("needs_review", 0) for r in result["deidentify"]) == 1
+    assert len(derived) == 2 and bad[0].id not in {d.source.split(":", 1)[1] for d in derived}
+    # every original, the held one too, is stored and backed up with its deadline
+    assert {o.state for o in originals} == {"BACKED_UP"} and all(o.retention_deadline for o in originals)
+    # nothing in the research zone but the two released derivatives
+    research = {v.key for v in store.versions("research") if not v.is_delete_marker}
+    mine = {c.key for d in derived for c in cat.copies(d.id)}
+    assert mine <= research and not any(bad[0].id in k for k in research)
+    # release came after the gate: the deid gate's audit record precedes every research copy of this run
+    records = cat.audit.records()
+    gate_seq = max(r.seq for r in records if r.action == "gate.run" and r.detail["gate"] == "deid")
+    adds = [r for r in records if r.action == "copy.add" and r.detail.get("zone") == "research"]
+    assert len(adds) == 2 and all(r.seq > gate_seq for r in adds)
+    review = [r for r in records if r.object_ref == bad[0].id and r.action == "object.flag_review"]
+    assert review and review[-1].detail["checks"] == ["uids_unchanged"] and review[-1].detail["reason"] == "DEID_GATE"
+    assert patient.name not in json.dumps([r.public() for r in records], default=str)
+    # the next run does not take the held object again, and does not stall on it
+    from imaging_lifecycle import protect
+
+    assert protect.pending_chunks(Services.open(env)) == []
+    # it waits in the review queue, which the CLI prints without identifiers
+    import os
+    import subprocess
+
+    from conftest import PROJECT
+
+    cli_env = {**os.environ, "IL_CATALOG_URL": env.catalog_url, "IL_STATE_DIR": str(env.state_dir)}
+    r = subprocess.run([str(PROJECT / ".venv/bin/imaging-lifecycle"), "review", "list", "--json"], env=cli_env,
+                       capture_output=True, text=True, timeout=60, check=True)
+    queue = json.loads(r.stdout)
+    assert [(i["catalog_id"], i["flag"]) for i in queue] == [(bad[0].id, "DEID_GATE")]
+    assert patient.name not in r.stdout and patient.patient_id not in r.stdout
+
+
+def test_our_own_dummy_value_is_no_false_positive(env, dicom_file, tmp_path):  # noqa: F811
+    """An original holding "ANON" (a name component) and the engine's dummy "ANONYMIZED": the gate passes."""
+    import pydicom
+
+    from imaging_lifecycle.deid import Deidentifier
+    from imaging_lifecycle.gates.deid import check
+
+    svc = Services.open(env)
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.PatientName = "ANON^CASE"
+    ds.ContentCreatorName = "ANONYMIZED"  # the original already holds our dummy (action D): replaced by itself
+    result = Deidentifier(svc.policy, b"k" * 32).deidentify(ds, in_place=False)
+    assert str(result.dataset.PatientName) != "ANON^CASE"
+    verdict = check([("x" * 32, ds, result.dataset)], svc.policy)
+    assert verdict.success and verdict.passed("x" * 32), verdict.summary()

@@ -16,8 +16,11 @@ that takes the :class:`~imaging_lifecycle.services.Services` of its task:
   the staging tier (the tier is bound into the ciphertext), reads it back,
   and moves the object to STORED with its retention deadline.
 * :func:`backup_objects` replicates what the tier's policy wants backed up.
-* :func:`classified_gate`, :func:`deid_gate` and :func:`closing_gate` stand
-  between them; each audits its verdict and raises ``GateFailed`` on failure.
+* :func:`classified_gate` and :func:`closing_gate` stand between them, and
+  the de-identification gate runs inside :func:`deidentify_objects`, before
+  anything is released. Every gate audits its verdict and judges **each
+  object alone**: one that fails is held back (flagged, or NEEDS_REVIEW for
+  de-identification) and waits for review, and the rest of the run goes on.
   The closing gate wants every object STORED with a key id and ciphertext
   hash, and no stored copy that starts like DICOM.
 
@@ -50,15 +53,19 @@ def _archive_copy(svc: Services, obj):
     return live[-1] if live else None
 
 
-@contextmanager
-def plaintext_file(svc: Services, obj):
-    """The object's original, decrypted and verified into a private temp file, removed afterwards."""
+def _private_tmp(svc: Services, suffix: str) -> Path:
+    """A fresh random name in the state folder's 0700 ``tmp`` (the file itself is not created here)."""
     tmpdir = svc.settings.state_dir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     os.chmod(tmpdir, 0o700)
-    # A fresh random name in our 0700 folder; restore_to creates it exclusively (0600) and
-    # makes it appear only once the content verified.
-    path = tmpdir / f"{uuid.uuid4().hex}.dcm"
+    return tmpdir / f"{uuid.uuid4().hex}{suffix}"
+
+
+@contextmanager
+def plaintext_file(svc: Services, obj):
+    """The object's original, decrypted and verified into a private temp file, removed afterwards."""
+    # restore_to creates it exclusively (0600) and makes it appear only once the content verified.
+    path = _private_tmp(svc, ".dcm")
     try:
         svc.encrypted.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)
         yield path
@@ -104,7 +111,8 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
     for oid in ids:
         obj = svc.catalog.get(oid)
         # NEEDS_REVIEW holds back the derivative, never the original: it is stored all the same.
-        if obj.state not in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW, states.PROTECTED):
+        if held(obj) or obj.state not in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW,
+                                          states.PROTECTED):
             continue
         copy = _archive_copy(svc, obj)
         sealed = svc.catalog.sealed(copy, obj.sha256, obj.size)
@@ -150,16 +158,26 @@ def closing_rows(svc: Services, ids: list[str]) -> list[dict]:
 
 
 def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
-    """Make the de-identified derivative of every object whose tier asks for one.
+    """Make, gate and only then release the de-identified derivative of every object whose tier asks for one.
 
-    The derivative is registered as an object of its own (source
-    ``derived:<parent id>``), classified as de-identified data and stored
-    encrypted in the research zone. The pseudonym <-> identity map is stored
-    encrypted at the highest tier beside the original, readable only through
-    the (later) two-person approval flow. Burned-in text risk: the original
-    goes to NEEDS_REVIEW, flagged with the reason, and no derivative is made.
+    Per object, in this order:
+
+    1. The engine de-identifies the original in memory. Images that may carry
+       burned-in text, and input the engine refuses, go to NEEDS_REVIEW with a
+       reason code; no derivative is made.
+    2. The de-identification gate runs over the step's (original, derivative)
+       pairs in one GX validation, with a verdict **per object**.
+    3. Only a derivative whose own row passed is registered as an object of
+       its own (source ``derived:<parent id>``, tier of de-identified data)
+       and stored encrypted in the research zone, with the pseudonym map
+       stored at the highest tier beside the original. An object whose row
+       failed goes to NEEDS_REVIEW, flagged ``DEID_GATE`` with the failed
+       checks' names, and waits for a reviewer: it is not retried, and the
+       rest of the step goes on. Its original is stored and backed up as usual.
     """
-    from imaging_lifecycle.deid import Deidentifier, DeidError, write_dataset
+    from imaging_lifecycle.deid import Deidentifier, DeidError
+    from imaging_lifecycle.gates import deid as suite
+    from imaging_lifecycle.gates import record
     from imaging_lifecycle.secretfiles import load_or_create_secret
 
     svc.guard("deidentify", actor=actor)
@@ -170,34 +188,51 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     def count(k: str) -> None:
         counts[k] = counts.get(k, 0) + 1
 
+    def hold(oid: str, reason: str, detail: dict) -> None:
+        svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor, flagged=reason[:64], detail=detail)
+        count("needs_review")
+
+    made = []  # (object, original dataset, engine result): nothing released yet
     for oid in ids:
         obj = svc.catalog.get(oid)
-        if obj.state != states.CLASSIFIED or not policy.tier(obj.tier).handling.deidentify:
+        if obj.state != states.CLASSIFIED or held(obj) or not policy.tier(obj.tier).handling.deidentify:
             continue
         with plaintext_file(svc, obj) as path:
             try:
-                result = engine.deidentify(read_dataset(path), source=_sender(obj))
+                original = read_dataset(path)
+                result = engine.deidentify(original, source=_sender(obj), in_place=False)
             except (DeidError, UnreadableDicom) as exc:  # reason codes only: pydicom's messages quote values
-                svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor, flagged=f"DEID_{exc.reason}"[:64],
-                                       detail={"reason": exc.reason})
-                count("needs_review")
+                hold(oid, f"DEID_{exc.reason}", {"reason": exc.reason})
                 continue
-            if result.needs_review:
-                svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor,
-                                       flagged=(result.review_reason or "BURNED_IN")[:64],
-                                       detail={"reason": result.review_reason or "BURNED_IN"})
-                count("needs_review")
-                continue
-            out = path.with_suffix(".deid.dcm")
-            try:
-                write_dataset(result.dataset, out)
-                _store_derivative(svc, obj, out, result.dataset, policy, actor=actor)
-                _store_reid_map(svc, obj, result.reid.to_bytes(), policy, actor=actor)
-            finally:
-                out.unlink(missing_ok=True)
-        svc.catalog.transition(oid, states.DEIDENTIFIED, actor=actor)
+        if result.needs_review:
+            hold(oid, result.review_reason or "BURNED_IN", {"reason": result.review_reason or "BURNED_IN"})
+            continue
+        made.append((obj, original, result))
+    if not made:
+        return counts
+    verdict = record(svc.catalog, suite.check([(o.id, orig, r.dataset) for o, orig, r in made], policy),
+                     actor=actor)
+    for obj, _original, result in made:
+        if not verdict.passed(obj.id):
+            hold(obj.id, "DEID_GATE", {"reason": "DEID_GATE", "checks": sorted(set(verdict.failed.get(obj.id, ())))})
+            continue
+        _release_derivative(svc, obj, result, policy, actor=actor)
+        svc.catalog.transition(obj.id, states.DEIDENTIFIED, actor=actor)
         count("deidentified")
     return counts
+
+
+def _release_derivative(svc: Services, obj, result, policy, *, actor: str) -> None:  # noqa: ANN001
+    """Write the gated derivative to a private temp file, store it in research, and store its pseudonym map."""
+    from imaging_lifecycle.deid import write_dataset
+
+    out = _private_tmp(svc, ".deid.dcm")
+    try:
+        write_dataset(result.dataset, out)
+        _store_derivative(svc, obj, out, result.dataset, policy, actor=actor)
+        _store_reid_map(svc, obj, result.reid.to_bytes(), policy, actor=actor)
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: str) -> str:
@@ -246,6 +281,16 @@ def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -
 
 # -- what the DAG calls ---------------------------------------------------------------
 
+#: Flags of objects a per-object gate held back: no later step takes them; they wait for review.
+HELD_CLASSIFIED = "GATE_CLASSIFIED"
+HELD_CLOSING = "GATE_CLOSING"
+
+
+def held(obj) -> bool:  # noqa: ANN001
+    """Did a per-object gate hold this object back?"""
+    return obj.flagged in (HELD_CLASSIFIED, HELD_CLOSING)
+
+
 #: Objects still on their way through protect, oldest first, from any batch
 #: (a run that died leaves work that the next run picks up).
 PENDING_STATES = (states.VALIDATED, states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW, states.PROTECTED)
@@ -266,7 +311,7 @@ def pending_chunks(svc: Services, chunk: int = CHUNK) -> list[list[str]]:
         return passed[batch_id]
 
     ids = [o.id for st in PENDING_STATES for o in svc.catalog.objects(state=st)
-           if o.quarantine_reason is None and gated(o.batch_id)]
+           if o.quarantine_reason is None and not held(o) and gated(o.batch_id)]
     return [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
 
 
@@ -276,7 +321,7 @@ def backup_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
 
     policy = svc.policy
     wanted = [o.id for o in map(svc.catalog.get, ids)
-              if o.state == states.STORED and policy.tier(o.tier).handling.backup_required]
+              if o.state == states.STORED and not held(o) and policy.tier(o.tier).handling.backup_required]
     return backup.replicate(svc.catalog, svc.store, wanted, actor=actor, encrypted=svc.encrypted) if wanted else {}
 
 
@@ -287,39 +332,42 @@ def _ids(chunks: list[list[str]]) -> list[str]:
     return [i for c in chunks for i in c]
 
 
+def _hold_failed(svc: Services, verdict, flag: str, *, actor: str) -> int:  # noqa: ANN001
+    """Flag each object whose own row failed a per-object gate; later steps pass it by. Returns how many."""
+    for oid, checks in sorted(verdict.failed.items()):
+        svc.catalog.flag(oid, flag, actor=actor, detail={"reason": flag, "checks": sorted(set(checks))})
+    return len(verdict.failed)
+
+
 def classified_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
-    """Every object of the run has a tier and the rule that decided it."""
-    from imaging_lifecycle.gates import enforce_recorded
+    """Every object has a tier of the policy and the rule that decided it; one that has not is held alone."""
+    from imaging_lifecycle.gates import record
     from imaging_lifecycle.gates.protect import check_classified
 
-    rows = [{"catalog_id": o.id, "tier": o.tier, "rule_id": o.rule_id} for o in map(svc.catalog.get, _ids(chunks))]
-    return enforce_recorded(svc.catalog, check_classified(rows), actor=actor).summary()
-
-
-def deid_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
-    """The de-identification gate over this run's (original, derivative) pairs, decrypted in memory."""
-    from imaging_lifecycle.gates import GateResult, enforce_recorded
-    from imaging_lifecycle.gates import deid as suite
-
-    pairs = []
-    for d_id in derivatives_of(svc, _ids(chunks)):
-        d = svc.catalog.get(d_id)
-        parent = svc.catalog.get(d.source.split(":", 1)[1])
-        with plaintext_file(svc, parent) as original, plaintext_file(svc, d) as derived:
-            pairs.append((d_id, read_dataset(original), read_dataset(derived)))
-    # No tier in this run asked for a derivative: nothing was released, nothing to check.
-    result = suite.check(pairs, svc.policy) if pairs else GateResult("deid", True, 0)
-    return enforce_recorded(svc.catalog, result, actor=actor).summary()
+    rows = [{"catalog_id": o.id, "tier": o.tier, "rule_id": o.rule_id} for o in map(svc.catalog.get, _ids(chunks))
+            if not held(o)]
+    verdict = record(svc.catalog, check_classified(rows, svc.policy.highest_tier), actor=actor) if rows else None
+    return {"gate": "classified", "rows": len(rows),
+            "held": _hold_failed(svc, verdict, HELD_CLASSIFIED, actor=actor) if verdict else 0}
 
 
 def closing_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
-    """Every object (and derivative) of the run is STORED, keyed, hashed, and no stored copy is plaintext."""
-    from imaging_lifecycle.gates import enforce_recorded
+    """Each object (and derivative) of the run is STORED, keyed, hashed, with no plaintext copy; else held alone.
+
+    An object held here is not backed up and raises a security alert: a
+    stored copy that starts like DICOM is plaintext in the object store.
+    """
+    from imaging_lifecycle.gates import record
     from imaging_lifecycle.gates.protect import check_closing
 
-    ids = _ids(chunks)
-    result = check_closing(closing_rows(svc, ids + derivatives_of(svc, ids)))
-    return enforce_recorded(svc.catalog, result, actor=actor).summary()
+    ids = [o.id for o in map(svc.catalog.get, _ids(chunks)) if not held(o)]
+    rows = closing_rows(svc, ids + derivatives_of(svc, ids))
+    verdict = record(svc.catalog, check_closing(rows), actor=actor) if rows else None
+    n = _hold_failed(svc, verdict, HELD_CLOSING, actor=actor) if verdict else 0
+    if n:
+        svc.catalog.audit.append(actor, "security.alert", outcome="major_failure",
+                                 detail={"reason": "CLOSING_GATE_FAILED", "objects": n})
+    return {"gate": "protect-closing", "rows": len(rows), "held": n}
 
 
 def derivatives_of(svc: Services, ids: list[str]) -> list[str]:

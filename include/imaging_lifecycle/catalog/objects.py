@@ -106,6 +106,13 @@ class ObjectsMixin(CatalogBase):
         with self.db.read(session) as conn:
             return [ObjectRecord(**r._mapping) for r in conn.execute(q)]
 
+    def flagged_objects(self, *, limit: int = 1000) -> list[ObjectRecord]:
+        """Live objects that carry a flag (held by a gate, waiting for review, a failed check), oldest first."""
+        q = (select(objects).where(objects.c.flagged.is_not(None), objects.c.state != DELETED)
+             .order_by(objects.c.created_at, objects.c.id).limit(limit))
+        with self.db.read() as conn:
+            return [ObjectRecord(**r._mapping) for r in conn.execute(q)]
+
     def state_counts(self, *, batch_id: str | None = None) -> dict[str, int]:
         """Number of objects per state (optionally of one batch)."""
         q = select(objects.c.state, func.count()).group_by(objects.c.state)

@@ -9,7 +9,12 @@ an identifier to hunt for.
 
 Values shorter than :data:`MIN_LENGTH` characters are not hunted: "M",
 "1" or "JR" occur in innocent text everywhere, and removing them would
-destroy data without protecting anyone.
+destroy data without protecting anyone. A value that begins or ends with a
+Latin letter or digit is hunted as a whole word there (``ANON`` is not found
+inside ``ANONYMIZED``, nor ``1234`` inside ``912345``); a value that begins or
+ends with another script (Chinese names are written without spaces) is found
+anywhere. The engine and the gate share these rules, so the gate never counts
+what the engine rightly left alone.
 """
 
 from __future__ import annotations
@@ -102,8 +107,18 @@ def date_parts(raw: bytes) -> list[bytes]:
     return out
 
 
+_WORD = re.compile(rb"[A-Za-z0-9]")
+
+
+def _bounded(s: bytes) -> bytes:
+    """``s`` as a regex, as a whole word at each end that is a Latin letter or digit."""
+    head = rb"(?<![A-Za-z0-9])" if _WORD.match(s[:1]) else b""
+    tail = rb"(?![A-Za-z0-9])" if _WORD.match(s[-1:]) else b""
+    return head + re.escape(s) + tail
+
+
 def pattern(strings: set[bytes]) -> re.Pattern[bytes] | None:
     """One case-insensitive regex for all ``strings``, longest first; None when there is nothing to hunt."""
     if not strings:
         return None
-    return re.compile(b"|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)), re.IGNORECASE)
+    return re.compile(b"|".join(_bounded(s) for s in sorted(strings, key=len, reverse=True)), re.IGNORECASE)

@@ -42,15 +42,22 @@ class GateResult:
     success: bool
     rows: int
     failures: tuple[Failure, ...] = ()
+    #: For a gate run with a ``key`` column: key (a catalog id) -> the columns its row failed on.
+    failed: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-safe summary for XCom, logs and audit: names and counts only."""
+        """A JSON-safe summary for XCom, logs and audit: names, counts and catalog ids only."""
         return {
             "gate": self.gate,
             "success": self.success,
             "rows": self.rows,
             "failures": [asdict(f) for f in self.failures],
+            "held": sorted(self.failed),
         }
+
+    def passed(self, key: str) -> bool:
+        """Did the row of ``key`` pass every expectation? (Needs a gate run with ``key``.)"""
+        return self.rows > 0 and key not in self.failed
 
 
 class GateFailed(RuntimeError):
@@ -74,12 +81,18 @@ def _context():
     return gx, ctx
 
 
-def run_gate(name: str, rows: list[dict[str, Any]], suite: Iterable[Expectation], *, columns: list[str]) -> GateResult:
+def run_gate(name: str, rows: list[dict[str, Any]], suite: Iterable[Expectation], *, columns: list[str],
+             key: str | None = None) -> GateResult:
     """Validate ``rows`` (one dict per object) against ``suite``.
 
     ``columns`` fixes the table's shape so that an empty batch, or rows missing
     a key, still validates against the columns the suite names. An empty batch
     fails: a gate that saw nothing must not let anything through.
+
+    With ``key`` (a column of catalog ids), the result also says which rows
+    failed which expectations (:attr:`GateResult.failed`), so a stage can hold
+    back just those objects and let the rest go on. Only the key column is
+    kept from GX's unexpected rows; the other cells are thrown away.
     """
     import pandas as pd
 
@@ -96,7 +109,11 @@ def run_gate(name: str, rows: list[dict[str, Any]], suite: Iterable[Expectation]
     gx_suite = gx.ExpectationSuite(name=name)
     for exp in suite:
         gx_suite.add_expectation(getattr(gx.expectations, exp.kind)(**exp.kwargs))
-    outcome = batch.validate(gx_suite, result_format="SUMMARY")
+    result_format: Any = "SUMMARY"
+    if key is not None:
+        result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [key],
+                         "return_unexpected_index_query": False, "partial_unexpected_count": 0}
+    outcome = batch.validate(gx_suite, result_format=result_format)
     failures = tuple(
         Failure(
             r.expectation_config.type,
@@ -106,7 +123,16 @@ def run_gate(name: str, rows: list[dict[str, Any]], suite: Iterable[Expectation]
         for r in outcome.results
         if not r.success
     )
-    result = GateResult(name, bool(outcome.success), len(df), failures)
+    failed: dict[str, tuple[str, ...]] = {}
+    if key is not None:
+        for r in outcome.results:
+            if r.success:
+                continue
+            column = r.expectation_config.kwargs.get("column") or r.expectation_config.type
+            for index in (r.result or {}).get("unexpected_index_list") or ():
+                k = str(index.get(key))
+                failed[k] = (*failed.get(k, ()), column)
+    result = GateResult(name, bool(outcome.success), len(df), failures, failed)
     log.info("gate %s: %s", name, result.summary())
     return result
 
@@ -118,12 +144,14 @@ def enforce(result: GateResult) -> GateResult:
     return result
 
 
-def enforce_recorded(catalog, result: GateResult, *, actor: str, session=None) -> GateResult:  # noqa: ANN001
-    """The one way a stage runs a gate's verdict: audit it (``gate.run``, success or failure), then enforce it.
-
-    The audit record carries the gate's name, row count and failure count only.
-    """
+def record(catalog, result: GateResult, *, actor: str, session=None) -> GateResult:  # noqa: ANN001
+    """Audit a gate's verdict (``gate.run``, success or failure): name, rows, failed checks and held objects."""
     catalog.audit.append(actor, "gate.run", outcome="success" if result.success else "failure",
                          detail={"gate": result.gate, "ok": result.success, "rows": result.rows,
-                                 "failed": len(result.failures)}, session=session)
-    return enforce(result)
+                                 "failed": len(result.failures), "held": len(result.failed)}, session=session)
+    return result
+
+
+def enforce_recorded(catalog, result: GateResult, *, actor: str, session=None) -> GateResult:  # noqa: ANN001
+    """A whole-batch gate: audit its verdict, then raise :class:`GateFailed` unless it passed."""
+    return enforce(record(catalog, result, actor=actor, session=session))

@@ -10,11 +10,16 @@ from __future__ import annotations
 from imaging_lifecycle.gates import Expectation, GateResult, run_gate
 
 CLASSIFIED_COLUMNS = ["catalog_id", "tier", "rule_id"]
-CLASSIFIED_SUITE = [
-    Expectation("ExpectColumnValuesToNotBeNull", {"column": "tier"}),
-    Expectation("ExpectColumnValuesToBeBetween", {"column": "tier", "min_value": 1, "max_value": 5}),
-    Expectation("ExpectColumnValuesToNotBeNull", {"column": "rule_id"}),
-]
+
+
+def classified_suite(highest_tier: int) -> list[Expectation]:
+    """Every object has a tier of the policy (1..its highest) and the rule that decided it."""
+    return [
+        Expectation("ExpectColumnValuesToNotBeNull", {"column": "tier"}),
+        Expectation("ExpectColumnValuesToBeBetween", {"column": "tier", "min_value": 1, "max_value": highest_tier}),
+        Expectation("ExpectColumnValuesToNotBeNull", {"column": "rule_id"}),
+    ]
+
 
 CLOSING_COLUMNS = ["catalog_id", "state", "key_id", "ciphertext_sha256", "looks_like_dicom"]
 CLOSING_SUITE = [
@@ -26,9 +31,11 @@ CLOSING_SUITE = [
 ]
 
 
-def check_classified(rows: list[dict]) -> GateResult:
-    return run_gate("classified", rows, CLASSIFIED_SUITE, columns=CLASSIFIED_COLUMNS)
+def check_classified(rows: list[dict], highest_tier: int) -> GateResult:
+    """Per object (keyed by catalog id): a row that fails holds back that object only."""
+    return run_gate("classified", rows, classified_suite(highest_tier), columns=CLASSIFIED_COLUMNS, key="catalog_id")
 
 
 def check_closing(rows: list[dict]) -> GateResult:
-    return run_gate("protect-closing", rows, CLOSING_SUITE, columns=CLOSING_COLUMNS)
+    """Per object (keyed by catalog id): a row that fails holds back that object only."""
+    return run_gate("protect-closing", rows, CLOSING_SUITE, columns=CLOSING_COLUMNS, key="catalog_id")
