@@ -332,3 +332,20 @@ def test_certificate_cli_exports_json(env, dicom_file):
     assert cert["standard"] == "NIST-SP-800-88r1" and cert["verification"]["result"] == "pass"
     bad = _cli(env, "certificate", "not-an-id", "--json")
     assert bad.returncode == 2 and "catalog id" in bad.stderr
+
+
+def test_an_expired_quarantined_object_is_deleted_and_does_not_stall_the_sweep(env, dicom_file):
+    """Quarantine has no backup; a quarantined object past its 30 days must not fail the gate for everyone."""
+    from conftest import ingest_now
+    from imaging_lifecycle.deletion import sweep
+    from imaging_lifecycle.retention import assign_missing_deadlines
+
+    (env.landing_dir / "junk.dcm").write_bytes(b"not dicom at all" * 10)
+    ingest_now(env)
+    cat, (stored,) = stored_objects(env, dicom_file, ["CT_small.dcm"], deadline=T)
+    (junk,) = [o.id for o in cat.objects() if o.state == "QUARANTINED"]
+    assign_missing_deadlines(services(env), now=T, actor=ACTOR)  # created now: due 30 days on
+    out = sweep(services(env), T + dt.timedelta(minutes=1), actor=ACTOR)  # both are due
+    assert out["objects_deleted"] == 2, out
+    for oid in (junk, stored):
+        assert_gone(env, cat, oid)

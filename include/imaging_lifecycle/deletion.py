@@ -1,8 +1,7 @@
 """Verified secure deletion: cryptographic erase + purge of every version, then a certificate.
 
-:func:`sweep` (the sweeper DAG's step) finds what is past its deadline and
-hands it to :func:`delete_candidates`, which any caller with explicit ids
-uses too. Both run the safety gate (:mod:`imaging_lifecycle.gates.deletion`)
+:func:`sweep` (the sweeper DAG's step) finds what is past its deadline;
+:func:`delete_candidates` takes explicit ids instead. Both run the safety gate (:mod:`imaging_lifecycle.gates.deletion`)
 over the whole candidate list first: one bad candidate and nothing is deleted.
 
 The procedure runs in phases over the whole candidate list, each batched
@@ -134,7 +133,9 @@ def gate_rows(svc: Services, targets: list[Target], now: dt.datetime) -> list[di
     """One gate row per target, from fresh catalog reads (a hold set since planning counts).
 
     Whether an archived object must have a backup copy is its tier's policy
-    (an unclassified object counts as the most sensitive tier).
+    (an unclassified object counts as the most sensitive tier). Only objects
+    whose primary copy is in the archive zone are asked: a quarantined object
+    (no zone) never had, and must never get, a backup.
     """
     cat, policy = svc.catalog, svc.policy
     fresh = cat.get_many([t.obj.id for t in targets])
@@ -143,7 +144,7 @@ def gate_rows(svc: Services, targets: list[Target], now: dt.datetime) -> list[di
     for t in targets:
         o = fresh[t.obj.id]
         backup_ok = True
-        if t.kind == "object" and o.state != DELETING and (o.zone or "archive") == "archive" \
+        if t.kind == "object" and o.state != DELETING and o.zone == "archive" \
                 and policy.tier(o.tier if o.tier is not None else policy.highest_tier).handling.backup_required:
             if o.id not in all_copies:
                 all_copies[o.id] = cat.copies(o.id, include_deleted=True)
