@@ -1,4 +1,4 @@
-"""On-demand operator actions, each audited: a 72-hour working copy (retrieve) and legal holds."""
+"""On-demand operator actions, each audited: a working copy for the tier's cache term (retrieve) and legal holds."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, actor
     catchup=False,
     tags=["imaging", "access", "retention"],
     params={"catalog_id": Param("", type="string", minLength=32, maxLength=32),
-            "hours": Param(72, type="integer", minimum=1, maximum=72)},
+            # empty: the tier's whole cache term; more than the tier allows is capped to it
+            "hours": Param(None, type=["null", "integer"], minimum=1, maximum=72)},
     doc_md="Re-encrypt a working copy into the cache zone under a fresh per-grant key, for at most the tier's "
            "cache term (the policy's; never over 72 hours); deleted by the sweeper at its deadline. A tier whose "
            "zones exclude the cache is refused.",

@@ -47,7 +47,7 @@ def sweeper():
 
     @task(on_failure_callback=alert_on_failure)
     def stale_plaintext() -> dict:
-        """Local plaintext (landing, staging, temp) is held to the 72-hour rule too: deleted, or alerted."""
+        """Local plaintext (landing, staging, temp) is held to the policy's cache term too: deleted, or alerted."""
         from imaging_lifecycle import retention
         from imaging_lifecycle.services import Services
 

@@ -240,7 +240,7 @@ def test_restore_of_a_tier_needing_approval_is_refused(env, dicom_file, tmp_path
     policy = Services.open(env).policy  # the tiers' approval_required lists decide
     assert not approval_required(policy, 3, "restore")
     assert approval_required(policy, 4, "restore") and approval_required(policy, 5, "restore")
-    assert approval_required(policy, None, "restore")
+    assert approval_required(policy, None, "restore") and approval_required(policy, 9, "restore")  # fail closed
     (oid,) = stored_objects(env, {"CT_small.dcm": dicom_file("CT_small.dcm")}, tier=5).values()
     out = tmp_path / "nope.dcm"
     r = subprocess.run([CLI, "restore", oid, str(out)], env=cli_env(env), capture_output=True, text=True, timeout=120)

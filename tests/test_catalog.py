@@ -497,3 +497,20 @@ def test_catalog_made_before_a_fork_works_in_parent_and_child(cat):
     assert cat.get(oid).state == VALIDATED
     cat.transition(oid, CLASSIFIED, actor=ACTOR, tier=1, rule_id="r")
     assert cat.audit.verify().ok and cat.audit.count() == 3
+
+
+def test_a_catalog_from_before_a_new_column_is_upgraded_in_place(tmp_path):
+    """An older catalog lacking a nullable column the schema now has gets it on open; its rows read as before."""
+    import sqlite3
+
+    from imaging_lifecycle.catalog import Catalog
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    reg = Catalog(url).register(actor="t", source="landing", quarantine_reason="NOT_DICOM")
+    con = sqlite3.connect(tmp_path / "old.sqlite")
+    con.execute("ALTER TABLE objects DROP COLUMN policy_fingerprint")  # as a catalog made before that column
+    con.commit()
+    con.close()
+    cat = Catalog(url)
+    assert cat.get(reg.object.id).policy_fingerprint is None and cat.get(reg.object.id).state == "QUARANTINED"
+    assert cat.audit.verify().ok

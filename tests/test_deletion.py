@@ -336,9 +336,10 @@ def test_certificate_cli_exports_json(env, dicom_file):
 
 def test_an_expired_quarantined_object_is_deleted_and_does_not_stall_the_sweep(env, dicom_file):
     """Quarantine has no backup; a quarantined object past its 30 days must not fail the gate for everyone."""
-    from conftest import ingest_now
     from imaging_lifecycle.deletion import sweep
     from imaging_lifecycle.retention import assign_missing_deadlines
+
+    from conftest import ingest_now
 
     (env.landing_dir / "junk.dcm").write_bytes(b"not dicom at all" * 10)
     ingest_now(env)

@@ -28,7 +28,17 @@ FINISHED = ("success", "failed")
 
 
 class AirflowApiError(RuntimeError):
-    """The API server refused or failed a call; the message names the call and the status only."""
+    """The API server refused or failed a call; the message names the route and the status only."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _route(path: str) -> str:
+    """The API route of ``path`` without its query or the run ids in it (run ids are chosen by people)."""
+    parts = path.split("?", 1)[0].split("/")
+    return "/".join("{run}" if i > 0 and parts[i - 1] == "dagRuns" else p for i, p in enumerate(parts))
 
 
 @dataclass
@@ -67,9 +77,9 @@ class AirflowApi:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 data = r.read()
         except urllib.error.HTTPError as exc:
-            raise AirflowApiError(f"{method} {path.split('?', 1)[0]} -> HTTP {exc.code}") from None
+            raise AirflowApiError(f"{method} {_route(path)} -> HTTP {exc.code}", exc.code) from None
         except urllib.error.URLError as exc:
-            raise AirflowApiError(f"{method} {path.split('?', 1)[0]}: {type(exc.reason).__name__}") from None
+            raise AirflowApiError(f"{method} {_route(path)}: {type(exc.reason).__name__}") from None
         return json.loads(data) if data else None
 
     def token(self) -> str:
@@ -94,7 +104,16 @@ class AirflowApi:
                 return out
             offset += page
 
-    def delete_run(self, dag_id: str, run_id: str) -> None:
-        """Delete one run; its task instances, their history and XCom go with it (Airflow cascades)."""
+    def delete_run(self, dag_id: str, run_id: str) -> bool:
+        """Delete one run; its task instances, their history and XCom go with it (Airflow cascades).
+
+        Idempotent: a run already gone (a concurrent prune) is not an error; returns whether this call deleted it.
+        """
         q = urllib.parse.quote
-        self._request("DELETE", f"/api/v2/dags/{q(dag_id, safe='')}/dagRuns/{q(run_id, safe='')}")
+        try:
+            self._request("DELETE", f"/api/v2/dags/{q(dag_id, safe='')}/dagRuns/{q(run_id, safe='')}")
+        except AirflowApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

@@ -390,10 +390,11 @@ def _verify(catalog: Catalog, encrypted: EncryptedStore, pairs: list, *, actor: 
 # ---------------------------------------------------------------------------
 
 def approval_required(policy: Policy, tier: int | None, action: str) -> bool:
-    """Does the tier's policy demand an approval before ``action``? Unclassified objects: always (fail closed)."""
-    if tier is None:
+    """Does the tier's policy demand an approval before ``action``? Unclassified or undeclared tiers: always."""
+    try:
+        return tier is None or action in policy.tier(tier).handling.approval_required
+    except KeyError:  # a tier this policy does not declare: fail closed
         return True
-    return action in policy.tier(tier).handling.approval_required
 
 
 def has_approval(catalog: Catalog, object_id: str, action: str, actor: str) -> bool:

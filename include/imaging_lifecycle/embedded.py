@@ -314,10 +314,10 @@ def start_object_stores(settings: Settings) -> Settings:
             continue
         proc = _recorded(settings, svc.name) or _start(settings, svc)
         _wait(svc.ready, 60, svc.name, proc)
-    from imaging_lifecycle.storage import ObjectStore
+    from imaging_lifecycle.services import Services
 
     settings = _with_creds(settings, creds)
-    ObjectStore(settings).ensure_zones()
+    Services.open(settings).store.ensure_zones()
     return settings
 
 
@@ -331,9 +331,11 @@ def up(settings: Settings | None = None, *, echo: Callable[[str], None] = print)
     settings = start_object_stores(settings)
     creds = ensure_credentials(settings)
     _airflow_passwords(settings, creds)
-    from imaging_lifecycle.catalog import Catalog
+    from imaging_lifecycle.services import Services
 
-    Catalog(settings.catalog_url)  # creates the lifecycle catalog's tables on first start
+    # Opening the catalog creates its tables on first start; the platform records the policy it runs
+    # under now (a later process with another policy is refused, 'imaging-lifecycle policy' says why).
+    Services.open(settings).guard("platform_start", actor="system:platform")
     svcs = [s for s in services(settings, creds) if not s.name.startswith("s3-")]
     env = {**os.environ, **airflow_env(settings, creds)}
     if not all(_recorded(settings, s.name) for s in svcs if s.name.startswith("airflow-")):

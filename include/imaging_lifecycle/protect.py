@@ -64,7 +64,7 @@ def _private_tmp(svc: Services, suffix: str) -> Path:
 @contextmanager
 def plaintext_file(svc: Services, obj):
     """The object's original, decrypted and verified into a private temp file, removed afterwards."""
-    # restore_to creates it exclusively (0600) and makes it appear only once the content verified.
+    # restore_to decrypts into an exclusive 0600 temp file and renames it here only once the content verified.
     path = _private_tmp(svc, ".dcm")
     try:
         svc.encrypted.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)

@@ -39,7 +39,7 @@ class RetentionError(ValueError):
 
 
 class GrantRefused(RetentionError):
-    """A cache grant cannot be made (object not readable, or more than 72 hours asked)."""
+    """A cache grant cannot be made (not readable, a tier without a cache zone, or invalid hours)."""
 
 
 class GrantNotLive(RetentionError):
@@ -279,9 +279,8 @@ def prune_airflow_runs(svc: Services, *, now: dt.datetime, max_age: dt.timedelta
     if now.utcoffset() is None:
         raise RetentionError("now must be timezone-aware")
     runs = svc.airflow_api.finished_runs_before(now - max_age)
-    for dag_id, run_id in runs:
-        svc.airflow_api.delete_run(dag_id, run_id)
-    return {"runs_deleted": len(runs), "older_than_days": max_age.days}
+    deleted = sum(svc.airflow_api.delete_run(dag_id, run_id) for dag_id, run_id in runs)
+    return {"runs_deleted": deleted, "older_than_days": max_age.days}
 
 
 def prune_log_folder(log_dir: Path, *, now: dt.datetime, max_age: dt.timedelta) -> dict:

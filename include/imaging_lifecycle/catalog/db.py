@@ -169,5 +169,6 @@ def _add_missing_columns(conn: Connection) -> None:
                 continue
             if not col.nullable or col.server_default is not None:
                 raise RuntimeError(f"catalog table {table.name} lacks column {col.name}: it needs a migration")
+            quote = conn.dialect.identifier_preparer.quote
             ddl = col.type.compile(dialect=conn.dialect)
-            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
+            conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(col.name)} {ddl}"))

@@ -216,10 +216,6 @@ event.listen(
     ).execute_if(dialect="postgresql"),
 )
 
-#: One row per cache grant (issue 6): a working copy re-encrypted under a KEK
-#: of its own (scope ``grant:<id>``), for one requester, until ``deadline``
-#: (at most 72 hours). The row is written *before* the upload, so a retrieval
-#: that dies half-way still leaves the sweeper something to erase.
 #: The policy the platform runs under: one row, id 1. A process whose policy
 #: has another fingerprint refuses guarded actions (see ``services.Services.guard``).
 platform_policy = Table(
@@ -232,6 +228,10 @@ platform_policy = Table(
     Column("adopted_by", String(128), nullable=False),
 )
 
+#: One row per cache grant: a working copy re-encrypted under a KEK of its own
+#: (scope ``grant:<id>``), for one requester, until ``deadline`` (at most the
+#: tier's cache term). The row is written *before* the upload, so a retrieval
+#: that dies half-way still leaves the sweeper something to erase.
 grants = Table(
     "grants",
     metadata,

@@ -45,10 +45,11 @@ def iter_files(paths: list[str]) -> Iterator[Path]:
 def run(args) -> int:
     from imaging_lifecycle.classify import classify_path
     from imaging_lifecycle.policy import PolicyError
+    from imaging_lifecycle.settings import SettingsError
 
     try:
         policy = policy_of(args)
-    except PolicyError as e:
+    except (PolicyError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in iter_files(args.paths):

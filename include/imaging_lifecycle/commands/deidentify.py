@@ -36,6 +36,7 @@ def run(args) -> int:
     from imaging_lifecycle.dicomfile import UnreadableDicom, quiet_pydicom, read_dataset
     from imaging_lifecycle.policy import PolicyError
     from imaging_lifecycle.secretfiles import load_or_create_secret
+    from imaging_lifecycle.settings import SettingsError
 
     src, dst = Path(args.src), Path(args.dst)
     if not src.exists():
@@ -49,7 +50,7 @@ def run(args) -> int:
         return 2
     try:
         policy = policy_of(args)
-    except PolicyError as e:
+    except (PolicyError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     engine = Deidentifier(policy, load_or_create_secret("deid-hmac"))

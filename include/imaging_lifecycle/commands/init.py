@@ -24,6 +24,6 @@ def run(args) -> int:
         return 2
     svc = Services.open()
     created = svc.store.ensure_zones()
-    svc.catalog  # noqa: B018 (opening the catalog creates its tables)
-    print(f"storage zones ready ({len(created)} created); catalog ready")
+    svc.guard("init", actor="system:init")  # creates the catalog's tables and records the platform's policy
+    print(f"storage zones ready ({len(created)} created); catalog ready; policy {svc.policy.fingerprint[:12]}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 HELP = "start or stop the embedded platform (object stores, Airflow)"
 
 
@@ -16,7 +18,13 @@ def run(args) -> int:
         n = embedded.down()
         print(f"stopped {n} process(es); data kept under the state folder")
         return 0
-    login = embedded.up()
+    from imaging_lifecycle.services import PolicyMismatch
+
+    try:
+        login = embedded.up()
+    except PolicyMismatch as exc:
+        print(f"platform not started: {exc}", file=sys.stderr)
+        return 4
     print(
         f"\nimaging-lifecycle is up (ready in {login['seconds']} s)\n"
         f"  Airflow UI:  {login['url']}\n"

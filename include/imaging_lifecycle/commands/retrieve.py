@@ -1,4 +1,4 @@
-"""``imaging-lifecycle retrieve``: a 72-hour working copy in the cache zone, and reading it back."""
+"""``imaging-lifecycle retrieve``: a working copy in the cache zone (at most the tier's cache term), and reading it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Gates of the protect DAG.
 
-* after classification: every object has a tier (1..5) and the rule that decided it;
+* after classification: every object has a tier of the policy and the rule that decided it;
 * closing: every object is STORED with a key id and a ciphertext hash, and no
   stored copy begins like a DICOM file (the object store never holds plaintext).
 """
