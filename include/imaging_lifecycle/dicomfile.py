@@ -173,3 +173,39 @@ def read_probed(f: BinaryIO, *, defer_size: int) -> Probed:
     except Exception:  # pydicom raises many types for malformed input; none may escape
         return Probed(None, f.tell(), probe.truncated)
     return Probed(ds, f.tell(), probe.truncated)
+
+
+# -- text under a Specific Character Set ------------------------------------------------
+
+#: ISO 2022 IR 58 (GB 2312) designates G1 with ESC $ ) A; ESC ( B returns G0 to ASCII.
+_IR58_ESCAPES = (b"\x1b$)A", b"\x1b(B")
+
+
+def decode_text(raw: bytes, encodings: list[str]) -> str:
+    """A text value as characters, under the object's character set (pydicom's names from ``ds._character_set``).
+
+    pydicom hands ISO 2022 IR 58 to Python's GB 2312 codec, which keeps the
+    escape sequences as characters; here they are dropped (G0 is ASCII and G1
+    is GB 2312 in its 8-bit form, which is what GB 18030 reads).
+    """
+    from pydicom.charset import decode_bytes
+
+    if raw.isascii() and b"\x1b" not in raw:
+        return raw.decode("ascii")
+    if "iso_ir_58" in encodings:
+        for esc in _IR58_ESCAPES:
+            raw = raw.replace(esc, b"")
+        return raw.decode("gb18030", "replace")
+    return decode_bytes(raw, encodings, {0x0D, 0x0A, 0x09, 0x0C, 0x5C})
+
+
+def encode_text(text: str, encodings: list[str]) -> bytes:
+    """``text`` encoded back under the object's character set; each ISO 2022 IR 58 value re-designates G1."""
+    from pydicom.charset import encode_string
+
+    if text.isascii():
+        return text.encode("ascii")
+    if "iso_ir_58" in encodings:
+        return b"\\".join(_IR58_ESCAPES[0] + v.encode("gb2312", "replace") if not v.isascii() else v.encode("ascii")
+                          for v in text.split("\\"))
+    return encode_string(text, encodings)

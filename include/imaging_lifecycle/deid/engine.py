@@ -26,6 +26,11 @@ What the engine does beyond the bare table, and why:
   is identifying wherever it sits.
 * Private elements are removed unless listed in the policy's
   ``safe_private_tags`` (matched by private creator, not block number).
+* Free text, per PS3.15 E.3.5 (:mod:`.free_text`): narrative attributes are
+  removed unless the policy keeps them; descriptors kept under Clean
+  Descriptors keep only vocabulary words; and every retained text value,
+  decoded under its own Specific Character Set, is scrubbed of what the
+  detector rules (:mod:`.detectors`) find, then encoded back the same way.
 
 Nothing in this module logs or raises with a value from a dataset.
 """
@@ -44,7 +49,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from imaging_lifecycle.deid import identifiers, values
+from imaging_lifecycle.deid import detectors, free_text, identifiers, values
 from imaging_lifecycle.deid.burned_in import BurnedInCheck, apply_mask, transfer_syntax
 from imaging_lifecycle.deid.reid import ReidEntry, ReidMap
 from imaging_lifecycle.deid.sequences import Codec, SeqNode, codec
@@ -55,7 +60,7 @@ from imaging_lifecycle.deid.table import (
     effective_actions,
     repeating_action,
 )
-from imaging_lifecycle.dicomfile import UnreadableDicom, quiet_pydicom, read_dataset
+from imaging_lifecycle.dicomfile import UnreadableDicom, decode_text, encode_text, quiet_pydicom, read_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from imaging_lifecycle.policy import Policy
@@ -81,6 +86,8 @@ MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
 REID_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 _UID_CACHE_MAX = 200_000
+#: What the engine writes itself, to say what it did: never evidence of a leak.
+ENGINE_WRITTEN = frozenset({0x00100010, 0x00100020, 0x00120062, 0x00120063, 0x00120064, 0x00280303})
 
 
 class DeidError(Exception):
@@ -178,6 +185,16 @@ class Deidentifier:
                 collect = NAME if vr == "PN" else IDENT
             self._codes[tag] = (self._engine_action(action, vr), collect, vr)
         self._codes[PATIENT_ID] = (PSEUDONYM, self._codes[PATIENT_ID][1], "LO")
+        kept = set(self.options.keep_narrative)
+        for kw in free_text.NARRATIVE:
+            tag = tag_for_keyword(kw)
+            if kw not in kept:
+                self._codes[tag] = (REMOVE, NOTHING, None)
+            elif self._codes.get(tag, (KEEP_TEXT,))[0] not in (REMOVE, EMPTY):
+                self._codes[tag] = (KEEP_TEXT, NOTHING, self._vr(tag))
+        #: descriptors whose value may keep only vocabulary words (those Annex E cleans, under Clean Descriptors)
+        self._descriptors = frozenset(
+            t for t in map(tag_for_keyword, free_text.DESCRIPTORS) if self._codes.get(t, (None,))[0] == KEEP_TEXT)
         for tag in [t for t in self._codes if t >> 16 == 0]:
             self._codes[tag] = (REMOVE, NOTHING, None)  # command elements never belong in a stored object
         self._safe = {(t.group, t.creator.strip(), t.element) for t in policy.safe_private_tags}
@@ -396,23 +413,40 @@ class Deidentifier:
                 d[tag] = RawDataElement(tag, elem.vr, len(value), value, 0, c.implicit, c.little, True)
 
     def _scrub(self, run: _Run) -> int:
-        """Remove collected identifying strings from every retained text element; returns how many changed."""
+        """Clean every retained text element; returns how many changed.
+
+        1. The value is decoded under the object's character set; a descriptor
+           keeps only vocabulary words; what the detector rules find is removed;
+           a changed value is encoded back under the same character set.
+        2. Identifying strings collected from the header are removed (as bytes).
+        """
         rx = identifiers.pattern(run.idents)
-        if rx is None:
-            return 0
         changed = 0
         for d, tag in run.text:
             elem = d.get(tag)
             if elem is None:
                 continue
             raw = _bytes(elem, run.encodings)
-            if rx.search(raw) is None:
+            new = self._clean_text(raw, tag + 0, run) if raw else raw  # vocabulary first: it sees whole tokens
+            if rx is not None and new and rx.search(new) is not None:
+                new = rx.sub(b"", new).strip(b" \x00")
+            if new == raw:
                 continue
-            new = rx.sub(b"", raw).strip(b" \x00")
             vr = elem.VR or self._vr(tag)
             d[tag] = self._raw(run, tag, vr, values.pad(new))
             changed += 1
         return changed
+
+    def _clean_text(self, raw: bytes, tag: int, run: _Run) -> bytes:
+        """Vocabulary (for descriptors) and detector rules over the decoded value; the bytes back."""
+        descriptor = tag in self._descriptors
+        if not descriptor and not detectors.might_hold(raw):
+            return raw  # the fast path: nothing any rule could match
+        parts = decode_text(raw, run.encodings).rstrip(" \x00").split("\\")
+        cleaned = [detectors.scrub(free_text.clean_descriptor(p) if descriptor else p)[0] for p in parts]
+        if cleaned == parts:
+            return raw
+        return encode_text("\\".join(cleaned).strip(), run.encodings)
 
     # -- public API -------------------------------------------------------------------------
 

@@ -20,6 +20,10 @@ The suite fails the batch if, in any file:
 * pixel data differs from the original although no pixel cleaning was
   recorded (``pixel_changed_unexpectedly``);
 * a private element not on the policy's safe list survived (``unsafe_private``);
+* a detector rule (:mod:`imaging_lifecycle.deid.detectors`: resident IDs,
+  phone numbers, e-mail, dates, ages over 89, addresses, institutions, names
+  after cue words) finds an identifier in any text the output kept, whether
+  or not the original header held it elsewhere (``identifiers_detected``);
 * PatientIdentityRemoved=YES and the Basic Profile code are not recorded
   (``identity_removed_recorded``).
 
@@ -33,7 +37,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imaging_lifecycle.deid import identifiers
+from imaging_lifecycle.deid import detectors, identifiers
+from imaging_lifecycle.deid.engine import ENGINE_WRITTEN
 from imaging_lifecycle.deid.table import effective_actions, repeating_action
 from imaging_lifecycle.deid.values import dummy_for
 from imaging_lifecycle.gates import Expectation, GateResult, enforce, run_gate
@@ -55,6 +60,7 @@ COLUMNS = [
     "dates_unchanged",
     "uids_unchanged",
     "unsafe_private",
+    "identifiers_detected",
     "pixel_changed_unexpectedly",
     "identity_removed_recorded",
 ]
@@ -71,6 +77,7 @@ SUITE: tuple[Expectation, ...] = (
     _zero("dates_unchanged"),
     _zero("uids_unchanged"),
     _zero("unsafe_private"),
+    _zero("identifiers_detected"),
     Expectation("ExpectColumnValuesToBeInSet", {"column": "pixel_changed_unexpectedly", "value_set": [False]}),
     Expectation("ExpectColumnValuesToBeInSet", {"column": "identity_removed_recorded", "value_set": [True]}),
 )
@@ -130,7 +137,7 @@ class _Checker:
     def row(self, object_id: str, original: Dataset, output: Dataset) -> dict[str, Any]:
         strings, dates, uids = self.originals(original)
         text_rx = identifiers.pattern(strings | dates)
-        counts = {"xzd": 0, "strings": 0, "dates": 0, "uids": 0, "private": 0}
+        counts = {"xzd": 0, "strings": 0, "dates": 0, "uids": 0, "private": 0, "detected": 0}
         self._compare(original, output, text_rx, uids, counts)
         meta = getattr(output, "file_meta", None)
         if meta is not None and str(meta.get("MediaStorageSOPInstanceUID", "")).strip() in uids:
@@ -143,6 +150,7 @@ class _Checker:
             "dates_unchanged": counts["dates"],
             "uids_unchanged": counts["uids"],
             "unsafe_private": counts["private"],
+            "identifiers_detected": counts["detected"],
             "pixel_changed_unexpectedly": self._pixels_changed(original, output) and CLEAN_PIXEL_CODE not in codes,
             "identity_removed_recorded": str(output.get("PatientIdentityRemoved", "")).upper() == "YES"
             and BASIC_PROFILE_CODE in codes,
@@ -167,8 +175,11 @@ class _Checker:
                     self._compare(orig_items[i] if i < len(orig_items) else None, item, rx, uids, counts)
                 continue
             value = _as_bytes(elem.value).strip(b" \x00")
-            if value and value == dummy_for(vr).strip(b" \x00"):
-                continue  # the engine's own dummy: even where the original held the same text, it tells nothing
+            if (value and value == dummy_for(vr).strip(b" \x00")) or tag in ENGINE_WRITTEN:
+                continue  # the engine's own values: even where the original held the same text, they tell nothing
+            if vr in identifiers.TEXT_VRS and detectors.might_hold(value) \
+                    and detectors.find(value.decode("utf-8", "replace")):
+                counts["detected"] += 1
             original_value = _as_bytes(orig.value).strip(b" \x00") if orig is not None else b""
             if original_value and value == original_value and self.action(tag) in ("X", "Z", "D"):
                 counts["xzd"] += 1

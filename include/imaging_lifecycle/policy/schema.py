@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from imaging_lifecycle.policy.attributes import NARRATIVE
 from imaging_lifecycle.policy.durations import parse_duration
 from imaging_lifecycle.settings import ZONES
 
@@ -200,6 +201,16 @@ class DeidOptions(_Model):
     retain_institution_identity: bool = False
     #: dates move back by 1..date_shift_max_days days, per patient
     date_shift_max_days: int = Field(default=365, ge=1, le=3650)
+    #: narrative attributes (deid.free_text.NARRATIVE) to keep, scrubbed by the detectors; all others are removed
+    keep_narrative: list[str] = Field(default_factory=list)
+
+    @field_validator("keep_narrative")
+    @classmethod
+    def _narrative(cls, v: list[str]) -> list[str]:
+        unknown = [k for k in v if k not in NARRATIVE]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a narrative attribute; they are {', '.join(NARRATIVE)}")
+        return v
 
 
 def _hex_int(v: object) -> object:
