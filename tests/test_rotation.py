@@ -122,3 +122,30 @@ def test_rotation_killed_mid_way_resumes_on_rerun_without_rotating_twice(env, di
     assert ks.versions(kek_id) == [KekRef(kek_id, 1), KekRef(kek_id, 2)]  # rotated once, not twice
     assert ks.is_destroyed(kek_id, 1)
     assert all_readable(cat, encrypted, ids.values()) == 5
+
+
+def test_a_copy_wrapped_before_a_rotation_and_recorded_after_it_is_refused_not_lost(env, dicom_file):
+    """The interleaving rotation's docstring used to leave open: wrap under v1, rotate (v1 destroyed), record."""
+    import io
+    import uuid
+
+    from imaging_lifecycle.keystore import StaleKeyVersion
+    from imaging_lifecycle.rotation import rotate
+    from imaging_lifecycle.services import Services
+
+    svc = Services.open(env)
+    scope = f"study:race-{uuid.uuid4().hex[:8]}"
+    oid = svc.catalog.register(actor=ACTOR, source="landing", quarantine_reason="NOT_DICOM").object.id
+    data = dicom_file("CT_small.dcm").read_bytes()
+    sealed = svc.encrypted.put(io.BytesIO(data), catalog_id=oid, zone="quarantine", tier=5, scope_id=scope,
+                               key=f"quarantine/{oid}", size=len(data))  # wrapped under the current version
+    old = KekRef.parse(sealed.kek_ref)
+    rotate(svc.catalog, svc.keystore, actor=ACTOR, scopes=[scope])  # no row names the old version yet
+    assert svc.keystore.is_destroyed(old.kek_id, old.version)
+    with pytest.raises(StaleKeyVersion):
+        svc.encrypted.record(svc.catalog, oid, sealed, actor=ACTOR)
+    assert svc.catalog.copies(oid) == []  # nothing unreadable was recorded
+    again = svc.encrypted.put(io.BytesIO(data), catalog_id=oid, zone="quarantine", tier=5, scope_id=scope,
+                              key=f"quarantine/{oid}", size=len(data))  # the retry, under the new version
+    copy = svc.encrypted.record(svc.catalog, oid, again, actor=ACTOR)
+    svc.encrypted.verify(svc.catalog.sealed(copy, again.plaintext_sha256, again.size), oid)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
 from imaging_lifecycle import crypto
 from imaging_lifecycle.catalog.records import Sealed
 from imaging_lifecycle.crypto import AssociatedData, DecryptingReader, EncryptingReader
-from imaging_lifecycle.keystore import KekRef, KeyDestroyed, KeyStore
+from imaging_lifecycle.keystore import KekRef, KeyDestroyed, KeyStore, StaleKeyVersion
 from imaging_lifecycle.storage import ObjectStore
 
 
@@ -78,6 +79,26 @@ class EncryptedStore:
         if verify:
             self.verify(sealed, catalog_id, dek=dek)
         return sealed
+
+    def record(self, catalog, object_id: str, sealed: Sealed, *, actor: str,  # noqa: ANN001
+               deadline: dt.datetime | None = None, session=None):  # noqa: ANN001
+        """Record ``sealed`` in the catalog: refused if its KEK version was destroyed since it was wrapped.
+
+        Key rotation destroys an old KEK version, inside a catalog write
+        transaction, once no data key row names it. A copy wrapped under that
+        version before the rotation but recorded after it would be unreadable
+        from the start. The check here runs inside the recording's own write
+        transaction, which the catalog serializes with rotation's: the row either
+        lands first (and keeps the version alive) or is refused with
+        :class:`~imaging_lifecycle.keystore.StaleKeyVersion`, and the caller's
+        retry stores the content again under the current version.
+        """
+        ref = KekRef.parse(sealed.kek_ref)
+        with (nullcontext(session) if session is not None else catalog.transaction()) as conn:
+            if self.keystore.is_destroyed(ref.kek_id, ref.version):
+                raise StaleKeyVersion(f"the KEK version of copy {sealed.key.rsplit('/', 1)[-1]} was destroyed "
+                                      "after wrapping (a key rotation ran meanwhile); store it again")
+            return catalog.record_sealed(object_id, sealed, actor=actor, deadline=deadline, session=conn)
 
     def dek(self, sealed: Sealed) -> bytes:
         """Unwrap the object's DEK (raises KeyUnavailable once its key was destroyed)."""

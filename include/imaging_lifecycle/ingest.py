@@ -221,7 +221,7 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
     sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=svc.policy.highest_tier,
                                scope_id=scope_id, key=key)
     faults.point("ingest.after_upload")
-    return svc.catalog.record_sealed(oid, sealed, actor=actor)
+    return svc.encrypted.record(svc.catalog, oid, sealed, actor=actor)
 
 
 def _remove_staged(staged: Path) -> None:

@@ -132,7 +132,7 @@ def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
     with plaintext_file(svc, obj) as path:
         sealed = svc.encrypted.put(path, catalog_id=obj.id, zone="archive", tier=obj.tier,
                                scope_id=f"study:{obj.study_key}", key=old_copy.key)
-    new_copy = svc.catalog.record_sealed(obj.id, sealed, actor=actor)
+    new_copy = svc.encrypted.record(svc.catalog, obj.id, sealed, actor=actor)
     svc.encrypted.store.purge("archive", [(old_copy.key, old_copy.version_id)])
     svc.catalog.mark_copy_deleted(old_copy.id, actor=actor)
     svc.catalog.destroy_data_key(old_sealed.dek_id, actor=actor, object_id=obj.id)
@@ -260,7 +260,7 @@ def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: s
         if copy is None:
             sealed = svc.encrypted.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
                                    scope_id=f"study:{d.study_key}", key=f"{RESEARCH_ZONE}/{d.id}")
-            copy = svc.catalog.record_sealed(d.id, sealed, actor=actor)
+            copy = svc.encrypted.record(svc.catalog, d.id, sealed, actor=actor)
         svc.catalog.transition(d.id, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
                                key_id=copy.key_id)
         d = svc.catalog.get(d.id)
@@ -276,7 +276,7 @@ def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -
     top = policy.highest_tier
     sealed = svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=top,
                            scope_id=f"reid:{parent.id}", key=f"{REID_PREFIX}{parent.id}", size=len(data))
-    svc.catalog.record_sealed(parent.id, sealed, actor=actor)
+    svc.encrypted.record(svc.catalog, parent.id, sealed, actor=actor)
 
 
 # -- what the DAG calls ---------------------------------------------------------------

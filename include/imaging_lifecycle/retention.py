@@ -148,7 +148,7 @@ def grant_copy(svc: Services, obj, src, size: int, *, hours: int | None, actor: 
     sealed = svc.encrypted.put(src, catalog_id=obj.id, zone=CACHE_ZONE, tier=tier, scope_id=scope, key=key,
                                size=size, verify=verify)
     with svc.catalog.transaction() as s:
-        copy = svc.catalog.record_sealed(obj.id, sealed, actor=actor, deadline=deadline, session=s)
+        copy = svc.encrypted.record(svc.catalog, obj.id, sealed, actor=actor, deadline=deadline, session=s)
         svc.catalog.attach_grant_copy(gid, copy.id, session=s)
     return Grant(gid, obj.id, granted)
 

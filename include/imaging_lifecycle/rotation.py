@@ -17,10 +17,11 @@ dies when. An old version is destroyed only when no live data key row names
 it, checked inside a catalog write transaction (writes are serialized, so no
 row can appear between the check and the destroy).
 
-Residual race, stated plainly: an ingest that wrapped a DEK under the old
-version *before* the rotation and commits its row *after* the destroy would
-record an unreadable key. Rotation runs rarely; schedule it apart from
-ingest, or run with ``destroy_old=False`` and destroy in a later run.
+An ingest that wrapped a DEK under the old version *before* the rotation and
+records its row *after* the destroy cannot record an unreadable key:
+:meth:`~imaging_lifecycle.encrypted_store.EncryptedStore.record` checks the
+version inside its own (serialized) write transaction and refuses, and the
+task's retry stores the content again under the current version.
 """
 
 from __future__ import annotations
