@@ -133,7 +133,14 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def airflow_health(settings: Settings, timeout: float = 2.0) -> dict | None:
+def airflow_health(settings: Settings, timeout: float = 10.0) -> dict | None:
+    """Airflow's health document, or None if it does not answer within ``timeout``.
+
+    Ten seconds, not two: right after a start the scheduler's first burst of runs
+    keeps the API server (on SQLite, on two cores) busy for seconds at a time, and
+    a short probe then reported a running Airflow as down (the e2e status test
+    failed that way once).
+    """
     try:
         with urllib.request.urlopen(f"{settings.airflow_url}/api/v2/monitor/health", timeout=timeout) as r:
             return json.loads(r.read())
