@@ -84,3 +84,43 @@ def test_old_airflow_runs_are_pruned_through_the_rest_api(platform_run, airflow_
     with pytest.raises(urllib.error.HTTPError) as gone:
         airflow_api.get(f"/api/v2/dags/prune_airflow_traces/dagRuns/{run['dag_run_id']}")
     assert gone.value.code == 404
+
+
+def test_the_review_dag_end_to_end_through_the_rest_api(platform_run, airflow_api):
+    """Held ultrasound images reach the review queue through the scheduler; a reviewer answers via the API."""
+    import time
+
+    from imaging_lifecycle import review
+    from imaging_lifecycle.services import Services
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    settings = platform_run.settings()
+    svc = Services.open(settings)
+    write_study(settings.landing_dir / "us-review", Patient("4242"), instances=2, modality="US", body_part="ABDOMEN")
+    airflow_api.wait_for(lambda: len(review.waiting(svc)) >= 2, 300, "two held images, through ingest and protect")
+    run_id = airflow_api._call("POST", "/api/v2/dags/review/dagRuns", {"logical_date": None})["dag_run_id"]
+    base = f"/api/v2/dags/review/dagRuns/{run_id}"
+
+    def parked():
+        tis = [t for t in airflow_api.task_instances("review", run_id) if t["task_id"] == "decide"]
+        return tis if tis and all(t["state"] == "awaiting_input" for t in tis) else None
+
+    tis = airflow_api.wait_for(parked, 240, "every review request to wait for a person")
+    ids = airflow_api.get(f"{base}/taskInstances/waiting/xcomEntries/return_value")["value"]
+    assert len(tis) == len(ids) >= 2
+    detail = airflow_api.get(f"{base}/taskInstances/decide/0/hitlDetails")
+    assert "data:image/png;base64," in detail["body"] and detail["assigned_users"] == [{"id": "admin", "name": "admin"}]
+    for i, _ in enumerate(ids):  # the first released with a mask, every other one rejected
+        answer = ({"chosen_options": [review.RELEASE_MASKED], "params_input": {"masks": [[0, 0, 8, 8]]}} if i == 0
+                  else {"chosen_options": [review.REJECT], "params_input": {"masks": []}})
+        airflow_api._call("PATCH", f"{base}/taskInstances/decide/{i}/hitlDetails", answer)
+    finished = airflow_api.wait_for(lambda: airflow_api.get(base)["state"] in ("success", "failed") and
+                                    airflow_api.get(base), 240, "the review run to finish")
+    assert finished["state"] == "success", airflow_api.task_instances("review", run_id)
+    time.sleep(0)
+    cat = svc.catalog
+    assert cat.get(ids[0]).flagged is None and [o for o in cat.objects() if o.source == f"derived:{ids[0]}"]
+    assert all(cat.get(i).flagged == review.REJECTED for i in ids[1:])
+    decisions = {r.object_ref: r for r in cat.audit.records() if r.action == "review.decision"}
+    assert {i: decisions[i].actor for i in ids} == {i: "admin" for i in ids}  # the person who answered
+    assert decisions[ids[0]].detail["choice"] == "release_with_mask" and decisions[ids[0]].detail["released"]

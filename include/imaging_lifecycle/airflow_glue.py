@@ -67,3 +67,54 @@ def alert_on_failure(context) -> None:
     Services.open().catalog.audit.append(actor(context), "security.alert", outcome="failure",
                                          detail={"dag": ti.dag_id, "task": ti.task_id,
                                                  "error": type(exc).__name__ if exc else "unknown"})
+
+
+def review_operator_class():
+    """The review DAG's human-in-the-loop step (built on first use: the standard provider's HITLOperator).
+
+    Each mapped instance asks the policy's reviewers about one held image.
+    What it shows is made when the task runs, from the catalog (never passed
+    through XCom), and the answer is applied in ``execute_complete`` under the
+    name of the person who gave it.
+    """
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.sdk import Param
+
+    from imaging_lifecycle import review
+
+    class ReviewOperator(HITLOperator):
+        def __init__(self, *, catalog_id: str, **kwargs):
+            super().__init__(
+                subject="Review a held image",
+                options=list(review.OPTIONS),
+                params={"masks": Param([], type="array", title="Rectangles to blank: [x, y, width, height], ...",
+                                       items={"type": "array", "items": {"type": "integer", "minimum": 0},
+                                              "minItems": 4, "maxItems": 4})},
+                **kwargs)
+            self.catalog_id = catalog_id
+
+        def execute(self, context):
+            from imaging_lifecycle.services import Services
+
+            svc = Services.open()
+            if not review.is_waiting(svc, self.catalog_id):
+                # Decided already: this is a retry after the decision was applied (Airflow can lose a
+                # task's final state under load and retry it). Asking again would decide twice.
+                self.log.info("review item %s was decided already; nothing to ask", self.catalog_id)
+                return {"catalog_id": self.catalog_id, "already_decided": True}
+            item = review.describe(svc, self.catalog_id)
+            self.subject, self.body = item.subject, item.body
+            self.assigned_users = [{"id": u, "name": u} for u in svc.policy.review.reviewers]
+            self.response_timeout = svc.policy.review.response_timeout
+            return super().execute(context)
+
+        def execute_complete(self, context, event):
+            from imaging_lifecycle.services import Services
+
+            answer = super().execute_complete(context, event)
+            who = answer["responded_by_user"] or {}
+            return review.decide(Services.open(), self.catalog_id, choice=answer["chosen_options"][0],
+                                 masks=(answer["params_input"] or {}).get("masks") or [],
+                                 reviewer=str(who.get("name") or who.get("id")))
+
+    return ReviewOperator

@@ -73,7 +73,7 @@ def plaintext_file(svc: Services, obj):
         path.unlink(missing_ok=True)
 
 
-def _sender(obj) -> str | None:  # noqa: ANN001
+def sender(obj) -> str | None:  # noqa: ANN001
     """The sending AE title of an object our C-STORE receiver took in, else None."""
     return obj.source.split(":", 1)[1] if obj.source and obj.source.startswith("cstore:") else None
 
@@ -94,7 +94,7 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
                 ds = read_header(path)
             except UnreadableDicom:
                 ds = None  # unreadable now: classify fails closed to the highest tier
-            result = classify(ds, policy, source=_sender(obj))
+            result = classify(ds, policy, source=sender(obj))
         svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
                                policy_fingerprint=policy.fingerprint,
                                detail={"tier": result.tier, "rule": result.rule_id, "policy": policy.fingerprint})
@@ -200,7 +200,7 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         with plaintext_file(svc, obj) as path:
             try:
                 original = read_dataset(path)
-                result = engine.deidentify(original, source=_sender(obj), in_place=False)
+                result = engine.deidentify(original, source=sender(obj), in_place=False)
             except (DeidError, UnreadableDicom) as exc:  # reason codes only: pydicom's messages quote values
                 hold(oid, f"DEID_{exc.reason}", {"reason": exc.reason})
                 continue
@@ -216,13 +216,13 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         if not verdict.passed(obj.id):
             hold(obj.id, "DEID_GATE", {"reason": "DEID_GATE", "checks": sorted(set(verdict.failed.get(obj.id, ())))})
             continue
-        _release_derivative(svc, obj, result, policy, actor=actor)
+        release_derivative(svc, obj, result, policy, actor=actor)
         svc.catalog.transition(obj.id, states.DEIDENTIFIED, actor=actor)
         count("deidentified")
     return counts
 
 
-def _release_derivative(svc: Services, obj, result, policy, *, actor: str) -> None:  # noqa: ANN001
+def release_derivative(svc: Services, obj, result, policy, *, actor: str) -> None:  # noqa: ANN001
     """Write the gated derivative to a private temp file, store it in research, and store its pseudonym map."""
     from imaging_lifecycle.deid import write_dataset
 

@@ -91,6 +91,7 @@ ACTIONS: dict[str, int] = {
     "batch.state": 110107,
     "gate.run": 110100,
     "policy.adopt": 110100,
+    "review.decision": 110103,
     # the catalog and the trail themselves
     "catalog.query": 110112,
     "audit.verify": 110101,

@@ -63,7 +63,7 @@ from imaging_lifecycle.deid.table import (
 from imaging_lifecycle.dicomfile import UnreadableDicom, decode_text, encode_text, quiet_pydicom, read_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
-    from imaging_lifecycle.policy import Policy
+    from imaging_lifecycle.policy import Mask, Policy
 
 # Engine actions (ints: the hot loop compares small ints).
 KEEP, KEEP_TEXT, REMOVE, EMPTY, DUMMY, UID, SHIFT, PSEUDONYM, RECURSE, DUMMY_SEQ = range(10)
@@ -450,8 +450,13 @@ class Deidentifier:
 
     # -- public API -------------------------------------------------------------------------
 
-    def deidentify(self, ds: Dataset, *, source: str | None = None, in_place: bool = True) -> DeidResult:
+    def deidentify(self, ds: Dataset, *, source: str | None = None, in_place: bool = True,
+                   reviewed_mask: Mask | None = None, reviewed: bool = False) -> DeidResult:
         """De-identify ``ds`` (in place unless ``in_place=False``) and say what was done.
+
+        ``reviewed=True`` is a reviewer's decision on a burned-in candidate: the
+        pixels are released as they are, or with ``reviewed_mask`` blanked
+        (recorded as pixel cleaning), instead of holding the image for review.
 
         Raises :class:`DeidError` with a reason code if the dataset cannot be
         processed; the original exception is not chained, because pydicom's
@@ -461,7 +466,7 @@ class Deidentifier:
             ds = copy.deepcopy(ds)
         try:
             with quiet_pydicom():
-                return self._deidentify(ds, source)
+                return self._deidentify(ds, source, reviewed_mask if reviewed else None, reviewed)
         except DeidError:
             raise
         except Exception as e:
@@ -480,7 +485,8 @@ class Deidentifier:
                 return b"\x01" + b"\x00".join(parts)
         return b"\x02" + os.urandom(16)  # nothing to link by: a one-off patient
 
-    def _deidentify(self, ds: Dataset, source: str | None) -> DeidResult:
+    def _deidentify(self, ds: Dataset, source: str | None, reviewed_mask: Mask | None = None,
+                    reviewed: bool = False) -> DeidResult:
         probe = _Run(ds, 0)
         patient_key = self._patient_key(ds, probe.encodings)
         pseudonym = values.patient_pseudonym(self._key, patient_key)
@@ -490,7 +496,13 @@ class Deidentifier:
 
         burned_in = self._burned_in.assess(ds, source=source)
         masked, review = False, None
-        if burned_in is not None:
+        if reviewed:  # a person looked at these pixels and decided
+            if reviewed_mask is not None:
+                failure = apply_mask(ds, reviewed_mask)
+                if failure is not None:
+                    raise DeidError(failure)
+                masked = True
+        elif burned_in is not None:
             mask = self._burned_in.mask_for(ds)
             if mask is None:
                 review = f"{burned_in}:no-mask"

@@ -284,6 +284,13 @@ class BurnedIn(_Model):
     _uids = field_validator("sop_classes")(Match._uids.__func__)  # type: ignore[attr-defined]
 
 
+class Review(_Model):
+    """Who decides held images (Airflow user ids), and how long a decision may wait (then the task fails)."""
+
+    reviewers: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._@-]+$")]] = Field(min_length=1)
+    response_timeout: Duration = timedelta(days=7)
+
+
 class Policy(_Model):
     schema_version: int
     name: str = "unnamed"
@@ -294,6 +301,7 @@ class Policy(_Model):
     deid_options: DeidOptions = Field(default_factory=DeidOptions)
     safe_private_tags: list[SafePrivateTag] = Field(default_factory=list)
     burned_in: BurnedIn = Field(default_factory=BurnedIn)
+    review: Review = Field(default_factory=lambda: Review(reviewers=["admin"]))
 
     _by_level: dict[int, Tier] = PrivateAttr(default_factory=dict)
     _fingerprint: str = PrivateAttr(default="")
