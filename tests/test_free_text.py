@@ -173,3 +173,30 @@ def test_a_derivative_with_a_detected_identifier_fails_the_gate():
     out.ContrastBolusAgent = "call 13912345678"  # text the engine would have cleaned, put back after it
     (leaky,) = build_rows([(ds, out)], policy)
     assert leaky["identifiers_detected"] == 1
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 192", "GB18030"])
+def test_every_component_group_of_the_patients_name_is_hunted_in_kept_text(tmp_path, charset):
+    """Alphabetic and ideographic groups, and each as free text writes it (run together, or spaced)."""
+    from pydicom.dataelem import RawDataElement
+
+    policy = load_policy(write_policy(tmp_path / "p.yaml",
+                                      lambda d: d["deid_options"].update(keep_narrative=["PatientComments"])))
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.SpecificCharacterSet = charset
+    ds = pydicom.dcmread(io.BytesIO(_file_bytes(ds)))
+    # in GB18030 each of 王 and 东 is two bytes, under the minimum length alone: only the name run
+    # together as free text writes it is long enough to hunt
+    for tag, vr, value in ((0x00100010, "PN", "Wang^Dong=王^东"),
+                           (0x00104000, "LT", "王东 came with Wang Dong's wife; Dong is fine")):
+        raw = encode_text(value, _encoded(charset))
+        raw += b" " * (len(raw) % 2)
+        ds[tag] = RawDataElement(pydicom.tag.Tag(tag), vr, len(raw), raw, 0, False, True)
+    ds = pydicom.dcmread(io.BytesIO(_file_bytes(ds)))
+    out = _file_bytes(Deidentifier(policy, KEY).deidentify(ds).dataset)
+    text = _text(out, "PatientComments")
+    for name in ("王东", "Wang Dong", "Dong", "Wang"):
+        assert name not in text, (name, text)
+        for encoded in _encodings(name, charset):
+            assert encoded not in out
+    assert "came with" in text and "wife" in text  # the rest of the sentence stays

@@ -86,14 +86,24 @@ def identifying_tags(actions: dict[int, str]) -> frozenset[int]:
 
 
 def split_values(raw: bytes, *, person_name: bool = False) -> list[bytes]:
-    """The parts of a value worth hunting: each value of a multi-value, each name component."""
-    parts = re.split(rb"[\\^=]" if person_name else rb"\\", raw)
+    """The parts of a value worth hunting: each value of a multi-value, each name component.
+
+    For a person name, every component of every component group (alphabetic,
+    ideographic, phonetic) is hunted, and so is each group's name as free text
+    writes it: the components run together (``王小东``: Chinese and Japanese
+    names are written without spaces) and, for a Latin group, separated by a
+    space (``Wang XiaoDong``).
+    """
     out = []
-    for p in parts:
-        p = p.strip(b" \x00")
-        if len(p) >= MIN_LENGTH:
-            out.append(p)
-    return out
+    for value in raw.split(b"\\"):
+        groups = value.split(b"=") if person_name else [value]
+        for group in groups:
+            comps = [c.strip(b" \x00") for c in (group.split(b"^") if person_name else [group])]
+            comps = [c for c in comps if c]
+            out += [c for c in comps if len(c) >= MIN_LENGTH]
+            if person_name and len(comps) > 1:
+                out.append(b"".join(comps) if not group.isascii() else b" ".join(comps))
+    return [p for p in out if len(p) >= MIN_LENGTH]
 
 
 def date_parts(raw: bytes) -> list[bytes]:
