@@ -88,8 +88,6 @@ def test_old_airflow_runs_are_pruned_through_the_rest_api(platform_run, airflow_
 
 def test_the_review_dag_end_to_end_through_the_rest_api(platform_run, airflow_api):
     """Held ultrasound images reach the review queue through the scheduler; a reviewer answers via the API."""
-    import time
-
     from imaging_lifecycle import review
     from imaging_lifecycle.services import Services
     from imaging_lifecycle.synthetic import Patient, write_study
@@ -110,17 +108,32 @@ def test_the_review_dag_end_to_end_through_the_rest_api(platform_run, airflow_ap
     assert len(tis) == len(ids) >= 2
     detail = airflow_api.get(f"{base}/taskInstances/decide/0/hitlDetails")
     assert "data:image/png;base64," in detail["body"] and detail["assigned_users"] == [{"id": "admin", "name": "admin"}]
-    for i, _ in enumerate(ids):  # the first released with a mask, every other one rejected
-        answer = ({"chosen_options": [review.RELEASE_MASKED], "params_input": {"masks": [[0, 0, 8, 8]]}} if i == 0
-                  else {"chosen_options": [review.REJECT], "params_input": {"masks": []}})
-        airflow_api._call("PATCH", f"{base}/taskInstances/decide/{i}/hitlDetails", answer)
-    finished = airflow_api.wait_for(lambda: airflow_api.get(base)["state"] in ("success", "failed") and
-                                    airflow_api.get(base), 240, "the review run to finish")
+
+    def answer(i: int) -> dict:  # the first released with a mask, every other one rejected
+        if i == 0:
+            return {"chosen_options": [review.RELEASE_MASKED], "params_input": {"masks": [[0, 0, 8, 8]]}}
+        return {"chosen_options": [review.REJECT], "params_input": {"masks": []}}
+
+    # The reviewer works the Required Actions list: every request that waits gets its answer. Under
+    # load Airflow can retry a parked request (its executor reports the parked process as finished
+    # while the scheduler still reads it as queued), which asks again; an item already decided is not
+    # asked again, and none may be decided twice (checked below).
+    def done():
+        for t in airflow_api.task_instances("review", run_id):
+            if t["task_id"] == "decide" and t["state"] == "awaiting_input":
+                path = f"{base}/taskInstances/decide/{t['map_index']}/hitlDetails"
+                if not airflow_api.get(path).get("response_received"):
+                    airflow_api._call("PATCH", path, answer(t["map_index"]))
+        run = airflow_api.get(base)
+        return run if run["state"] in ("success", "failed") else None
+
+    finished = airflow_api.wait_for(done, 300, "the review run to finish", interval=2)
     assert finished["state"] == "success", airflow_api.task_instances("review", run_id)
-    time.sleep(0)
     cat = svc.catalog
     assert cat.get(ids[0]).flagged is None and [o for o in cat.objects() if o.source == f"derived:{ids[0]}"]
     assert all(cat.get(i).flagged == review.REJECTED for i in ids[1:])
-    decisions = {r.object_ref: r for r in cat.audit.records() if r.action == "review.decision"}
+    made = [r for r in cat.audit.records() if r.action == "review.decision" and r.object_ref in ids]
+    assert sorted(r.object_ref for r in made) == sorted(ids)  # each item decided once, never twice
+    decisions = {r.object_ref: r for r in made}
     assert {i: decisions[i].actor for i in ids} == {i: "admin" for i in ids}  # the person who answered
     assert decisions[ids[0]].detail["choice"] == "release_with_mask" and decisions[ids[0]].detail["released"]

@@ -98,8 +98,9 @@ def review_operator_class():
 
             svc = Services.open()
             if not review.is_waiting(svc, self.catalog_id):
-                # Decided already: this is a retry after the decision was applied (Airflow can lose a
-                # task's final state under load and retry it). Asking again would decide twice.
+                # Decided already: a retry of a request that was answered. Under load Airflow can retry a
+                # parked or resumed request (the executor reports the process finished while the
+                # scheduler still reads the task as queued or running). Asking again would decide twice.
                 self.log.info("review item %s was decided already; nothing to ask", self.catalog_id)
                 return {"catalog_id": self.catalog_id, "already_decided": True}
             item = review.describe(svc, self.catalog_id)
