@@ -23,8 +23,9 @@ def test_ui_is_served_within_three_minutes_and_the_printed_login_works(platform_
     assert platform_run.up_seconds < 180
     s = platform_run.settings()
     assert s.airflow_url in platform_run.up_output
-    password = json.loads((platform_run.state / "secrets" / "airflow-passwords.json").read_text())["admin"]
-    assert password in platform_run.up_output
+    password_file = platform_run.state / "secrets" / "airflow-passwords.json"
+    password = json.loads(password_file.read_text())["admin"]
+    assert str(password_file) in platform_run.up_output and password not in platform_run.up_output  # where, not what
     with urllib.request.urlopen(s.airflow_url + "/", timeout=10) as r:
         assert r.status == 200
     req = urllib.request.Request(
@@ -50,7 +51,8 @@ def test_every_listening_port_is_loopback_only(platform_run):
 def test_second_up_reuses_state(platform_run):
     password = json.loads((platform_run.state / "secrets" / "airflow-passwords.json").read_text())["admin"]
     r = platform_run.cli("platform", "up")
-    assert password in r.stdout
+    assert password not in r.stdout and "airflow-passwords.json" in r.stdout
+    assert json.loads((platform_run.state / "secrets" / "airflow-passwords.json").read_text())["admin"] == password
     assert "migrating" not in r.stdout  # nothing was restarted
 
 
@@ -137,3 +139,54 @@ def test_the_review_dag_end_to_end_through_the_rest_api(platform_run, airflow_ap
     decisions = {r.object_ref: r for r in made}
     assert {i: decisions[i].actor for i in ids} == {i: "admin" for i in ids}  # the person who answered
     assert decisions[ids[0]].detail["choice"] == "release_with_mask" and decisions[ids[0]].detail["released"]
+
+
+def test_no_other_local_user_can_read_anything_the_platform_keeps(platform_run):
+    """Every file under the state folder is 0600, every folder 0700; as user nobody, reading any of them fails.
+
+    The platform ran ingest, protect and review by now, so catalog, Airflow database, task logs, S3
+    volumes, staged and received files all exist. The folders above the state folder are opened to
+    traversal for the attack (as a project folder under /work is), so only our own modes stand in
+    the way.
+    """
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    state = platform_run.state
+    loose = []
+    for dirpath, dirs, files in os.walk(state):
+        if dirpath == str(state / "landing"):
+            dirs[:] = []  # what a sender drops is the sender's until the claim takes it (the folder is 0700)
+        for name in [*dirs, *files]:
+            p = os.path.join(dirpath, name)
+            # SeaweedFS writes its volume-info files (.vif: version and replication, no data) 0644
+            # whatever the umask; they sit in 0700 folders.
+            if not os.path.islink(p) and os.lstat(p).st_mode & 0o077 and not p.endswith(".vif"):
+                loose.append(p)
+    assert not (state.stat().st_mode & 0o077) and loose == [], loose[:10]
+    assert not [p for p in (state / "s3").rglob("*") if p.is_dir() and p.stat().st_mode & 0o077]
+    targets = [str(p) for p in (state / "catalog.sqlite", state / "airflow" / "airflow.db",
+                                state / "secrets" / "airflow-passwords.json") if p.exists()]
+    targets += [str(p) for p in sorted(state.rglob("*.log"))[:5]]
+    targets += [str(p) for p in sorted((state / "s3").rglob("*")) if p.is_file()][:5]
+    assert len(targets) >= 8
+    opened = []
+    parents = [p for p in state.parents if str(p).startswith("/tmp/")]
+    before = {p: stat.S_IMODE(p.stat().st_mode) for p in parents}
+    try:
+        for p in parents:
+            os.chmod(p, before[p] | 0o011)  # others may traverse, not list
+        probe = ("import os, sys\nos.setgid(65534); os.setuid(65534)\nopened = []\n"
+                 "for t in sys.argv[1:]:\n    try:\n        open(t, 'rb').read(1); opened.append(t)\n"
+                 "    except PermissionError:\n        pass\n"
+                 "try:\n    os.listdir(sys.argv[1].rsplit('/', 1)[0]); opened.append('listdir')\n"
+                 "except PermissionError:\n    pass\nprint('\\n'.join(opened))\n")
+        r = subprocess.run([sys.executable, "-c", probe, *targets], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        opened = [line for line in r.stdout.splitlines() if line]
+    finally:
+        for p, mode in before.items():
+            os.chmod(p, mode)
+    assert opened == []

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.umask(0o077)  # whatever a command writes (staged files, catalogs, copies) is its owner's alone
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

@@ -311,8 +311,35 @@ def _airflow_passwords(settings: Settings, creds: dict) -> Path:
     return path
 
 
+#: Everything the platform writes is its own: files 0600, folders 0700.
+PRIVATE_UMASK = 0o077
+
+
+def make_private(settings: Settings) -> None:
+    """This process (and every process it starts) creates private files; existing state is made private.
+
+    The state folder holds the catalog, Airflow's database and logs, the S3
+    sites' volumes, staged and received DICOM files and the secrets. A start
+    also repairs a state folder an older version left readable to others.
+    """
+    os.umask(PRIVATE_UMASK)
+    for root in {settings.state_dir, settings.landing_dir}:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for dirpath, dirs, files in os.walk(root):
+            for name in [*dirs, *files]:
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                    if st.st_mode & 0o077 and not os.path.islink(p):
+                        os.chmod(p, st.st_mode & 0o7700)
+                except FileNotFoundError:  # removed meanwhile (a running platform)
+                    continue
+        os.chmod(root, 0o700)
+
+
 def start_object_stores(settings: Settings) -> Settings:
     """Start both S3 sites (if not running) and create the zones; returns settings with credentials."""
+    make_private(settings)
     for d in ("s3/primary", "s3/backup", "logs"):
         (settings.state_dir / d).mkdir(parents=True, exist_ok=True)
     creds = ensure_credentials(settings)
@@ -359,7 +386,7 @@ def up(settings: Settings | None = None, *, echo: Callable[[str], None] = print)
     return {
         "url": settings.airflow_url,
         "user": "admin",
-        "password": creds["airflow"]["admin_password"],
+        "password_file": str(settings.secrets_dir / "airflow-passwords.json"),
         "seconds": round(time.monotonic() - t0, 1),
     }
 

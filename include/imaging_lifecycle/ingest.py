@@ -163,6 +163,7 @@ def claim_batch(settings: Settings, *, quiet_seconds: float, chunk_size: int = C
         _write_json(batch_dir / MANIFEST, {"chunk_size": chunk_size, "files": {oid: src for _, oid, src in plan}})
         for src, oid, _ in plan:
             _move(src, batch_dir / f"{oid}.dcm")
+            os.chmod(batch_dir / f"{oid}.dcm", 0o600)  # a sender's file, now ours alone
         for old in old_dirs:
             if not any(old.glob("*.dcm")):
                 (old / MANIFEST).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ def run(args) -> int:
     print(
         f"\nimaging-lifecycle is up (ready in {login['seconds']} s)\n"
         f"  Airflow UI:  {login['url']}\n"
-        f"  login:       {login['user']} / {login['password']}\n"
-        "  (the password is generated on first start and kept in .state/secrets/, mode 0600)\n"
+        f"  login:       {login['user']}, password in {login['password_file']}\n"
+        "  (generated on first start, mode 0600; it is never printed)\n"
     )
     return 0
