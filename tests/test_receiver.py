@@ -23,16 +23,16 @@ def receiver(env):  # noqa: F811
     from imaging_lifecycle.receiver import ReceiverConfig, serve
 
     cfg = ReceiverConfig("IL_ARCHIVE", _free_port(), ("MODALITY_A",), env.landing_dir)
-    server = serve(cfg, block=False)
+    server = serve(cfg, block=False, catalog=catalog(env))
     yield cfg
     server.shutdown()
 
 
-def _send(cfg, calling_ae: str, datasets) -> list[int] | None:
+def _send(cfg, calling_ae: str, datasets, called_ae: str | None = None) -> list[int] | None:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(CTImageStorage)
     ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", cfg.port, ae_title=cfg.ae_title)
+    assoc = ae.associate("127.0.0.1", cfg.port, ae_title=called_ae or cfg.ae_title)
     if not assoc.is_established:
         return None
     try:
@@ -59,3 +59,14 @@ def test_c_store_reaches_the_catalog_with_its_source(env, receiver, dicom_file):
 def test_a_calling_ae_off_the_allow_list_is_rejected_and_nothing_lands(env, receiver, dicom_file):  # noqa: F811
     assert _send(receiver, "INTRUDER", [dcmread(dicom_file("CT_small.dcm"))]) is None
     assert not list(env.landing_dir.rglob("*.dcm"))
+    (alert,) = [r for r in catalog(env).audit.records() if r.action == "security.alert"]
+    assert alert.actor == "system:receiver" and alert.detail["reason"] == "CALLING_AE_NOT_ALLOWED"
+    assert alert.detail["calling_ae"] == "INTRUDER" and alert.detail["peer"].startswith("127-0-0-1")
+
+
+def test_a_wrong_called_ae_title_is_rejected_audited_and_nothing_lands(env, receiver, dicom_file):  # noqa: F811
+    """An allowed modality that means another archive (a misrouted study) is refused, not taken in."""
+    assert _send(receiver, "MODALITY_A", [dcmread(dicom_file("CT_small.dcm"))], called_ae="OTHER_PACS") is None
+    assert not list(env.landing_dir.rglob("*.dcm"))
+    (alert,) = [r for r in catalog(env).audit.records() if r.action == "security.alert"]
+    assert alert.detail["reason"] == "CALLED_AE_WRONG" and alert.detail["called_ae"] == "OTHER_PACS"

@@ -4,8 +4,9 @@ Files land as ``<landing>/cstore/<calling AE>/<random>.dcm``: the calling AE
 becomes the object's *source* (classification rules may use it), and the
 name is random so no UID or identifier ever appears in a file name. Each file
 is written as ``.part`` and renamed when complete, so the landing trigger
-never sees half a file. Only calling AE titles on the allow-list may
-associate; others are rejected at association time.
+never sees half a file. Only calling AE titles on the allow-list, calling
+*our* AE title, may associate; others are rejected at association time, and
+every rejection is audited (calling and called AE, peer, reason code).
 """
 
 from __future__ import annotations
@@ -82,11 +83,35 @@ def build_ae(config: ReceiverConfig) -> AE:
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
     ae.require_calling_aet = list(config.allowed_calling_aes) or ["\x00no-caller-allowed"]
+    ae.require_called_aet = True  # a sender that means another archive is not ours to take from
     return ae
 
 
-def serve(config: ReceiverConfig, *, block: bool = True):
+def handle_rejected(event, config: ReceiverConfig, catalog) -> None:  # noqa: ANN001
+    """Audit a rejected association: AE titles (as folder-safe tokens), the peer, a reason code."""
+    rq = event.assoc.requestor
+    calling = rq.ae_title.strip()
+    called = str(getattr(rq.primitive, "called_ae_title", "") or "").strip()
+    if calling not in config.allowed_calling_aes:
+        reason = "CALLING_AE_NOT_ALLOWED"
+    elif called != config.ae_title:
+        reason = "CALLED_AE_WRONG"
+    else:
+        reason = "REJECTED"
+    catalog.audit.append("system:receiver", "security.alert", outcome="minor_failure", detail={
+        "reason": reason, "calling_ae": _ae_folder(calling), "called_ae": _ae_folder(called),
+        "peer": str(rq.address).replace(".", "-").replace(":", "-")})
+    log.warning("association rejected: %s", reason)
+
+
+def serve(config: ReceiverConfig, *, block: bool = True, catalog=None):  # noqa: ANN001
+    """Run the receiver; ``catalog`` is where rejections are audited (default: the settings' catalog)."""
+    if catalog is None:
+        from imaging_lifecycle.services import Services
+
+        catalog = Services.open().catalog
     config.landing.mkdir(parents=True, exist_ok=True)
     ae = build_ae(config)
-    handlers = [(evt.EVT_C_STORE, handle_store, [config.landing])]
+    handlers = [(evt.EVT_C_STORE, handle_store, [config.landing]),
+                (evt.EVT_REJECTED, handle_rejected, [config, catalog])]
     return ae.start_server((config.bind, config.port), block=block, evt_handlers=handlers)
