@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import make_url
 
-from imaging_lifecycle.catalog.schema import audit_head, audit_records, metadata
+from imaging_lifecycle.catalog.schema import PG_NO_TRUNCATE, audit_head, audit_records, metadata
 
 #: How long (seconds) a SQLite writer waits for the write lock before failing.
 BUSY_TIMEOUT = 60.0
@@ -133,6 +133,8 @@ class Database:
                 c.execute(text("SELECT pg_advisory_xact_lock(727001)"))  # one creator at a time
             metadata.create_all(c)
             _add_missing_columns(c)
+            if self.engine.dialect.name == "postgresql":
+                c.execute(text(PG_NO_TRUNCATE))
             has_head = c.execute(select(audit_head.c.id).where(audit_head.c.id == HEAD_ID)).first()
             if has_head is None and c.execute(select(audit_records.c.seq).limit(1)).first() is None:
                 # Only an empty trail gets a fresh head: a missing head with

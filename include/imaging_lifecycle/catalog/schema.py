@@ -215,6 +215,13 @@ event.listen(
         "FOR EACH ROW EXECUTE FUNCTION il_audit_append_only()"
     ).execute_if(dialect="postgresql"),
 )
+#: A row trigger does not see TRUNCATE; this statement trigger does (created, or added to an older
+#: catalog, by ``db.Database.ensure_schema``).
+PG_NO_TRUNCATE = (
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'audit_records_no_truncate') THEN "
+    "CREATE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records "
+    "FOR EACH STATEMENT EXECUTE FUNCTION il_audit_append_only(); END IF; END $$"
+)
 
 #: The policy the platform runs under: one row, id 1. A process whose policy
 #: has another fingerprint refuses guarded actions (see ``services.Services.guard``).
