@@ -71,24 +71,32 @@ class Item:
     body: str
 
 
-def _derive(svc: Services, obj, *, reviewed: bool = False, mask=None):  # noqa: ANN001
-    """(original, engine result) for a held object: its original decrypted and de-identified again."""
+def _derive(svc: Services, obj, *, masks: list[list[int]] | None = None):  # noqa: ANN001
+    """(original, engine result) for a held object: decrypted once, de-identified again as a reviewer decided.
+
+    ``masks`` are the reviewer's rectangles ``[x, y, width, height]``, checked against the image's size.
+    """
     from imaging_lifecycle.deid import Deidentifier
     from imaging_lifecycle.dicomfile import read_dataset
+    from imaging_lifecycle.policy import Mask, Region
     from imaging_lifecycle.protect import plaintext_file, sender
     from imaging_lifecycle.secretfiles import load_or_create_secret
 
     engine = Deidentifier(svc.policy, load_or_create_secret("deid-hmac", settings=svc.settings))
     with plaintext_file(svc, obj) as path:
         original = read_dataset(path)
-    result = engine.deidentify(original, source=sender(obj), in_place=False, reviewed=reviewed, reviewed_mask=mask)
+    mask = None
+    if masks:
+        mask = Mask(id="reviewer", rows=int(original.Rows), columns=int(original.Columns),
+                    regions=[Region(x=x, y=y, width=w, height=h) for x, y, w, h in masks])
+    result = engine.deidentify(original, source=sender(obj), in_place=False, reviewed=True, reviewed_mask=mask)
     return original, result
 
 
 def describe(svc: Services, catalog_id: str) -> Item:
     """What a reviewer sees: codes, the kind of object, and a thumbnail of the de-identified pixels."""
     obj = svc.catalog.get(catalog_id)
-    _original, result = _derive(svc, obj, reviewed=True)
+    _original, result = _derive(svc, obj)
     ds = result.dataset
     lines = [f"**Catalog id** `{obj.id}`  ", f"**Held because** `{obj.flagged}`  ",
              f"**Modality** `{ds.get('Modality', '-')}`, **SOP class** `{obj.sop_class_uid or '-'}`, "
@@ -106,7 +114,6 @@ def decide(svc: Services, catalog_id: str, *, choice: str, masks: list[list[int]
     """Apply a reviewer's decision (audited under the reviewer's name). Returns codes and ids only."""
     from imaging_lifecycle.gates import deid as suite
     from imaging_lifecycle.gates import record
-    from imaging_lifecycle.policy import Mask, Region
     from imaging_lifecycle.protect import release_derivative
 
     if choice not in OPTIONS:
@@ -119,14 +126,9 @@ def decide(svc: Services, catalog_id: str, *, choice: str, masks: list[list[int]
         svc.catalog.flag(obj.id, REJECTED, actor=reviewer, detail={"reason": REJECTED})
         svc.catalog.audit.append(reviewer, "review.decision", object_ref=obj.id, detail={**audit, "released": False})
         return {"catalog_id": obj.id, "released": False, "choice": choice}
-    mask = None
-    if choice == RELEASE_MASKED:
-        if not masks:
-            raise ValueError("release with mask needs at least one rectangle [x, y, width, height]")
-        rows, cols = obj_rows_cols(svc, obj)
-        mask = Mask(id="reviewer", rows=rows, columns=cols,
-                    regions=[Region(x=x, y=y, width=w, height=h) for x, y, w, h in masks])
-    original, result = _derive(svc, obj, reviewed=True, mask=mask)
+    if choice == RELEASE_MASKED and not masks:
+        raise ValueError("release with mask needs at least one rectangle [x, y, width, height]")
+    original, result = _derive(svc, obj, masks=masks if choice == RELEASE_MASKED else None)
     verdict = record(svc.catalog, suite.check([(obj.id, original, result.dataset)], svc.policy), actor=reviewer)
     if not verdict.passed(obj.id):
         svc.catalog.audit.append(reviewer, "review.decision", object_ref=obj.id, outcome="minor_failure",
@@ -136,16 +138,6 @@ def decide(svc: Services, catalog_id: str, *, choice: str, masks: list[list[int]
     svc.catalog.flag(obj.id, None, actor=reviewer)
     svc.catalog.audit.append(reviewer, "review.decision", object_ref=obj.id, detail={**audit, "released": True})
     return {"catalog_id": obj.id, "released": True, "choice": choice}
-
-
-def obj_rows_cols(svc: Services, obj) -> tuple[int, int]:  # noqa: ANN001
-    """The image size of a held object (from its decrypted header)."""
-    from imaging_lifecycle.dicomfile import read_header
-    from imaging_lifecycle.protect import plaintext_file
-
-    with plaintext_file(svc, obj) as path:
-        ds = read_header(path)
-    return int(ds.Rows), int(ds.Columns)
 
 
 # -- the thumbnail: numpy and a few lines of PNG ------------------------------------------
