@@ -1,14 +1,17 @@
-"""The imaging-lifecycle Airflow plugin.
+"""The imaging-lifecycle Airflow plugin: the Lifecycle app under ``/lifecycle`` (Airflow's login protects it).
 
-Registered so the platform's Airflow knows about us; the operator-facing UI
-view (gate failures, approvals, deletions) is added here by a later issue.
-Logic stays in the ``imaging_lifecycle`` package.
+``GET /lifecycle/api/grants/{grant_id}/download`` hands an approved working
+copy to its requester. The app is built in
+:func:`imaging_lifecycle.airflow_glue.lifecycle_app`; logic stays in the package.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from imaging_lifecycle.airflow_glue import lifecycle_app
+
 
 class ImagingLifecyclePlugin(AirflowPlugin):
     name = "imaging_lifecycle"
+    fastapi_apps = [{"app": lifecycle_app(), "url_prefix": "/lifecycle", "name": "Lifecycle"}]

@@ -19,6 +19,7 @@ for _k in list(os.environ):  # nothing of a developer's platform, keys or shell 
     if _k.startswith(("IL_", "AIRFLOW_CONN_IL_", "AIRFLOW__")) and _k != "IL_TEST_PORT_OFFSET":
         del os.environ[_k]
 os.environ["IL_STATE_DIR"] = str(_STATE)
+os.environ["IL_TEST_CLOCK"] = "1"  # sweeps at a future "now" (the platform's own processes never get this)
 os.environ["IL_PORT_OFFSET"] = os.environ.get("IL_TEST_PORT_OFFSET", "100")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
@@ -242,3 +243,18 @@ def catalog(settings):
     from imaging_lifecycle.catalog import Catalog
 
     return Catalog(settings.catalog_url)
+
+
+def approved(svc, action: str, catalog_ids: list[str], *, requester: str | None = None, hours: int | None = None,
+             now=None, **extra) -> str:
+    """An APPROVED access request, made the real way: submitted, then a DSO and each department head approve."""
+    from imaging_lifecycle import access
+
+    who = requester or svc.policy.access.requesters[action][0]
+    out = access.submit(svc, requester=who, action=action, catalog_ids=catalog_ids, purpose="treatment",
+                        justification="follow-up of a known finding", hours=hours, now=now, **extra)
+    for step in out["steps"]:
+        access.decide(svc, out["request_id"], step, approver=access.approvers(svc, out["request_id"], step)[0],
+                      approved=True, now=now)
+    assert svc.catalog.request(out["request_id"])["state"] == "APPROVED"
+    return out["request_id"]

@@ -201,54 +201,66 @@ def test_verify_sample_checks_new_backups_then_only_the_days_share(env, dicom_fi
     assert verify_sample(cat, store, encrypted, today=tomorrow, cycle_days=7, actor=ACTOR)["checked"] == expected
 
 
-def test_restore_command_writes_the_exact_original_and_falls_back_to_the_backup(env, dicom_file, tmp_path):
-    from imaging_lifecycle.backup import replicate
+def test_an_approved_restore_writes_the_exact_original_and_falls_back_to_the_backup(env, dicom_file, tmp_path):
+    from imaging_lifecycle.backup import replicate, restore_object
+    from imaging_lifecycle.services import Services
+
+    from conftest import approved
 
     src = dicom_file("MR_small.dcm")
     (oid,) = stored_objects(env, {"MR_small.dcm": src}).values()
     cat, store, _ = services(env)
     replicate(cat, store, [oid], actor=ACTOR, retention_days=1)
+    svc = Services.open(env)
+    rid = approved(svc, "restore", [oid], requester="operator")
     out = tmp_path / "restored.dcm"
-    r = subprocess.run([CLI, "restore", oid, str(out), "--actor", "alice"], env=cli_env(env), capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    result = restore_object(svc, oid, out, request_id=rid, actor="operator")
     assert out.read_bytes() == src.read_bytes() and (out.stat().st_mode & 0o777) == 0o600
-    assert json.loads(r.stdout) == {"id": oid, "zone": "archive", "fallback": False, "size": src.stat().st_size}
+    assert result == {"id": oid, "zone": "archive", "fallback": False, "size": src.stat().st_size}
     last = cat.audit.records(object_ref=oid, last=1)[0]
-    assert (last.action, last.actor, last.outcome) == ("object.export", "alice", "success")
+    assert (last.action, last.actor, last.outcome, last.detail["request"]) == ("object.export", "operator",
+                                                                              "success", rid)
     # The primary site lost the object: the restore comes from the second site.
     (archive,) = [c for c in cat.copies(oid) if c.zone == "archive"]
     assert store.purge("archive", [(archive.key, archive.version_id)]) == []
     out2 = tmp_path / "from-backup.dcm"
-    r = subprocess.run([CLI, "restore", oid, str(out2)], env=cli_env(env), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert out2.read_bytes() == src.read_bytes() and json.loads(r.stdout)["zone"] == "backup"
+    assert restore_object(svc, oid, out2, request_id=rid, actor="operator")["zone"] == "backup"
+    assert out2.read_bytes() == src.read_bytes()
     assert any(x.action == "object.access" and x.outcome == "minor_failure" and x.detail["reason"] == "MISSING"
                for x in cat.audit.records(object_ref=oid, last=3))
-    # Bad input: an existing OUT is never overwritten; a malformed id is refused without echoing it.
-    r = subprocess.run([CLI, "restore", oid, str(out2)], env=cli_env(env), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "overwrite" in r.stderr
-    r = subprocess.run([CLI, "restore", "Doe^John", str(tmp_path / "x")], env=cli_env(env), capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 2 and "Doe" not in r.stderr + r.stdout and not (tmp_path / "x").exists()
+    # Bad input: an existing OUT is never overwritten.
+    with pytest.raises(FileExistsError):
+        restore_object(svc, oid, out2, request_id=rid, actor="operator")
 
 
-def test_restore_of_a_tier_needing_approval_is_refused(env, dicom_file, tmp_path):
-    from imaging_lifecycle.backup import approval_required
+@pytest.mark.parametrize("tier", [3, 5])
+def test_a_restore_without_an_approved_request_is_refused(env, dicom_file, tmp_path, tier):
+    from imaging_lifecycle.backup import restore_object
+    from imaging_lifecycle.catalog import NotApproved
     from imaging_lifecycle.services import Services
 
-    policy = Services.open(env).policy  # the tiers' approval_required lists decide
-    assert not approval_required(policy, 3, "restore")
-    assert approval_required(policy, 4, "restore") and approval_required(policy, 5, "restore")
-    assert approval_required(policy, None, "restore") and approval_required(policy, 9, "restore")  # fail closed
-    (oid,) = stored_objects(env, {"CT_small.dcm": dicom_file("CT_small.dcm")}, tier=5).values()
+    from conftest import approved
+
+    (oid,) = stored_objects(env, {"CT_small.dcm": dicom_file("CT_small.dcm")}, tier=tier).values()
+    svc = Services.open(env)
     out = tmp_path / "nope.dcm"
-    r = subprocess.run([CLI, "restore", oid, str(out)], env=cli_env(env), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 3 and "approval" in r.stderr and oid in r.stderr
+    other = approved(svc, "restore", [oid], requester="clinician")  # someone else's approval
+    for request_id, reason in ((None, "NO_REQUEST"), ("f" * 32, "NO_REQUEST"), (other, "NOT_THE_REQUESTER")):
+        with pytest.raises(NotApproved) as refused:
+            restore_object(svc, oid, out, request_id=request_id, actor="operator")
+        assert refused.value.reason == reason
+        last = svc.catalog.audit.records(object_ref=oid, last=1)[0]
+        assert (last.action, last.actor, last.outcome, last.detail["reason"]) == ("access.denied", "operator",
+                                                                                  "failure", reason)
     assert not out.exists() and list(tmp_path.glob(".nope*")) == []
-    cat, _, _ = services(env)
-    last = cat.audit.records(object_ref=oid, last=1)[0]
-    assert (last.action, last.outcome, last.detail["reason"]) == ("object.export", "failure", "APPROVAL_REQUIRED")
+    # The command acts for a person: without a login nobody is anybody, and nothing is written.
+    r = subprocess.run([CLI, "restore", oid, str(out), "--request", other], env=cli_env(env, IL_TOKEN_FILE=str(
+        tmp_path / "no-token")), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "log in" in r.stderr and not out.exists()
+    r = subprocess.run([CLI, "restore", oid, str(out), "--request", other, "--actor", "alice"], env=cli_env(env),
+                       capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "--actor" in r.stderr  # there is no free-text actor any more
 
 
 def test_bad_settings_and_arguments_get_clear_errors(env, store, monkeypatch):

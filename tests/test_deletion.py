@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import PROJECT, policy_tier, write_policy
+from conftest import PROJECT, approved, policy_tier, write_policy
 
 UTC = dt.timezone.utc
 T = dt.datetime(2031, 3, 4, 8, 0, tzinfo=UTC)
@@ -128,19 +128,20 @@ def test_a_study_kek_survives_while_other_objects_of_the_study_live(env, dicom_f
 
 
 def test_cache_copy_lives_72_hours_and_is_gone_one_interval_later(env, dicom_file):
+    from imaging_lifecycle.catalog import NotApproved
     from imaging_lifecycle.deletion import sweep
     from imaging_lifecycle.keystore import open_default_keystore
-    from imaging_lifecycle.retention import GrantNotLive, read_grant, retrieve
+    from imaging_lifecycle.retention import read_grant, retrieve
     from imaging_lifecycle.storage import ObjectStore
 
     cat, (oid,) = stored_objects(env, dicom_file, ["MR_small.dcm"], deadline=T + dt.timedelta(days=3650))
     svc = services(env)
-    grant = retrieve(svc, oid, actor="dr-house", now=T)
+    grant = retrieve(svc, oid, request_id=approved(svc, "working_copy", [oid], now=T), actor="clinician", now=T)
     g = cat.grant(grant.id)
-    assert g["actor"] == "dr-house" and g["deadline"] == T + dt.timedelta(hours=72)
+    assert g["actor"] == "clinician" and g["deadline"] == T + dt.timedelta(hours=72)
     out = env.state_dir / "tmp-read" / "view.dcm"
     out.parent.mkdir(exist_ok=True)
-    assert read_grant(svc, grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=1)) == cat.get(oid).sha256
+    assert read_grant(svc, grant.id, out, actor="clinician", now=T + dt.timedelta(hours=1)) == cat.get(oid).sha256
     out.unlink()
     kek = open_default_keystore(env).current(f"grant:{grant.id}")
     assert kek is not None
@@ -149,8 +150,8 @@ def test_cache_copy_lives_72_hours_and_is_gone_one_interval_later(env, dicom_fil
     assert nearly["candidates"] == 0
     store = ObjectStore(env)
     assert list(store.versions("cache", g["key"]))
-    with pytest.raises(GrantNotLive):
-        read_grant(svc, grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=72))
+    with pytest.raises(NotApproved, match="GRANT_NOT_LIVE"):
+        read_grant(svc, grant.id, out, actor="clinician", now=T + dt.timedelta(hours=72))
 
     done = sweep(services(env), T + dt.timedelta(hours=72, minutes=15), actor=ACTOR)
     assert done["copies_deleted"] == 1 and done["grants_erased"] == 1 and done["objects_deleted"] == 0
@@ -160,8 +161,8 @@ def test_cache_copy_lives_72_hours_and_is_gone_one_interval_later(env, dicom_fil
     (cert,) = cat.certificates(oid)
     assert cert["scope"].startswith("copy:") and cert["zones"] == ["cache"]
     assert cert["verification"]["kek_destroyed"] is True
-    with pytest.raises(GrantNotLive):
-        read_grant(svc, grant.id, out, actor="dr-house", now=T + dt.timedelta(hours=1))
+    with pytest.raises(NotApproved, match="GRANT_NOT_LIVE"):
+        read_grant(svc, grant.id, out, actor="clinician", now=T + dt.timedelta(hours=1))
 
 
 def test_grant_lifetime_is_capped_at_72_hours(env, dicom_file):
@@ -169,10 +170,11 @@ def test_grant_lifetime_is_capped_at_72_hours(env, dicom_file):
 
     cat, (oid,) = stored_objects(env, dicom_file, ["CT_small.dcm"], deadline=T + dt.timedelta(days=9))
     svc = services(env)
+    rid = approved(svc, "working_copy", [oid], now=T)
     for bad in (73, 0, -1, True, "5"):
         with pytest.raises(GrantRefused):
-            retrieve(svc, oid, actor="dr-a", hours=bad, now=T)
-    g = retrieve(svc, oid, actor="dr-a", hours=5, now=T)
+            retrieve(svc, oid, request_id=rid, actor="clinician", hours=bad, now=T)
+    g = retrieve(svc, oid, request_id=rid, actor="clinician", hours=5, now=T)
     assert cat.grant(g.id)["deadline"] == T + dt.timedelta(hours=5)
 
 
@@ -185,7 +187,8 @@ def test_held_objects_are_never_deleted(env, dicom_file):
     for later in (T, T + dt.timedelta(days=400)):
         assert sweep(services(env), later, actor=ACTOR)["candidates"] == 0
     assert cat.get(oid).state == "STORED" and cat.copies(oid)
-    set_legal_hold(services(env), oid, False, actor="legal")
+    svc = services(env)
+    set_legal_hold(svc, oid, False, actor="operator", request_id=approved(svc, "release_hold", [oid]))
     assert sweep(services(env), T, actor=ACTOR)["objects_deleted"] == 1
     actions = [r.action for r in cat.audit.records()]
     assert "object.legal_hold" in actions and "object.legal_hold_release" in actions
@@ -293,7 +296,7 @@ def test_a_kill_mid_deletion_then_a_rerun_leaves_nothing_readable_and_no_orphans
     from imaging_lifecycle.crypto import KeyUnavailable
 
     cat, ids = stored_objects(env, dicom_file, ["CT_small.dcm", "MR_small.dcm"])
-    crashed = _cli(env, "sweep", "--now", T.isoformat(), "--actor", "sweeper", crash_at=point)
+    crashed = _cli(env, "sweep", "--now", T.isoformat(), crash_at=point)
     assert crashed.returncode == 86, crashed.stderr
     for oid in ids:
         assert cat.get(oid).state == "DELETING"
@@ -301,7 +304,7 @@ def test_a_kill_mid_deletion_then_a_rerun_leaves_nothing_readable_and_no_orphans
         for c in cat.copies(oid):
             with pytest.raises(KeyUnavailable):  # erased first: already unreadable
                 cat.sealed(c, "0" * 64)
-    rerun = _cli(env, "sweep", "--now", (T + dt.timedelta(minutes=15)).isoformat(), "--actor", "sweeper")
+    rerun = _cli(env, "sweep", "--now", (T + dt.timedelta(minutes=15)).isoformat())
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["objects_deleted"] == 2
     from imaging_lifecycle.keystore import open_default_keystore

@@ -20,7 +20,9 @@ def test_default_policy_has_five_gbt_39725_tiers():
     assert p.classification.identified_minimum_tier == 3
     assert p.tier(3).handling.deidentify and p.tier(3).handling.backup_required
     assert p.tier(5).handling.key_scope == "object"
-    assert set(p.tier(5).handling.approval_required) == {"restore", "early_delete", "reidentify", "export"}
+    assert "working_copy" not in p.tier(5).handling.actions and "restore" in p.tier(5).handling.actions
+    assert p.access.data_security_officers == ["dso"] and p.access.department("radiology").heads == ["radiology-head"]
+    assert p.access.department_of("cstore:ANY_AE") == "radiology" and p.access.emergency.max_hours.seconds == 4 * 3600
     assert p.deid_options.retain_device_identity is False
     assert p.deid_options.retain_institution_identity is False
     assert p.safe_private_tags and p.burned_in.masks
@@ -98,9 +100,30 @@ BAD_POLICIES = {
         lambda d: _tier(d, 2)["handling"].update(backup_required=True),
         ["tiers[1].handling", "backup_required"],
     ),
-    "unknown-approval-action": (
-        lambda d: _tier(d, 3)["handling"]["approval_required"].append("launch"),
-        ["tiers[2].handling.approval_required[3]", "launch"],
+    "unknown-tier-action": (
+        lambda d: _tier(d, 3)["handling"]["actions"].append("launch"),
+        ["tiers[2].handling.actions[6]", "launch"],
+    ),
+    "working-copy-without-cache-zone": (
+        lambda d: _tier(d, 5)["handling"]["actions"].append("working_copy"),
+        ["tiers[4].handling", "working_copy needs 'cache'"],
+    ),
+    "unknown-requester-action": (
+        lambda d: d["access"]["requesters"].update(peek=["clinician"]),
+        ["access.requesters", "peek"],
+    ),
+    "default-department-undeclared": (
+        lambda d: d["access"].update(default_department="cardiology"),
+        ["access", "default_department", "cardiology"],
+    ),
+    "source-in-two-departments": (
+        lambda d: d["access"]["departments"].extend([{"id": "a", "heads": ["x"], "sources": ["AE1"]},
+                                                     {"id": "b", "heads": ["y"], "sources": ["AE1"]}]),
+        ["access", "AE1"],
+    ),
+    "emergency-too-long": (
+        lambda d: d["access"]["emergency"].update(max_hours="48h"),
+        ["access.emergency.max_hours", "1 to 12 hours"],
     ),
     "identified-rule-below-minimum-tier": (
         lambda d: d["classification"]["rules"].append({"id": "cheap-ct", "tier": 2, "match": {"modality": ["CT"]}}),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT, policy_tier, write_policy
+from conftest import PROJECT, approved, policy_tier, write_policy
 
 SEVEN_YEARS = "2555d"
 
@@ -72,9 +72,14 @@ def test_a_custom_policy_decides_classification_deadlines_cache_backup_and_sweep
         assert o.state == "STORED" and not [c for c in cat.copies(o.id) if c.zone == "backup"]
     assert cat.platform_policy() == svc.policy.fingerprint
 
-    # cache cap: 72 hours asked, the tier's 6 granted
+    # cache cap: 72 hours asked is refused before anyone is asked; nothing asked gets the tier's 6
+    from imaging_lifecycle import access
+
     target = originals[0]
-    assert _dag("access", "retrieve_copy").test(run_conf={"catalog_id": target.id, "hours": 72}).state == "success"
+    with pytest.raises(access.AccessRefused, match="at most 6"):
+        approved(svc, "working_copy", [target.id], hours=72)
+    rid = approved(svc, "working_copy", [target.id])
+    assert access.fulfil(svc, rid, actor="system:test")["state"] == "FULFILLED"
     (cache,) = [c for c in cat.copies(target.id) if c.zone == "cache"]
     assert cache.deadline - cache.created_at <= dt.timedelta(hours=6, seconds=5)
     assert cache.deadline - cache.created_at >= dt.timedelta(hours=6) - dt.timedelta(seconds=5)
@@ -88,7 +93,8 @@ def test_a_custom_policy_decides_classification_deadlines_cache_backup_and_sweep
 def test_retrieve_refuses_a_tier_without_a_cache_zone_and_caps_hours(hospital, dicom_file):
     import shutil
 
-    from imaging_lifecycle.retention import GrantRefused, retrieve
+    from imaging_lifecycle.access import AccessRefused
+    from imaging_lifecycle.retention import retrieve
 
     from conftest import ingest_now
 
@@ -99,13 +105,20 @@ def test_retrieve_refuses_a_tier_without_a_cache_zone_and_caps_hours(hospital, d
     (a, b) = [o.id for o in svc.catalog.objects()]
     for oid, tier in ((a, 5), (b, 4)):
         svc.catalog.transition(oid, "CLASSIFIED", tier=tier, rule_id="test", actor="test")
-    with pytest.raises(GrantRefused, match="allows no copy in the cache zone"):
-        retrieve(svc, a, actor="dr-a", hours=1)  # tier 5's zones exclude the cache
+    with pytest.raises(AccessRefused, match="allows no working_copy") as refused:
+        approved(svc, "working_copy", [a], hours=1)  # tier 5's zones exclude the cache
+    assert refused.value.reason == "TIER_FORBIDS"
     assert not [c for c in svc.catalog.copies(a) if c.zone == "cache"]
-    now = dt.datetime(2031, 1, 1, tzinfo=dt.timezone.utc)
-    grant = retrieve(svc, b, actor="dr-a", hours=72, now=now)
-    assert grant.hours == 6 and svc.catalog.grant(grant.id)["deadline"] == now + dt.timedelta(hours=6)
-    assert retrieve(svc, b, actor="dr-a", now=now).hours == 6  # no hours asked: the tier's whole term
+    with pytest.raises(AccessRefused, match="at most 6") as refused:
+        approved(svc, "working_copy", [b], hours=72)
+    assert refused.value.reason == "HOURS_OVER_CAP"
+    rid = approved(svc, "working_copy", [b])
+    now = dt.datetime.now(dt.timezone.utc)
+    grant = retrieve(svc, b, request_id=rid, actor="clinician", hours=72, now=now)
+    deadline = svc.catalog.grant(grant.id)["deadline"]  # the tier's term, and never past the approval's end
+    assert grant.hours == 6 and now + dt.timedelta(hours=6) - dt.timedelta(seconds=30) < deadline <= now + dt.timedelta(
+        hours=6) and deadline <= svc.catalog.request(rid)["expires_at"]
+    assert retrieve(svc, b, request_id=rid, actor="clinician", now=now).hours == 6  # the tier's whole term
 
 
 def test_a_process_under_another_policy_refuses_guarded_actions(hospital, dicom_file, tmp_path):
@@ -135,20 +148,31 @@ def test_a_process_under_another_policy_refuses_guarded_actions(hospital, dicom_
     alerts = [r for r in svc.catalog.audit.records() if r.action == "security.alert"]
     assert alerts and alerts[-1].detail["reason"] == "POLICY_MISMATCH"
 
-    # The CLI, run without IL_POLICY_FILE, is refused too; then adopting its policy makes it the platform's.
+    # The CLI, run without IL_POLICY_FILE, sees the mismatch; adopting its policy takes an approved
+    # policy_change request whose target is exactly that policy: without one it is refused.
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "IL_POLICY_FILE"}
     cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
-    r = subprocess.run([cli, "legal-hold", "set", oid, "--actor", "counsel"], env=env, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 2 and "refusing" in r.stderr
     r = subprocess.run([cli, "policy", "show"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and json.loads(r.stdout)["in_force"] is False
-    r = subprocess.run([cli, "policy", "adopt", "--actor", "dso"], env=env, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and json.loads(r.stdout)["in_force"] is True
-    assert [x.actor for x in svc.catalog.audit.records() if x.action == "policy.adopt"][-1] == "dso"
+    r = subprocess.run([cli, "policy", "adopt"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "refused" in r.stderr and svc.catalog.platform_policy() == svc.policy.fingerprint
+    from imaging_lifecycle.catalog import NotApproved
+
+    wrong = approved(svc, "policy_change", [], requester="admin", policy_target="ab" * 32)
+    with pytest.raises(NotApproved, match="another policy"):
+        other.adopt_policy(request_id=wrong, actor="admin")
+    rid = approved(svc, "policy_change", [], requester="admin", policy_target=other.policy.fingerprint)
+    with pytest.raises(NotApproved, match="NOT_THE_REQUESTER"):
+        other.adopt_policy(request_id=rid, actor="operator")
+    other.adopt_policy(request_id=rid, actor="admin")
+    assert svc.catalog.platform_policy() == other.policy.fingerprint
+    assert svc.catalog.request(rid)["state"] == "FULFILLED"
+    assert [x.actor for x in svc.catalog.audit.records() if x.action == "policy.adopt"][-1] == "admin"
+    decided = {x.actor for x in svc.catalog.audit.records() if x.action == "access.decision"
+               and x.detail["request"] == rid}
+    assert decided == {"dso", "radiology-head"}  # two people approved the change
     with pytest.raises(PolicyMismatch):  # and now the hospital's own process is the one refused
         svc.guard("classify", actor="test")
 
@@ -172,11 +196,18 @@ GUARDED = {
     "classify": lambda m, svc, oid, tmp: m.protect.classify_objects(svc, [oid], actor="t"),
     "deidentify": lambda m, svc, oid, tmp: m.protect.deidentify_objects(svc, [oid], actor="t"),
     "store": lambda m, svc, oid, tmp: m.protect.store_objects(svc, [oid], actor="t"),
-    "working_copy": lambda m, svc, oid, tmp: m.retention.retrieve(svc, oid, actor="t"),
+    "working_copy": lambda m, svc, oid, tmp: m.retention.retrieve(svc, oid, request_id=None, actor="t"),
     "read_grant": lambda m, svc, oid, tmp: m.retention.read_grant(svc, "0" * 32, tmp / "x.dcm", actor="t"),
     "legal_hold": lambda m, svc, oid, tmp: m.retention.set_legal_hold(svc, oid, True, actor="t"),
     "release_hold": lambda m, svc, oid, tmp: m.retention.set_legal_hold(svc, oid, False, actor="t"),
-    "restore": lambda m, svc, oid, tmp: m.backup.restore_object(svc, oid, tmp / "x.dcm", actor="t"),
+    "restore": lambda m, svc, oid, tmp: m.backup.restore_object(svc, oid, tmp / "x.dcm", request_id=None,
+                                                                 actor="t"),
+    "early_delete": lambda m, svc, oid, tmp: m.retention.delete_early(
+        svc, oid, request_id=None, actor="t", now=dt.datetime.now(dt.timezone.utc)),
+    "reidentify": lambda m, svc, oid, tmp: m.protect.reidentify(svc, oid, request_id=None, actor="t"),
+    "access_request": lambda m, svc, oid, tmp: m.access.submit(
+        svc, requester="clinician", action="working_copy", catalog_ids=[oid], purpose="treatment",
+        justification="follow-up of a known finding"),
     "sweep": lambda m, svc, oid, tmp: m.deletion.sweep(svc, dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc),
                                                        actor="t"),
     "delete": lambda m, svc, oid, tmp: m.deletion.delete_candidates(
@@ -190,7 +221,7 @@ def test_every_guarded_action_refuses_under_another_policy(hospital, dicom_file,
     import types
     from dataclasses import replace
 
-    from imaging_lifecycle import backup, deletion, protect, retention
+    from imaging_lifecycle import access, backup, deletion, protect, retention
     from imaging_lifecycle.services import PolicyMismatch, Services
 
     from conftest import ingest_now
@@ -202,7 +233,8 @@ def test_every_guarded_action_refuses_under_another_policy(hospital, dicom_file,
     svc.guard("setup", actor="test")  # the platform runs the hospital's policy
     before = [r.seq for r in svc.catalog.audit.records()]
     other = Services.open(replace(svc.settings, policy_file=None))
-    modules = types.SimpleNamespace(protect=protect, retention=retention, backup=backup, deletion=deletion)
+    modules = types.SimpleNamespace(protect=protect, retention=retention, backup=backup, deletion=deletion,
+                                    access=access)
     with pytest.raises(PolicyMismatch):
         GUARDED[action](modules, other, oid, tmp_path)
     after = svc.catalog.audit.records()

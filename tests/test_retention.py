@@ -101,23 +101,29 @@ def test_airflow_traces_pruning(tmp_path):
     assert (tmp_path / "logs" / "dag_id=x" / "run2" / "1.log").exists()
 
 
-def test_legal_hold_cli_sets_and_releases_and_refuses_bad_ids(settings):
-    from imaging_lifecycle.catalog import Catalog
+def test_anyone_places_a_hold_but_only_an_approved_request_releases_it(settings, tmp_path):
+    from imaging_lifecycle.catalog import NotApproved
+    from imaging_lifecycle.retention import set_legal_hold
 
-    cat = Catalog(settings.catalog_url)
+    from conftest import approved
+
+    svc = Services.open(settings)
+    cat = svc.catalog
     oid = _stored_object(cat, b"held content")
-    env = {**os.environ, "IL_CATALOG_URL": settings.catalog_url}
-    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
-
-    def run(*args):
-        return subprocess.run([cli, "legal-hold", *args], env=env, capture_output=True, text=True, timeout=60)
-
-    r = run("set", oid, "--actor", "counsel")
-    assert r.returncode == 0 and json.loads(r.stdout)["legal_hold"] is True
+    assert set_legal_hold(svc, oid, True, actor="counsel")["legal_hold"] is True
+    with pytest.raises(NotApproved, match="NO_REQUEST"):
+        set_legal_hold(svc, oid, False, actor="counsel")
+    rid = approved(svc, "release_hold", [oid], requester="operator")
+    with pytest.raises(NotApproved, match="NOT_THE_REQUESTER"):
+        set_legal_hold(svc, oid, False, actor="counsel", request_id=rid)
     assert cat.get(oid).legal_hold
-    r = run("release", oid, "--actor", "counsel")
-    assert r.returncode == 0 and not cat.get(oid).legal_hold
-    assert [x.actor for x in cat.audit.records() if x.action.startswith("object.legal_hold")] == ["counsel"] * 2
-    bad = run("set", "0" * 32)
-    assert bad.returncode == 2 and "no catalog object" in bad.stderr
-    assert run("set", "Robert^Smith").returncode == 2
+    assert set_legal_hold(svc, oid, False, actor="operator", request_id=rid)["legal_hold"] is False
+    assert [x.actor for x in cat.audit.records() if x.action.startswith("object.legal_hold")] == ["counsel",
+                                                                                                   "operator"]
+    # The command acts for a person: with no login it refuses, whatever the id.
+    env = {**os.environ, "IL_CATALOG_URL": settings.catalog_url, "IL_TOKEN_FILE": str(tmp_path / "none")}
+    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
+    for args in (("set", oid), ("set", "Robert^Smith"), ("set", oid, "--actor", "counsel")):
+        r = subprocess.run([cli, "legal-hold", *args], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Robert" not in r.stderr
+    assert not cat.get(oid).legal_hold

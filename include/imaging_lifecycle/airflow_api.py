@@ -49,6 +49,37 @@ class AirflowApi:
     timeout: float = 30.0
     _token: str | None = field(default=None, repr=False)
 
+    @staticmethod
+    def base_url_for(settings: Settings) -> str:
+        raw = os.environ.get(CONN_ENV)
+        if raw:
+            try:
+                return str(json.loads(raw)["host"]).rstrip("/")
+            except (ValueError, KeyError, TypeError):
+                raise SettingsError(f"{CONN_ENV} must be Airflow connection JSON with host, login and password") \
+                    from None
+        return settings.airflow_url
+
+    @classmethod
+    def as_person(cls, settings: Settings, token: str) -> AirflowApi:
+        """A client that speaks for whoever ``token`` belongs to (no stored password)."""
+        return cls(cls.base_url_for(settings), "", "", _token=token)
+
+    @classmethod
+    def login(cls, settings: Settings, username: str, password: str) -> AirflowApi:
+        """Log in as a person with their own password; the token proves who they are to :meth:`whoami`."""
+        api = cls(cls.base_url_for(settings), username, password)
+        api.token()
+        return api
+
+    def whoami(self) -> str:
+        """The user name the API server itself finds in this client's token (401 if the token is bad)."""
+        me = self._request("GET", "/ui/auth/me")
+        name = me.get("username") if isinstance(me, dict) else None
+        if not isinstance(name, str) or not name:
+            raise AirflowApiError("GET /ui/auth/me -> no user name")
+        return name
+
     @classmethod
     def from_settings(cls, settings: Settings) -> AirflowApi:
         raw = os.environ.get(CONN_ENV)

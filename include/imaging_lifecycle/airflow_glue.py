@@ -50,9 +50,23 @@ INGESTED = Asset("imaging://catalog/ingested")
 
 
 def actor(context) -> str:
-    """The audit actor for a task: dag/task/run (no user data)."""
+    """The audit actor for a task: the person who triggered its run, else ``system:<dag>/<task>``.
+
+    Airflow 3 records the authenticated user who triggered a run on the run
+    itself (``triggering_user_name``); scheduled and asset-triggered runs have
+    none, and are the platform's own work.
+    """
     ti = context["ti"]
-    return f"{ti.dag_id}/{ti.task_id}/{context['run_id']}"
+    user = getattr(context.get("dag_run"), "triggering_user_name", None)
+    return str(user) if user else f"system:{ti.dag_id}/{ti.task_id}"
+
+
+def requester(context) -> str:
+    """The person who triggered this run: an access request's requester, never a parameter."""
+    user = getattr(context.get("dag_run"), "triggering_user_name", None)
+    if not user:
+        raise PermissionError("an access request is made by a person: trigger it from the UI or the REST API")
+    return str(user)
 
 #: Objects reached STORED (encrypted, verified, in the archive zone).
 STORED = Asset("imaging://catalog/stored")
@@ -67,6 +81,32 @@ def alert_on_failure(context) -> None:
     Services.open().catalog.audit.append(actor(context), "security.alert", outcome="failure",
                                          detail={"dag": ti.dag_id, "task": ti.task_id,
                                                  "error": type(exc).__name__ if exc else "unknown"})
+
+
+def earlier_answer(context) -> dict | None:
+    """The answer a person gave to an earlier try of this human-in-the-loop task, if any (else None).
+
+    Airflow 3.3 under the LocalExecutor loses a race: when a person answers within about a second of
+    the request being parked, the scheduler queues the resumed task before the executor reports the
+    parked process's exit, reads that exit as a crash, and retries the task, which would ask again
+    and drop the answer. The request detail is kept per task instance across tries, so a retry finds
+    the answer here and applies it instead of asking twice.
+    """
+    ti = context["ti"]
+    if getattr(ti, "try_number", 1) <= 1:
+        return None
+    from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
+
+    try:
+        got = get_hitl_detail_content_detail(ti.id)
+    except Exception:  # noqa: BLE001 (no detail yet: nothing was asked before)
+        return None
+    if not got.response_received or not got.chosen_options:
+        return None
+    who = got.responded_by_user
+    return {"chosen_options": list(got.chosen_options), "params_input": dict(got.params_input or {}),
+            "responded_at": got.responded_at,
+            "responded_by_user": who.model_dump() if hasattr(who, "model_dump") else who}
 
 
 def review_operator_class():
@@ -103,6 +143,8 @@ def review_operator_class():
                 # scheduler still reads the task as queued or running). Asking again would decide twice.
                 self.log.info("review item %s was decided already; nothing to ask", self.catalog_id)
                 return {"catalog_id": self.catalog_id, "already_decided": True}
+            if (answered := earlier_answer(context)) is not None:
+                return self.execute_complete(context, answered)
             item = review.describe(svc, self.catalog_id)
             self.subject, self.body = item.subject, item.body
             self.assigned_users = [{"id": u, "name": u} for u in svc.policy.review.reviewers]
@@ -119,3 +161,107 @@ def review_operator_class():
                                  reviewer=str(who.get("name") or who.get("id")))
 
     return ReviewOperator
+
+
+def access_approval_operator_class():
+    """One approval step of an access request (the standard provider's HITLOperator).
+
+    ``step`` is ``dso`` or ``head:<department>``. What the approvers see, and
+    who they are, is made when the task runs, from the catalog and the policy
+    (the requester and anyone who answered another step are left out). The
+    answer is recorded by :func:`imaging_lifecycle.access.decide`, which
+    enforces the rules Airflow does not: two different people, neither the
+    requester. No default option: a timeout fails the step, and the request is
+    then denied. A rejection (or a broken rule) denies it too and skips the
+    steps after it.
+    """
+    from airflow.providers.standard.exceptions import HITLTimeoutError
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from imaging_lifecycle import access
+
+    class AccessApprovalOperator(HITLOperator):
+        template_fields = (*HITLOperator.template_fields, "request_id", "step")
+
+        def __init__(self, *, request_id, step: str, **kwargs):
+            super().__init__(subject="Approve an access request", options=list(access.APPROVAL_OPTIONS), **kwargs)
+            self.request_id, self.step = request_id, step
+
+        def execute(self, context):
+            # Give this operator retries: under load Airflow can retry a parked request. A retry of a
+            # step that was answered asks nobody; a step can never be answered twice (the catalog).
+            from imaging_lifecycle.services import Services
+
+            svc = Services.open()
+            state = access.step_state(svc, self.request_id, self.step)
+            if state == "approved":  # a retry of a parked request that was answered: do not ask twice
+                return {"request_id": self.request_id, "step": self.step, "approved": True}
+            if state in ("denied", "not_needed"):
+                raise AirflowSkipException(f"request {self.request_id}: step {self.step} is {state}")
+            if (answered := earlier_answer(context)) is not None:
+                return self.execute_complete(context, answered)
+            ask = access.approval_prompt(svc, self.request_id, self.step)
+            if not ask.approvers:
+                access.close(svc, self.request_id, actor=actor(context), reason="NO_ELIGIBLE_APPROVER")
+                raise AirflowSkipException(f"request {self.request_id}: nobody may answer step {self.step}")
+            self.subject, self.body = ask.subject, ask.body
+            self.assigned_users = [{"id": u, "name": u} for u in ask.approvers]
+            self.response_timeout = svc.policy.access.approval_timeout
+            return super().execute(context)
+
+        def execute_complete(self, context, event):
+            from imaging_lifecycle.services import Services
+
+            svc = Services.open()
+            try:
+                answer = super().execute_complete(context, event)
+            except HITLTimeoutError:  # nobody answered in time: denied (a retry then asks nobody)
+                access.close(svc, self.request_id, actor=actor(context), reason="TIMEOUT")
+                raise
+            who = answer["responded_by_user"] or {}
+            try:
+                out = access.decide(svc, self.request_id, self.step, approver=str(who.get("id") or who.get("name")),
+                                    approved=answer["chosen_options"] == [access.APPROVE])
+            except access.AccessRefused as exc:  # a broken rule denied the request: fail, visibly, once
+                raise AirflowFailException(str(exc)) from None
+            if out["state"] == "DENIED":
+                raise AirflowSkipException(f"request {self.request_id} was denied at step {self.step}")
+            return {"request_id": self.request_id, "step": self.step, "approved": True}
+
+    return AccessApprovalOperator
+
+
+def lifecycle_app():
+    """The Lifecycle plugin's FastAPI app, mounted at ``/lifecycle`` by the API server.
+
+    A plugin app inherits no authentication from Airflow: every route here
+    depends on Airflow's own ``requires_access_view(PLUGINS)`` and user
+    dependency, which read the bearer header or the UI's ``_token`` cookie.
+    The person is the name the auth manager puts in that token.
+    """
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_view
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import StreamingResponse
+
+    from imaging_lifecycle import access
+    from imaging_lifecycle.catalog import NotApproved
+
+    app = FastAPI(title="imaging-lifecycle", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(requires_access_view(AccessView.PLUGINS))])
+
+    @app.get("/api/grants/{grant_id}/download")
+    def download(grant_id: str, user=Depends(get_user)):  # noqa: B008 (FastAPI's way; the hint is local here)
+        """A live working copy, decrypted on the way out, for the person it was approved for (else 403)."""
+        from imaging_lifecycle.services import Services
+
+        try:
+            stream = access.download(Services.open(), grant_id, user=user.get_name())
+        except NotApproved as exc:
+            raise HTTPException(404 if exc.reason == "NO_GRANT" else 403, exc.reason) from None
+        return StreamingResponse(stream.chunks, media_type="application/dicom", headers={
+            "Content-Length": str(stream.size), "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="{stream.object_id}.dcm"'})
+
+    return app

@@ -25,7 +25,6 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imaging_lifecycle import faults
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord, states
@@ -34,13 +33,10 @@ from imaging_lifecycle.encrypted_store import EncryptedStore, Sealed
 from imaging_lifecycle.services import Services
 from imaging_lifecycle.storage import ObjectStore, StorageError
 
-if TYPE_CHECKING:
-    from imaging_lifecycle.policy import Policy
-
 __all__ = [
     "BACKUP_ZONE", "SOURCE_ZONE", "FLAG", "LOCK_MODES", "LOCK_MODE_ENV", "ReplicaSealed", "BackupFailed",
-    "BackupMismatch", "ApprovalRequired", "lock_mode", "sealed_for", "replicate", "sample_day", "is_due",
-    "verify_sample", "verify_all", "approval_required", "has_approval", "restore_object",
+    "BackupMismatch", "lock_mode", "sealed_for", "replicate", "sample_day", "is_due",
+    "verify_sample", "verify_all", "restore_object",
     "backup_step", "verify_step",
 ]
 
@@ -85,10 +81,6 @@ class BackupMismatch(RuntimeError):
     def __init__(self, message: str, result: dict):
         super().__init__(message)
         self.result = result
-
-
-class ApprovalRequired(PermissionError):
-    """The object's tier needs an approval record for this action, and there is none."""
 
 
 @dataclass(frozen=True)
@@ -389,24 +381,12 @@ def _verify(catalog: Catalog, encrypted: EncryptedStore, pairs: list, *, actor: 
 # Restore for an operator.
 # ---------------------------------------------------------------------------
 
-def approval_required(policy: Policy, tier: int | None, action: str) -> bool:
-    """Does the tier's policy demand an approval before ``action``? Unclassified or undeclared tiers: always."""
-    try:
-        return tier is None or action in policy.tier(tier).handling.approval_required
-    except KeyError:  # a tier this policy does not declare: fail closed
-        return True
-
-
-def has_approval(catalog: Catalog, object_id: str, action: str, actor: str) -> bool:
-    """Is there an approval record for ``actor`` to do ``action`` on the object? None exist yet (a later issue)."""
-    return False
-
-
-def restore_object(svc: Services, object_id: str, out: Path, *, actor: str) -> dict:
+def restore_object(svc: Services, object_id: str, out: Path, *, request_id: str | None, actor: str) -> dict:
     """Decrypt one object into ``out`` (0600, appears only if verified): archive first, then the backup.
 
-    Raises :class:`ApprovalRequired` if the tier needs an approval that does
-    not exist, FileExistsError if ``out`` exists, and
+    Only for the requester of an APPROVED, unexpired ``restore`` request that
+    names the object (raises :class:`~imaging_lifecycle.catalog.NotApproved`,
+    audited, otherwise). Raises FileExistsError if ``out`` exists, and
     :class:`~imaging_lifecycle.crypto.IntegrityError` if no copy restores.
     Every outcome is audited (``object.export``).
     """
@@ -414,11 +394,7 @@ def restore_object(svc: Services, object_id: str, out: Path, *, actor: str) -> d
     catalog, encrypted = svc.catalog, svc.encrypted
     obj = catalog.get(object_id)
     out = Path(out)
-    if approval_required(svc.policy, obj.tier, "restore") and not has_approval(catalog, obj.id, "restore", actor):
-        catalog.audit.append(actor, "object.export", object_ref=obj.id, outcome="failure",
-                             detail={"reason": "APPROVAL_REQUIRED", "tier": obj.tier, "action": "restore"})
-        raise ApprovalRequired(f"object {obj.id}: tier {obj.tier if obj.tier is not None else 'unclassified'} "
-                               "needs an approval record to restore, and there is none")
+    catalog.approved_request(request_id, action="restore", actor=actor, object_id=obj.id)
     if out.exists() or out.is_symlink():
         raise FileExistsError(f"refusing to overwrite {out}")
     order = {SOURCE_ZONE: 0, BACKUP_ZONE: 1}
@@ -434,7 +410,8 @@ def restore_object(svc: Services, object_id: str, out: Path, *, actor: str) -> d
                                  detail={"copy": copy.id, "zone": copy.zone, "reason": tried[-1]})
             continue
         catalog.audit.append(actor, "object.export", object_ref=obj.id,
-                             detail={"copy": copy.id, "zone": copy.zone, "fallback": bool(tried), "action": "restore"})
+                             detail={"copy": copy.id, "zone": copy.zone, "fallback": bool(tried), "action": "restore",
+                                     "request": request_id})
         return {"id": obj.id, "zone": copy.zone, "fallback": bool(tried), "size": obj.size}
     catalog.audit.append(actor, "object.export", object_ref=obj.id, outcome="failure",
                          detail={"reason": "NO_READABLE_COPY", "tried": len(tried)})

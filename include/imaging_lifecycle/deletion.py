@@ -162,15 +162,39 @@ def gate_rows(svc: Services, targets: list[Target], now: dt.datetime) -> list[di
 # -- the procedure -----------------------------------------------------------------
 
 
+#: How far ahead of the wall clock a sweep's "now" may be (a scheduler's data interval, clock skew).
+CLOCK_TOLERANCE = dt.timedelta(minutes=15)
+
+
+class FutureClockRefused(PermissionError):
+    """A sweep at a future "now" would delete early; only a test clock (``IL_TEST_CLOCK=1``) may do that."""
+
+
+def check_clock(svc: Services, now: dt.datetime, *, actor: str) -> None:
+    """Refuse a "now" in the future unless this process runs the test clock (audited as a security alert)."""
+    if now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    if now > dt.datetime.now(dt.timezone.utc) + CLOCK_TOLERANCE and not svc.settings.test_clock:
+        svc.catalog.audit.append(actor, "security.alert", outcome="major_failure",
+                                 detail={"reason": "FUTURE_CLOCK", "action": "sweep"})
+        raise FutureClockRefused("refusing to sweep at a future time: early deletion needs an approved early_delete "
+                                 "access request")
+
+
 def sweep(svc: Services, now: dt.datetime, *, actor: str, limit: int = 1000) -> dict:
-    """The sweeper DAG step: delete everything past its deadline at ``now`` (at most ``limit`` of each kind)."""
+    """The sweeper DAG step: delete everything past its deadline at ``now`` (at most ``limit`` of each kind).
+
+    ``now`` may not be in the future (see :func:`check_clock`).
+    """
     svc.guard("sweep", actor=actor)
+    check_clock(svc, now, actor=actor)
     return _run(svc, plan(svc.catalog, now, limit), now, actor=actor)
 
 
 def delete_candidates(svc: Services, object_ids: list[str], now: dt.datetime, *, actor: str) -> dict:
     """Delete these objects whole, if the gate lets every one of them go (else nothing is deleted)."""
     svc.guard("delete", actor=actor)
+    check_clock(svc, now, actor=actor)
     return _run(svc, targets_for_ids(svc.catalog, object_ids), now, actor=actor)
 
 
@@ -366,5 +390,6 @@ def certificates(svc: Services, catalog_id: str) -> list[dict]:
     return cat.certificates(catalog_id)
 
 
-__all__ = ["sweep", "delete_candidates", "plan", "gate_rows", "certificates", "Target", "DeletionError",
+__all__ = ["sweep", "delete_candidates", "check_clock", "FutureClockRefused",
+           "plan", "gate_rows", "certificates", "Target", "DeletionError",
            "METHOD", "STANDARD", "BATCH", "DELETED"]

@@ -39,6 +39,7 @@ from imaging_lifecycle.settings import (
     CONN_BACKUP,
     CONN_PRIMARY,
     PROJECT_ROOT,
+    TEST_CLOCK_ENV,
     Settings,
     embedded_credentials_file,
     load_settings,
@@ -176,10 +177,12 @@ def airflow_env(settings: Settings, creds: dict) -> dict[str, str]:
         # Our DAGs are the product: new ones run at once instead of waiting for a click.
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "imaging_lifecycle.settings.AIRFLOW_SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "imaging_lifecycle.settings.AIRFLOW_SQLITE_CONNECT_ARGS",
         "AIRFLOW__CORE__AUTH_MANAGER": (
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
         ),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
             settings.state_dir / "secrets" / "airflow-passwords.json"
         ),
@@ -282,7 +285,7 @@ def _recorded(settings: Settings, name: str) -> psutil.Process | None:
 def _start(settings: Settings, svc: Service) -> psutil.Process:
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **svc.env, MARKER: str(settings.state_dir)}
+    env = {k: v for k, v in {**os.environ, **svc.env, MARKER: str(settings.state_dir)}.items() if k != TEST_CLOCK_ENV}
     with open(log_dir / f"{svc.name}.log", "ab") as log:
         proc = subprocess.Popen(
             svc.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -304,10 +307,23 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, proc: psutil.Pro
     raise PlatformError(f"{what} not ready after {timeout:.0f}s; see .state/logs/")
 
 
+#: The people of the embedded platform and their Airflow roles (simple auth manager). The policy
+#: gives them their lifecycle roles: ``dso`` is the data security officer, ``radiology-head`` the
+#: department head, ``clinician`` a requester. In production the same names come from the
+#: deployment's auth manager (FAB, or an OIDC identity provider).
+USERS = {"admin": "admin", "operator": "op", "dso": "user", "radiology-head": "user", "clinician": "user"}
+
+
 def _airflow_passwords(settings: Settings, creds: dict) -> Path:
+    """Each person's password, generated on first start into one 0600 file (users added later get one too)."""
     path = settings.state_dir / "secrets" / "airflow-passwords.json"
-    if not path.exists():
-        write_private_file(path, json.dumps({"admin": creds["airflow"]["admin_password"]}).encode())
+    have = json.loads(path.read_text()) if path.exists() else {}
+    want = {u: have.get(u) or (creds["airflow"]["admin_password"] if u == "admin" else _token()) for u in USERS}
+    if want != have:
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_private_file(tmp, json.dumps(want, indent=2).encode())
+        os.replace(tmp, path)
     return path
 
 
@@ -386,6 +402,7 @@ def up(settings: Settings | None = None, *, echo: Callable[[str], None] = print)
     return {
         "url": settings.airflow_url,
         "user": "admin",
+        "users": list(USERS),
         "password_file": str(settings.secrets_dir / "airflow-passwords.json"),
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -279,6 +279,33 @@ def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -
     svc.encrypted.record(svc.catalog, parent.id, sealed, actor=actor)
 
 
+def reidentify(svc: Services, catalog_id: str, *, request_id: str | None, actor: str):  # noqa: ANN201
+    """The re-identification map (pseudonym -> original) of ``catalog_id`` or of the original it derives from.
+
+    Only for the requester of an APPROVED ``reidentify`` request naming the
+    object (audited either way, ``access.reidentify``: counts, never values).
+    Returns a :class:`~imaging_lifecycle.deid.reid.ReidMap`, which refuses to
+    be logged, pickled or sent through XCom.
+    """
+    from imaging_lifecycle.deid.reid import ReidMap
+
+    svc.guard("reidentify", actor=actor)
+    svc.catalog.approved_request(request_id, action="reidentify", actor=actor, object_id=catalog_id)
+    obj = svc.catalog.get(catalog_id)
+    parent_id = obj.source.removeprefix("derived:") if (obj.source or "").startswith("derived:") else obj.id
+    stored = [c for c in svc.catalog.copies(parent_id) if c.key.startswith(REID_PREFIX)]
+    if not stored:
+        svc.catalog.audit.append(actor, "access.reidentify", object_ref=catalog_id, outcome="failure",
+                                 detail={"request": request_id, "reason": "NO_REID_MAP"})
+        raise LookupError(f"object {catalog_id} has no re-identification map (it was never de-identified)")
+    sealed = svc.catalog.sealed(stored[-1], None)
+    with svc.encrypted.open(sealed, parent_id) as reader:
+        reid = ReidMap.from_bytes(reader.read())
+    svc.catalog.audit.append(actor, "access.reidentify", object_ref=catalog_id,
+                             detail={"request": request_id, "entries": len(reid)})
+    return reid
+
+
 # -- what the DAG calls ---------------------------------------------------------------
 
 #: Flags of objects a per-object gate held back: no later step takes them; they wait for review.

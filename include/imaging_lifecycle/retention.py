@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,6 @@ class RetentionError(ValueError):
 
 class GrantRefused(RetentionError):
     """A cache grant cannot be made (not readable, a tier without a cache zone, or invalid hours)."""
-
-
-class GrantNotLive(RetentionError):
-    """The grant expired, was erased, or its object is gone."""
 
 
 def _tier_of(svc: Services, obj) -> int:  # noqa: ANN001
@@ -131,20 +128,23 @@ def cache_terms(svc: Services, obj, hours: int | None) -> tuple[int, int]:  # no
 
 
 def grant_copy(svc: Services, obj, src, size: int, *, hours: int | None, actor: str, now: dt.datetime,  # noqa: ANN001
-               verify: bool = True) -> Grant:
+               request_id: str | None = None, not_after: dt.datetime | None = None, verify: bool = True) -> Grant:
     """Encrypt plaintext ``src`` into the cache zone under a fresh KEK (scope ``grant:<id>``).
 
-    The grant row (who asked, deadline) is committed before the upload, so a
-    crash at any point leaves an expiring grant the sweeper erases.
+    The grant row (who asked, under which request, deadline) is committed
+    before the upload, so a crash at any point leaves an expiring grant the
+    sweeper erases.
     """
     granted, limit = cache_terms(svc, obj, hours)
     tier = _tier_of(svc, obj)
     deadline = now + dt.timedelta(hours=granted)
+    if not_after is not None:  # never past the approval it was made under
+        deadline = min(deadline, not_after)
     gid = uuid.uuid4().hex
     key = f"{CACHE_ZONE}/{gid}"
     scope = f"grant:{gid}"
     svc.catalog.add_grant(gid, obj.id, key=key, kek_scope=scope, deadline=deadline, actor=actor,
-                          detail={"hours": granted, "asked": hours, "tier_limit": limit})
+                          request_id=request_id, detail={"hours": granted, "asked": hours, "tier_limit": limit})
     sealed = svc.encrypted.put(src, catalog_id=obj.id, zone=CACHE_ZONE, tier=tier, scope_id=scope, key=key,
                                size=size, verify=verify)
     with svc.catalog.transaction() as s:
@@ -153,18 +153,21 @@ def grant_copy(svc: Services, obj, src, size: int, *, hours: int | None, actor: 
     return Grant(gid, obj.id, granted)
 
 
-def retrieve(svc: Services, catalog_id: str, *, actor: str, hours: int | None = None,
+def retrieve(svc: Services, catalog_id: str, *, request_id: str | None, actor: str, hours: int | None = None,
              now: dt.datetime | None = None) -> Grant:
     """Re-encrypt a working copy of ``catalog_id`` into the cache zone for ``actor``; returns the grant.
 
-    Refused before anything is decrypted when the object's tier allows no cache
-    copy; ``hours`` is capped at the tier's cache term. The plaintext never
-    touches disk: the primary copy is decrypted (and verified) as a stream
-    straight into the new encryption.
+    Only under an APPROVED ``working_copy`` request of ``actor`` that names the
+    object (``catalog.approved_request``, audited either way); the copy never
+    outlives the approval. Refused before anything is decrypted when the
+    object's tier allows no cache copy; ``hours`` is capped at the tier's cache
+    term. The plaintext never touches disk: the primary copy is decrypted (and
+    verified) as a stream straight into the new encryption.
     """
     svc.guard("working_copy", actor=actor)
     _check_hours(hours)
     now = now or dt.datetime.now(dt.timezone.utc)
+    req = svc.catalog.approved_request(request_id, action="working_copy", actor=actor, object_id=catalog_id, now=now)
     obj = svc.catalog.get(catalog_id)
     if obj.state not in READABLE_STATES:
         raise GrantRefused(f"object {catalog_id} is {obj.state}: no working copy can be made")
@@ -174,42 +177,101 @@ def retrieve(svc: Services, catalog_id: str, *, actor: str, hours: int | None = 
         raise GrantRefused(f"object {catalog_id} has no live copy in its primary zone")
     sealed = svc.catalog.sealed(primary[-1], obj.sha256, obj.size)
     with svc.encrypted.open(sealed, catalog_id) as reader:
-        return grant_copy(svc, obj, reader, obj.size, hours=hours, actor=actor, now=now)
+        return grant_copy(svc, obj, reader, obj.size, hours=hours, actor=actor, now=now, request_id=request_id,
+                          not_after=req["expires_at"])
 
 
-def read_grant(svc: Services, grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | None = None) -> str:
-    """Decrypt the grant's working copy into ``out_path`` (0600) if the grant is live; returns its SHA-256.
+@dataclass(frozen=True)
+class GrantStream:
+    """A live grant's working copy on its way out: ``chunks`` decrypts and authenticates as it is read."""
 
-    Checked on every read: the grant exists, is not erased, is before its
-    deadline, and its copy is live. Every read is audited.
+    grant_id: str
+    object_id: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+def open_grant(svc: Services, grant_id: str, *, actor: str, now: dt.datetime | None = None,
+               chunk: int = 1 << 20) -> GrantStream:
+    """The plaintext of a live grant's copy, for the person it was approved for only.
+
+    Checked on every read: the grant exists, was made under an access request,
+    belongs to ``actor``, is not erased, is before its deadline, and its copy is
+    live. Every read and every refusal is audited (``grant.read``). The stream
+    checks every GCM tag as it goes and the recorded SHA-256 at its end (a
+    damaged copy breaks off with :class:`~imaging_lifecycle.crypto.IntegrityError`).
     """
-    from imaging_lifecycle.catalog import UnknownObject
+    from imaging_lifecycle.catalog import NotApproved, UnknownObject
 
     svc.guard("working_copy", actor=actor)
     now = now or dt.datetime.now(dt.timezone.utc)
     try:
         g = svc.catalog.grant(grant_id)
-    except UnknownObject:
-        raise GrantNotLive(f"no grant {grant_id}") from None
+    except (UnknownObject, ValueError):
+        svc.catalog.audit.append(actor, "grant.read", outcome="minor_failure", detail={"reason": "NO_GRANT"})
+        raise NotApproved("no such grant", "NO_GRANT") from None
     copy = next((c for c in svc.catalog.copies(g["object_id"]) if c.id == g["copy_id"]), None)
-    if g["erased_at"] is not None or now >= g["deadline"] or copy is None:
-        svc.catalog.audit.append(actor, "grant.read", object_ref=g["object_id"], outcome="minor_failure",
-                                 detail={"grant": grant_id, "live": False})
-        raise GrantNotLive(f"grant {grant_id} is expired or erased")
+    reason = None
+    if g["actor"] != actor or g["request_id"] is None:
+        reason = "NOT_THE_REQUESTER"
+    elif g["erased_at"] is not None or now >= g["deadline"] or copy is None:
+        reason = "GRANT_NOT_LIVE"
+    if reason:
+        svc.catalog.audit.append(actor, "grant.read", object_ref=g["object_id"], outcome="failure",
+                                 detail={"grant": grant_id, "live": reason != "GRANT_NOT_LIVE", "reason": reason})
+        raise NotApproved(f"grant {grant_id}: {reason}", reason)
     obj = svc.catalog.get(g["object_id"])
-    digest = svc.encrypted.restore_to(svc.catalog.sealed(copy, obj.sha256, obj.size), obj.id, Path(out_path))
-    svc.catalog.audit.append(actor, "grant.read", object_ref=obj.id, detail={"grant": grant_id, "live": True})
-    return digest
+    sealed = svc.catalog.sealed(copy, obj.sha256, obj.size)
+    reader = svc.encrypted.open(sealed, obj.id)  # unwraps the grant's key now: refused here, not mid-stream
+    svc.catalog.audit.append(actor, "grant.read", object_ref=obj.id,
+                             detail={"grant": grant_id, "live": True, "request": g["request_id"]})
+
+    def chunks() -> Iterator[bytes]:
+        with reader:
+            while block := reader.read(chunk):
+                yield block
+
+    return GrantStream(grant_id, obj.id, obj.size, chunks())
+
+
+def read_grant(svc: Services, grant_id: str, out_path: Path, *, actor: str, now: dt.datetime | None = None) -> str:
+    """:func:`open_grant` into a new 0600 file ``out_path``; returns the SHA-256 of what was written."""
+    import hashlib
+
+    stream = open_grant(svc, grant_id, actor=actor, now=now)
+    digest = hashlib.sha256()
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        for block in stream.chunks:
+            digest.update(block)
+            fh.write(block)
+    return digest.hexdigest()
 
 
 # -- legal hold --------------------------------------------------------------------
 
 
-def set_legal_hold(svc: Services, catalog_id: str, held: bool, *, actor: str) -> dict:
-    """Place or release a legal hold (audited either way); a held object is never deleted."""
+def set_legal_hold(svc: Services, catalog_id: str, held: bool, *, actor: str, request_id: str | None = None) -> dict:
+    """Place or release a legal hold (audited either way); a held object is never deleted.
+
+    Anyone with the right to run this may place a hold (it only stops
+    deletion); releasing one needs an approved ``release_hold`` request.
+    """
     svc.guard("legal_hold" if held else "release_hold", actor=actor)
+    if not held:
+        svc.catalog.approved_request(request_id, action="release_hold", actor=actor, object_id=catalog_id)
     rec = svc.catalog.set_legal_hold(catalog_id, held, actor)
     return {"object_id": rec.id, "legal_hold": rec.legal_hold, "state": rec.state}
+
+
+def delete_early(svc: Services, catalog_id: str, *, request_id: str | None, actor: str, now: dt.datetime) -> dict:
+    """Bring an object's deadline forward to ``now`` under an approved ``early_delete`` request (the sweeper
+    then deletes, verifies and certifies it as any other)."""
+    svc.guard("early_delete", actor=actor)
+    svc.catalog.approved_request(request_id, action="early_delete", actor=actor, object_id=catalog_id, now=now)
+    rec = svc.catalog.set_retention_deadline(catalog_id, now, actor=actor,
+                                             detail={"reason": "EARLY_DELETE", "request": request_id})
+    return {"object_id": catalog_id, "deadline": now.isoformat(), "state": rec.state if rec else None}
 
 
 # -- stale local plaintext ---------------------------------------------------------

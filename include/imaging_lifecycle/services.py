@@ -132,3 +132,19 @@ class Services:
                 f"refusing {action}: this process runs policy {ours[:12]} ({self.policy.source}) but the "
                 f"platform runs policy {recorded[:12]}; set IL_POLICY_FILE to the platform's policy, or adopt "
                 "this one with 'imaging-lifecycle policy adopt'")
+
+    def adopt_policy(self, *, request_id: str | None, actor: str) -> None:
+        """Make this process's policy the platform's: only under an APPROVED ``policy_change`` request of
+        ``actor`` whose target is this very policy (raises :class:`~imaging_lifecycle.catalog.NotApproved`)."""
+        from imaging_lifecycle.catalog import NotApproved
+        from imaging_lifecycle.catalog.access_requests import FULFILLED
+
+        req = self.catalog.approved_request(request_id, action="policy_change", actor=actor)
+        if req["policy_target"] != self.policy.fingerprint:
+            self.catalog.audit.append(actor, "access.denied", outcome="failure",
+                                      detail={"request": req["id"], "action": "policy_change",
+                                              "reason": "NOT_THE_APPROVED_POLICY"})
+            raise NotApproved(f"request {req['id']} approved another policy than this process runs",
+                              "NOT_THE_APPROVED_POLICY")
+        self.catalog.adopt_policy(self.policy.fingerprint, actor=actor, source=self.policy.source)
+        self.catalog.set_request_state(req["id"], FULFILLED, actor=actor)

@@ -43,6 +43,15 @@ DEFAULT_PORTS: dict[str, int] = {
     "dicom": 11112,
 }
 
+#: Connect arguments of the embedded platform's SQLite Airflow database (Airflow imports this dict by
+#: name: ``[database] sql_alchemy_connect_args``). SQLite's default 5 s busy timeout is shorter than the
+#: scheduler's longest write under load; a person's approval then failed with HTTP 500 ("database is
+#: locked") instead of waiting its turn.
+AIRFLOW_SQLITE_CONNECT_ARGS = {"timeout": 30.0}
+
+#: The test-only clock switch; ``embedded`` strips it from every process it starts.
+TEST_CLOCK_ENV = "IL_TEST_CLOCK"
+
 CONN_PRIMARY = "il_s3_primary"
 CONN_BACKUP = "il_s3_backup"
 
@@ -72,6 +81,8 @@ class Settings:
     port_offset: int = 0
     #: The policy file (``IL_POLICY_FILE``); None means the packaged default.
     policy_file: Path | None = None
+    #: ``IL_TEST_CLOCK=1``: a sweep may be run at a future "now" (tests only; the platform never sets it).
+    test_clock: bool = False
 
     def port(self, name: str) -> int:
         return DEFAULT_PORTS[name] + self.port_offset
@@ -149,4 +160,5 @@ def load_settings() -> Settings:
         bucket_prefix=os.environ.get("IL_BUCKET_PREFIX", "il-"),
         port_offset=offset,
         policy_file=Path(os.environ["IL_POLICY_FILE"]).resolve() if os.environ.get("IL_POLICY_FILE") else None,
+        test_clock=os.environ.get(TEST_CLOCK_ENV) == "1",
     )

@@ -29,7 +29,8 @@ ObjectRecord, ...``); the modules behind it are:
   ``objects`` (registration, transitions, hold, flags, deadlines, object reads),
   ``copies`` (physical copies), ``batches``, ``data_keys`` (DEKs and KEK
   rotation), ``grants`` (cache grants), ``certificates`` (deletion certificates),
-  ``platform_policy`` (the policy fingerprint the platform runs under).
+  ``platform_policy`` (the policy fingerprint the platform runs under),
+  ``access_requests`` (access requests, approval decisions, agreements).
 
 :class:`Catalog` below is just those mixins combined.
 """
@@ -37,6 +38,7 @@ ObjectRecord, ...``); the modules behind it are:
 from __future__ import annotations
 
 from imaging_lifecycle.catalog import audit, states  # noqa: F401  (audit: re-exported submodule)
+from imaging_lifecycle.catalog.access_requests import AccessRequestsMixin, NotApproved, RequestStateError
 from imaging_lifecycle.catalog.base import UID_PURPOSES, CatalogBase
 from imaging_lifecycle.catalog.batches import BatchesMixin
 from imaging_lifecycle.catalog.certificates import CertificatesMixin
@@ -62,14 +64,14 @@ from imaging_lifecycle.catalog.records import (
 __all__ = [
     "Catalog", "ObjectRecord", "CopyRecord", "BatchRecord", "Registration", "Expired",
     "CatalogError", "UnknownObject", "IllegalTransition", "LegalHoldActive", "DatabaseUsageError",
-    "states", "UID_PURPOSES",
+    "states", "UID_PURPOSES", "RequestStateError", "NotApproved",
 ]
 
 # Also importable from here, as before: audit, Database, FIELD_CHECKS, DEFAULT_OUTCOMES.
 
 
 class Catalog(ObjectsMixin, CopiesMixin, BatchesMixin, DataKeysMixin, GrantsMixin, CertificatesMixin,
-              PlatformPolicyMixin, CatalogBase):
+              PlatformPolicyMixin, AccessRequestsMixin, CatalogBase):
     """The catalog database at ``url`` (``Services.open(settings).catalog`` opens the settings' one).
 
     Creates missing tables on construction. Every method that writes takes

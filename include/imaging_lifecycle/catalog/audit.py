@@ -108,6 +108,15 @@ ACTIONS: dict[str, int] = {
     "grant.create": 110103,
     "grant.read": 110106,
     "grant.erase": 110105,
+    # access requests and two-person approval
+    "access.request": 110100,
+    "access.decision": 110100,
+    "access.outcome": 110100,
+    "access.denied": 110113,
+    "access.emergency": 110113,
+    "access.emergency_review": 110113,
+    "access.reidentify": 110110,
+    "agreement.add": 110100,
     "deletion.certificate": 110105,
     # objects flagged for human attention (e.g. a backup mismatch)
     "object.flag": 110113,

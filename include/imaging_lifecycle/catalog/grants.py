@@ -17,20 +17,23 @@ class GrantsMixin(CatalogBase):
     """Cache grants: create, read, attach their copy, find, mark erased."""
 
     def add_grant(self, grant_id: str, object_id: str, *, key: str, kek_scope: str, deadline: dt.datetime,
-                  actor: str, detail: dict | None = None, session: Connection | None = None) -> dict:
+                  actor: str, request_id: str | None = None, detail: dict | None = None,
+                  session: Connection | None = None) -> dict:
         """Record a cache grant (before its copy is uploaded); audited as ``grant.create``."""
         _check_id(grant_id, "grant_id")
         _check_id(object_id)
         check_actor(actor)
         values = {"id": grant_id, "object_id": object_id, "key": _text("key", key),
                   "kek_scope": _label("kek_scope", kek_scope), "actor": actor,
-                  "created_at": _now(), "deadline": _when("deadline", deadline)}
+                  "created_at": _now(), "deadline": _when("deadline", deadline),
+                  "request_id": _check_id(request_id, "request_id") if request_id else None}
         with self.db.write(session) as conn:
             if conn.execute(select(objects.c.id).where(objects.c.id == object_id)).first() is None:
                 raise UnknownObject(f"no catalog object {object_id}")
             conn.execute(insert(grants).values(**values))
             self.audit.append(actor, "grant.create", object_ref=object_id,
-                              detail={**(detail or {}), "grant": grant_id, "zone": "cache"}, session=conn)
+                              detail={**(detail or {}), "grant": grant_id, "zone": "cache", "request": request_id},
+                              session=conn)
         return values
 
     def grant(self, grant_id: str, *, session: Connection | None = None) -> dict:

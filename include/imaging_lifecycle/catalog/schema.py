@@ -251,6 +251,62 @@ grants = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("deadline", UTCDateTime(), nullable=False, index=True),
     Column("erased_at", UTCDateTime()),
+    Column("request_id", String(32), index=True),  # the approved access request it fulfils
+)
+
+#: Access requests (``imaging_lifecycle.access``): who asked for what, on which
+#: objects, why, and what became of it. ``justification`` is the requester's
+#: own words for the approvers: kept here only, never in an audit record, log or XCom.
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("action", String(32), nullable=False),
+    Column("requester", String(128), nullable=False, index=True),
+    Column("object_ids", Text, nullable=False),  # JSON list of catalog ids
+    Column("departments", Text, nullable=False),  # JSON list of department ids
+    Column("tiers", Text, nullable=False),  # JSON list of tier levels
+    Column("purpose", String(64), nullable=False),
+    Column("hours", Integer),
+    Column("justification", Text, nullable=False),
+    Column("agreement_id", String(32)),
+    Column("policy_target", String(64)),  # policy_change: the fingerprint to adopt
+    Column("emergency", Boolean, nullable=False, default=False),
+    Column("state", String(16), nullable=False, index=True),  # PENDING APPROVED DENIED REFUSED FULFILLED
+    Column("reason", String(64)),  # reason code of a denial or refusal
+    Column("policy_fingerprint", String(64), nullable=False),  # the policy it was judged under
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("decided_at", UTCDateTime()),
+    Column("expires_at", UTCDateTime()),  # an approval is usable until then
+    Column("fulfilled_at", UTCDateTime()),
+    Column("reviewed_at", UTCDateTime()),  # emergency access: the data security officer's review
+    Column("reviewed_by", String(128)),
+)
+
+#: One row per answered approval step (``dso``, ``head:<department>``): who, which option, when.
+access_decisions = Table(
+    "access_decisions",
+    metadata,
+    Column("request_id", String(32), ForeignKey("access_requests.id"), primary_key=True),
+    Column("step", String(80), primary_key=True),
+    Column("approver", String(128), nullable=False),
+    Column("approved", Boolean, nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=False),
+)
+
+#: Data-sharing agreements that exports are made under.
+agreements = Table(
+    "agreements",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("recipient", String(256), nullable=False),
+    Column("scope", String(1024), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("legal_basis", String(256), nullable=False),
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("ends_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 #: Deletion certificates (NIST SP 800-88 style), one per deleted object or

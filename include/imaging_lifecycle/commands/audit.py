@@ -37,6 +37,7 @@ def add_arguments(parser) -> None:
 
 
 def _actor() -> str:
+    """Who read the trail: the local account (``os:<name>``); reading it changes nothing, so no login is asked."""
     try:
         name = getpass.getuser()
     except Exception:  # no passwd entry in a container, no LOGNAME
@@ -44,9 +45,9 @@ def _actor() -> str:
     from imaging_lifecycle.catalog.audit import UnsafeAuditValue, check_actor
 
     try:
-        return check_actor(name)
+        return check_actor(f"os:{name}") if name else f"os:uid:{os.getuid()}"
     except UnsafeAuditValue:
-        return f"uid:{os.getuid()}"
+        return f"os:uid:{os.getuid()}"
 
 
 def _open(url: str | None):  # noqa: ANN202

@@ -14,11 +14,11 @@ HELP = "ingest the settled files of the landing folder now (one batch, same step
 def add_arguments(parser) -> None:
     parser.add_argument("--quiet-seconds", type=float, default=0.0,
                         help="only files unchanged for this long (default 0: everything complete)")
-    parser.add_argument("--actor", default="cli/ingest", help="audit actor (default cli/ingest)")
 
 
 def run(args) -> int:
     from imaging_lifecycle import ingest
+    from imaging_lifecycle.commands._identity import system
     from imaging_lifecycle.gates import GateFailed
     from imaging_lifecycle.services import Services
 
@@ -27,9 +27,9 @@ def run(args) -> int:
     if not claim.files:
         print(json.dumps({"batch_id": None, "files": 0}))
         return 0
-    results = [ingest.run_chunk(svc, claim.batch_id, c, actor=args.actor) for c in claim.chunks]
+    results = [ingest.run_chunk(svc, claim.batch_id, c, actor=system("ingest")) for c in claim.chunks]
     try:
-        summary = ingest.close_batch(svc, results, actor=args.actor)
+        summary = ingest.close_batch(svc, results, actor=system("ingest"))
     except GateFailed as exc:
         print(json.dumps({"batch_id": claim.batch_id, "gate": exc.result.summary()}))
         return 1

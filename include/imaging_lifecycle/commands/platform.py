@@ -29,6 +29,7 @@ def run(args) -> int:
         f"\nimaging-lifecycle is up (ready in {login['seconds']} s)\n"
         f"  Airflow UI:  {login['url']}\n"
         f"  login:       {login['user']}, password in {login['password_file']}\n"
-        "  (generated on first start, mode 0600; it is never printed)\n"
+        f"  people:      {', '.join(login['users'])} (each with a password in that file)\n"
+        "  (generated on first start, mode 0600; never printed)\n"
     )
     return 0

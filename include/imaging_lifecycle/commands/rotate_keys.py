@@ -18,11 +18,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=1000, help="data keys re-wrapped per transaction")
     parser.add_argument("--run-id", help="an id for this rotation; a rerun with the same id never rotates twice")
     parser.add_argument("--keep-old", action="store_true", help="do not destroy old KEK versions in this run")
-    parser.add_argument("--actor", help="who rotates (default: the login name)")
 
 
 def run(args) -> int:
-    from imaging_lifecycle.commands.audit import _actor
+    from imaging_lifecycle.commands._identity import system
     from imaging_lifecycle.rotation import RotationIncomplete, rotate_step
     from imaging_lifecycle.services import Services
 
@@ -30,7 +29,7 @@ def run(args) -> int:
         print("rotate-keys: --batch must be at least 1", file=sys.stderr)
         return 2
     try:
-        result = rotate_step(Services.open(), actor=args.actor or _actor(), scopes=args.scopes, batch=args.batch,
+        result = rotate_step(Services.open(), actor=system("rotate-keys"), scopes=args.scopes, batch=args.batch,
                              run_id=args.run_id, destroy_old=not args.keep_old)
     except RotationIncomplete as exc:
         print(json.dumps(exc.result))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import sys
 
@@ -12,13 +11,14 @@ HELP = "securely delete everything past its deadline (gate first; erase, purge, 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--now", default=None,
-                        help="the sweep's 'now' as ISO 8601 with offset (default: the current time)")
+                        help="the sweep's 'now' as ISO 8601 with offset (default: the current time); a future time is "
+                             "refused unless the process runs the test clock (IL_TEST_CLOCK=1, tests only)")
     parser.add_argument("--limit", type=int, default=1000, help="at most this many candidates of each kind")
-    parser.add_argument("--actor", default=None, help="audit actor (default: the OS user)")
 
 
 def run(args) -> int:
-    from imaging_lifecycle.deletion import sweep
+    from imaging_lifecycle.commands._identity import system
+    from imaging_lifecycle.deletion import FutureClockRefused, sweep
     from imaging_lifecycle.gates import GateFailed
     from imaging_lifecycle.services import PolicyMismatch, Services
 
@@ -33,11 +33,11 @@ def run(args) -> int:
             print("--now needs a UTC offset", file=sys.stderr)
             return 2
     try:
-        out = sweep(Services.open(), now, limit=args.limit, actor=args.actor or getpass.getuser())
+        out = sweep(Services.open(), now, limit=args.limit, actor=system("sweep"))
     except GateFailed as exc:
         print(f"gate failed, nothing deleted: {exc}", file=sys.stderr)
         return 3
-    except PolicyMismatch as exc:
+    except (PolicyMismatch, FutureClockRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 4
     print(json.dumps(out))

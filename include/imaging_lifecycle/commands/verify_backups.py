@@ -18,19 +18,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--all", action="store_true", help="check every backup copy, not today's sample")
     parser.add_argument("--cycle-days", type=int, default=30, help="every backup is checked once per this many days")
     parser.add_argument("--today", type=dt.date.fromisoformat, help="the day to sample for (YYYY-MM-DD; default today)")
-    parser.add_argument("--actor", help="who runs the check (default: the login name)")
 
 
 def run(args) -> int:
     from imaging_lifecycle.backup import BackupFailed, BackupMismatch, verify_step
-    from imaging_lifecycle.commands.audit import _actor
+    from imaging_lifecycle.commands._identity import system
     from imaging_lifecycle.services import Services
 
     if args.cycle_days < 1:
         print("verify-backups: --cycle-days must be at least 1", file=sys.stderr)
         return 2
     try:
-        result = verify_step(Services.open(), actor=args.actor or _actor(), today=args.today,
+        result = verify_step(Services.open(), actor=system("verify-backups"), today=args.today,
                              cycle_days=args.cycle_days, all_copies=args.all)
     except (BackupMismatch, BackupFailed) as exc:
         print(json.dumps(exc.result))

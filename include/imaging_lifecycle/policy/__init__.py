@@ -7,8 +7,10 @@ modelled on the five health-data levels of GB/T 39725-2020.
 from imaging_lifecycle.policy.durations import format_duration, parse_duration
 from imaging_lifecycle.policy.loader import PolicyError, load_policy, parse_policy
 from imaging_lifecycle.policy.schema import (
-    APPROVAL_ACTIONS,
     CACHE_HARD_MAX,
+    OBJECT_ACTIONS,
+    REQUEST_ACTIONS,
+    Access,
     BurnedIn,
     BurnedInRule,
     Classification,
@@ -25,8 +27,10 @@ from imaging_lifecycle.policy.schema import (
 )
 
 __all__ = [
-    "APPROVAL_ACTIONS",
     "CACHE_HARD_MAX",
+    "OBJECT_ACTIONS",
+    "REQUEST_ACTIONS",
+    "Access",
     "BurnedIn",
     "BurnedInRule",
     "Classification",

@@ -25,13 +25,21 @@ from imaging_lifecycle.settings import ZONES
 SCHEMA_VERSIONS = (1,)
 #: The cache holds plaintext working copies; nothing may keep them longer.
 CACHE_HARD_MAX = timedelta(hours=72)
-#: Actions that may be put behind two-person approval.
-APPROVAL_ACTIONS = ("restore", "early_delete", "reidentify", "export")
+#: What a person may ask for. Every one needs an approved access request (two people, or one emergency).
+REQUEST_ACTIONS = ("working_copy", "restore", "export", "reidentify", "early_delete", "release_hold",
+                   "policy_change")
+#: Of those, the ones that act on objects (a tier's ``actions`` lists which its objects allow).
+OBJECT_ACTIONS = REQUEST_ACTIONS[:-1]
+#: No emergency access may outlast this, whatever the policy says.
+EMERGENCY_HARD_MAX = timedelta(hours=12)
 MAX_TIER_LEVEL = 5
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Zone = Literal[tuple(ZONES)]  # type: ignore[valid-type]
-ApprovalAction = Literal[APPROVAL_ACTIONS]  # type: ignore[valid-type]
+RequestAction = Literal[REQUEST_ACTIONS]  # type: ignore[valid-type]
+ObjectAction = Literal[OBJECT_ACTIONS]  # type: ignore[valid-type]
+UserId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
+Slug = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
@@ -62,7 +70,8 @@ class Handling(_Model):
     zones: list[Zone] = Field(min_length=1)
     retention: dict[Zone, Duration] = Field(default_factory=dict)
     backup_required: bool = False
-    approval_required: list[ApprovalAction] = Field(default_factory=list)
+    #: what may be requested for this tier's objects (each request still needs its approvals)
+    actions: list[ObjectAction] = Field(default_factory=list)
 
     _cache = field_validator("retention")(_check_cache)
 
@@ -75,6 +84,8 @@ class Handling(_Model):
             raise ValueError(f"retention: zone {stray[0]!r} is not one of this tier's zones {self.zones}")
         if self.backup_required and "backup" not in self.zones:
             raise ValueError("backup_required is true but 'backup' is not in zones")
+        if "working_copy" in self.actions and "cache" not in self.zones:
+            raise ValueError("actions: working_copy needs 'cache' in zones")
         return self
 
 
@@ -287,8 +298,82 @@ class BurnedIn(_Model):
 class Review(_Model):
     """Who decides held images (Airflow user ids), and how long a decision may wait (then the task fails)."""
 
-    reviewers: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._@-]+$")]] = Field(min_length=1)
+    reviewers: list[UserId] = Field(min_length=1)
     response_timeout: Duration = timedelta(days=7)
+
+
+class Department(_Model):
+    """A department: its heads (Airflow user ids) and the sending AE titles whose objects are its own."""
+
+    id: Slug
+    heads: list[UserId] = Field(min_length=1)
+    sources: list[str] = Field(default_factory=list)
+
+
+class Emergency(_Model):
+    """Break-glass access: one person, a working copy only, for a short time; audited major, reviewed after."""
+
+    users: list[UserId] = Field(default_factory=list)
+    max_hours: Duration = timedelta(hours=4)
+
+    @field_validator("max_hours")
+    @classmethod
+    def _short(cls, v: timedelta) -> timedelta:
+        if v > EMERGENCY_HARD_MAX or v < timedelta(hours=1):
+            raise ValueError(f"emergency access lasts 1 to {EMERGENCY_HARD_MAX // timedelta(hours=1)} hours")
+        return v
+
+
+class Access(_Model):
+    """Who may see what: the roles of two-person approval, who may ask for what, and why.
+
+    Every request is approved first by a data security officer and then by the
+    head of each affected department; the two are different people and neither
+    is the requester (enforced by :mod:`imaging_lifecycle.access`, Airflow does
+    not check it). The people are users of Airflow's auth manager.
+    """
+
+    data_security_officers: list[UserId] = Field(min_length=1)
+    departments: list[Department] = Field(min_length=1)
+    #: the department of an object no department's ``sources`` claims
+    default_department: Slug
+    #: who may request which action (Airflow user ids)
+    requesters: dict[RequestAction, list[UserId]] = Field(default_factory=dict)
+    purposes: list[Slug] = Field(min_length=1)
+    #: how long each approval may wait; no answer in time denies the request
+    approval_timeout: Duration = timedelta(hours=24)
+    #: how long an approved restore, re-identification or policy change stays usable
+    approval_valid: Duration = timedelta(hours=72)
+    emergency: Emergency = Field(default_factory=Emergency)
+    #: who may record a data-sharing agreement directly (everyone else needs an approved policy_change)
+    agreement_admins: list[UserId] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Access:
+        ids = [d.id for d in self.departments]
+        if len(set(ids)) != len(ids):
+            raise ValueError("departments: two departments share an id")
+        if self.default_department not in ids:
+            raise ValueError(f"default_department: {self.default_department!r} is not one of {ids}")
+        claimed: dict[str, str] = {}
+        for d in self.departments:
+            for src in d.sources:
+                if src in claimed:
+                    raise ValueError(f"departments: source {src!r} belongs to both {claimed[src]} and {d.id}")
+                claimed[src] = d.id
+        return self
+
+    def department(self, dept_id: str) -> Department:
+        return next(d for d in self.departments if d.id == dept_id)
+
+    def department_of(self, source: str | None) -> str:
+        """The department an object belongs to, by its source (``cstore:<AE title>``), else the default."""
+        ae = (source or "").removeprefix("cstore:")
+        return next((d.id for d in self.departments if ae and ae in d.sources), self.default_department)
+
+
+_DEFAULT_ACCESS = {"data_security_officers": ["dso"], "departments": [{"id": "radiology", "heads": ["radiology-head"]}],
+                   "default_department": "radiology", "purposes": ["treatment"]}
 
 
 class Policy(_Model):
@@ -302,6 +387,7 @@ class Policy(_Model):
     safe_private_tags: list[SafePrivateTag] = Field(default_factory=list)
     burned_in: BurnedIn = Field(default_factory=BurnedIn)
     review: Review = Field(default_factory=lambda: Review(reviewers=["admin"]))
+    access: Access = Field(default_factory=lambda: Access(**_DEFAULT_ACCESS))
 
     _by_level: dict[int, Tier] = PrivateAttr(default_factory=dict)
     _fingerprint: str = PrivateAttr(default="")
