@@ -315,3 +315,49 @@ def test_an_approved_reidentification_reads_the_stored_map_and_nothing_else_does
     assert str(original.PatientID) not in repr(reid)
     (rec,) = [r for r in svc.catalog.audit.records() if r.action == "access.reidentify"]
     assert rec.actor == "clinician" and rec.detail == {"request": rid, "entries": len(reid)}
+
+
+def test_an_approved_export_is_packaged_under_its_own_key_and_opens_with_the_key_file_alone(env):
+    import hashlib
+
+    from imaging_lifecycle import access, deletion
+    from imaging_lifecycle.catalog import NotApproved
+    from imaging_lifecycle.services import Services
+    from imaging_lifecycle.synthetic import Patient, write_study
+    from test_protect import protect_all
+
+    write_study(env.landing_dir / "chest", Patient("6363"), instances=1, modality="CT", body_part="CHEST")
+    ingest_now(env)
+    protect_all(env)
+    svc = Services.open(env)
+    (deriv,) = [o for o in svc.catalog.objects() if (o.source or "").startswith("derived:")]
+    original = svc.catalog.get(deriv.source.removeprefix("derived:"))
+    now = dt.datetime.now(UTC)
+    ends = now + dt.timedelta(days=30)
+    agreement = access.add_agreement(svc, actor="admin", recipient="Example University", scope="chest CT",
+                                     purpose="research", legal_basis="ethics approval 2026-17", starts_at=now,
+                                     ends_at=ends)["agreement_id"]
+    rid = approved(svc, "export", [deriv.id, original.id], agreement_id=agreement)
+    with pytest.raises(NotApproved):  # nothing to hand over before the package exists
+        access.export_key(svc, rid, actor="dso")
+    assert access.fulfil(svc, rid, actor="system:access_request/finish")["state"] == "APPROVED"
+    access.fulfil(svc, rid, actor="system:access_request/finish")  # a retry packages nothing twice
+    for o in (deriv, original):
+        (pkg,) = [c for c in svc.catalog.copies(o.id) if c.zone == "export"]
+        assert pkg.key == f"export/{rid}/{o.id}" and pkg.deadline == ends
+    gates = [r for r in svc.catalog.audit.records() if r.action == "gate.run" and r.detail["gate"] == "deid"
+             and r.actor == "clinician"]
+    assert [g.outcome for g in gates] == ["success"]  # the derivative was gated again, once, before it went
+    with pytest.raises(NotApproved, match="NOT_THE_REQUESTER"):
+        access.export_key(svc, rid, actor="dso")
+    key = access.export_key(svc, rid, actor="clinician")
+    trail = str([r.detail for r in svc.catalog.audit.records()])
+    assert all(item["dek"] not in trail for item in key["objects"])  # key material never in the trail
+    for item in key["objects"]:
+        ciphertext = svc.store.get("export", item["key"], item["version_id"])  # what the recipient is sent
+        plain = access.open_export(key, item, ciphertext)
+        assert hashlib.sha256(plain).hexdigest() == svc.catalog.get(item["catalog_id"]).sha256
+    # At the agreement's end the sweeper deletes the package (and certifies it); the archive copy stays.
+    out = deletion.sweep(svc, ends + dt.timedelta(minutes=15), actor="system:test/sweeper")
+    assert out["copies_deleted"] >= 2
+    assert not [c for o in (deriv, original) for c in svc.catalog.copies(o.id) if c.zone == "export"]

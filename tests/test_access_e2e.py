@@ -138,6 +138,16 @@ def test_two_people_approve_then_only_the_requester_downloads_until_the_deadline
     assert clinician.call("GET", download, auth=False, raw=True)[0] in (401, 403)
     assert clinician.call("GET", "/lifecycle/api/grants/" + "0" * 32 + "/download", raw=True)[0] == 404
 
+    # The same, as a person does it: logged in to the UI in a real browser (the _token cookie, no header).
+    import shutil
+    import warnings
+
+    if shutil.which("chromium"):
+        assert browser_download(platform_run, "clinician", download) == (200, original)
+        assert browser_download(platform_run, "dso", download)[0] == 403
+    else:  # make test installs it where apt is available
+        warnings.warn("Debian's chromium is not installed: the browser half of this walk was not run", stacklevel=1)
+
     # 5. After the deadline (the test clock), the sweeper erases the copy and its key; the download is refused.
     deadline = dt.datetime.fromisoformat(grant["deadline"])
     kek = svc.keystore.current(f"grant:{grant['grant_id']}")
@@ -196,3 +206,27 @@ def platform_run_cli(platform_run, args, env):
     stdin = env.pop("stdin", None)
     return subprocess.run([str(PROJECT / ".venv" / "bin" / "imaging-lifecycle"), *args],
                           env={**platform_run.env, **env}, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def browser_download(platform_run, user: str, path: str) -> tuple[int, bytes]:
+    """Log in through Airflow's login page in Debian's chromium, then fetch ``path`` with the UI's cookie."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    base = platform_run.settings().airflow_url
+    password = json.loads((platform_run.state / "secrets" / "airflow-passwords.json").read_text())[user]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        try:
+            page = browser.new_context().new_page()
+            page.goto(f"{base}/auth/login/")
+            page.fill("input[name=username]", user)
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60000)
+            assert any(c["name"] == "_token" for c in page.context.cookies())
+            r = page.context.request.get(base + path)  # the browser's own cookies, no Authorization header
+            return r.status, r.body()
+        finally:
+            browser.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from imaging_lifecycle.catalog import NotApproved, UnknownObject
 from imaging_lifecycle.catalog.access_requests import APPROVED, DENIED, FULFILLED, PENDING, REFUSED
@@ -49,7 +50,9 @@ _READABLE = frozenset({"VALIDATED", "CLASSIFIED", "DEIDENTIFIED", "NEEDS_REVIEW"
                        "BACKED_UP"})
 _DELETABLE = frozenset({"STORED", "BACKED_UP", "QUARANTINED"})
 #: Actions carried out by the requester's own command while the approval is live (not by the DAG).
-BY_THE_REQUESTER = ("restore", "reidentify", "policy_change", "export")
+BY_THE_REQUESTER = ("restore", "reidentify", "policy_change")
+EXPORT_ZONE = "export"
+EXPORT_KEY_FORMAT = "il-export-key-v1"
 MAX_OBJECTS = 500
 APPROVE, REJECT = "Approve", "Reject"
 #: The options of every approval step (no default: a timeout denies).
@@ -370,8 +373,93 @@ def fulfil(svc: Services, request_id: str, *, actor: str, now: dt.datetime | Non
     elif req["action"] == "early_delete":
         for oid in req["object_ids"]:
             retention.delete_early(svc, oid, request_id=request_id, actor=who, now=now)
+    elif req["action"] == "export":
+        _export(svc, req, actor=who)
+        return show(svc, request_id)  # stays APPROVED: the requester collects the key (export_key) while live
     svc.catalog.set_request_state(request_id, FULFILLED, actor=actor)
     return show(svc, request_id)
+
+
+def _export(svc: Services, req: dict, *, actor: str) -> None:
+    """The export package: each object re-encrypted into the export zone under the export's own key.
+
+    A de-identified object (a derivative) is packaged only if the
+    de-identification gate passes again on (original, derivative) now; an
+    identified one goes under the two approvals the request already has. Each
+    copy's deadline is the agreement's end, so the sweeper deletes and
+    certifies the package then. Idempotent: objects already packaged are skipped.
+    """
+    from imaging_lifecycle.dicomfile import read_dataset
+    from imaging_lifecycle.gates import deid as deid_gate
+    from imaging_lifecycle.gates import record
+    from imaging_lifecycle.protect import plaintext_file
+
+    svc.guard("export", actor=actor)
+    rid = req["id"]
+    ends = svc.catalog.agreement(req["agreement_id"])["ends_at"]
+    for oid in req["object_ids"]:
+        svc.catalog.approved_request(rid, action="export", actor=actor, object_id=oid)
+        if any(c.key.startswith(f"{EXPORT_ZONE}/{rid}/") for c in svc.catalog.copies(oid)):
+            continue
+        obj = svc.catalog.get(oid)
+        derived = (obj.source or "").startswith("derived:")
+        with plaintext_file(svc, obj) as path:
+            if derived:
+                parent = svc.catalog.get(obj.source.removeprefix("derived:"))
+                with plaintext_file(svc, parent) as original:
+                    result = deid_gate.check([(oid, read_dataset(original), read_dataset(path))], svc.policy)
+                record(svc.catalog, result, actor=actor)
+                if result.failed:
+                    raise AccessRefused(f"object {oid} failed the de-identification gate; it was not exported",
+                                        "DEID_GATE")
+            tier = obj.tier if obj.tier is not None else svc.policy.highest_tier
+            sealed = svc.encrypted.put(Path(path), catalog_id=oid, zone=EXPORT_ZONE, tier=tier,
+                                       scope_id=f"export:{rid}", key=f"{EXPORT_ZONE}/{rid}/{oid}")
+        svc.encrypted.record(svc.catalog, oid, sealed, actor=actor, deadline=ends)
+        svc.catalog.audit.append(actor, "object.export", object_ref=oid,
+                                 detail={"request": rid, "agreement": req["agreement_id"], "zone": EXPORT_ZONE,
+                                         "tier": tier, "deidentified": derived})
+
+
+def export_key(svc: Services, request_id: str, *, actor: str) -> dict:
+    """The export's key, for the requester to hand to the recipient out of band (the caller writes it 0600).
+
+    Per object: where the ciphertext is, its data key and what it is bound
+    to, and the SHA-256 of the plaintext. With it alone (no catalog, no key
+    store) the recipient decrypts the package (:func:`open_export`). Only for
+    the requester of the approved export while the approval is live; audited
+    with counts, never key material.
+    """
+    import base64
+
+    req = svc.catalog.approved_request(request_id, action="export", actor=actor)
+    items = []
+    for oid in req["object_ids"]:
+        obj = svc.catalog.get(oid)
+        mine = [c for c in svc.catalog.copies(oid) if c.key.startswith(f"{EXPORT_ZONE}/{request_id}/")]
+        if not mine:
+            raise AccessRefused(f"object {oid} is not packaged (has the access_request run finished?)",
+                                "NOT_PACKAGED")
+        sealed = svc.catalog.sealed(mine[-1], obj.sha256, obj.size)
+        items.append({"catalog_id": oid, "bucket": sealed.bucket, "key": sealed.key, "version_id": sealed.version_id,
+                      "zone": sealed.zone, "tier": sealed.tier, "dek_id": sealed.dek_id, "sha256": obj.sha256,
+                      "dek": base64.b64encode(svc.encrypted.dek(sealed)).decode()})
+    svc.catalog.audit.append(actor, "object.export",
+                             detail={"request": request_id, "objects": len(items), "handover": "export_key"})
+    return {"format": EXPORT_KEY_FORMAT, "request_id": request_id, "agreement_id": req["agreement_id"],
+            "objects": items}
+
+
+def open_export(key: dict, item: dict, ciphertext: bytes) -> bytes:
+    """What a recipient runs: decrypt one exported object with the key file only (every tag and the hash checked)."""
+    import base64
+
+    from imaging_lifecycle.crypto import AssociatedData, decrypt_bytes
+
+    if key.get("format") != EXPORT_KEY_FORMAT:
+        raise ValueError("not an imaging-lifecycle export key")
+    aad = AssociatedData(item["catalog_id"], item["zone"], item["tier"], item["dek_id"])
+    return decrypt_bytes(ciphertext, base64.b64decode(item["dek"]), aad, item["sha256"])
 
 
 def show(svc: Services, request_id: str) -> dict:

@@ -135,6 +135,12 @@ class AirflowApi:
                 return out
             offset += page
 
+    def event_logs(self, *, dag_id: str, run_id: str, task_id: str, limit: int = 500) -> list[dict]:
+        """Airflow's own event log of one task in one run, oldest first (who did what, as Airflow recorded it)."""
+        query = urllib.parse.urlencode([("dag_id", dag_id), ("run_id", run_id), ("task_id", task_id),
+                                        ("order_by", "when"), ("limit", limit)])
+        return self._request("GET", f"/api/v2/eventLogs?{query}")["event_logs"]
+
     def delete_run(self, dag_id: str, run_id: str) -> bool:
         """Delete one run; its task instances, their history and XCom go with it (Airflow cascades).
 

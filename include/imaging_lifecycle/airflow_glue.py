@@ -83,30 +83,50 @@ def alert_on_failure(context) -> None:
                                                  "error": type(exc).__name__ if exc else "unknown"})
 
 
-def earlier_answer(context) -> dict | None:
-    """The answer a person gave to an earlier try of this human-in-the-loop task, if any (else None).
+def earlier_answer(context, log, *, assigned: list[str], options: list[str]) -> dict | None:
+    """The answer an assigned person gave to the previous try of this human-in-the-loop task, if any.
 
-    Airflow 3.3 under the LocalExecutor loses a race: when a person answers within about a second of
-    the request being parked, the scheduler queues the resumed task before the executor reports the
-    parked process's exit, reads that exit as a crash, and retries the task, which would ask again
-    and drop the answer. The request detail is kept per task instance across tries, so a retry finds
-    the answer here and applies it instead of asking twice.
+    Airflow 3.3 under the LocalExecutor loses a race: when a person answers before the scheduler has
+    read the parked process's exit (a few seconds after the request appears), the scheduler queues the
+    resumed task, then reads that exit as a crash ("state mismatch"), retries the task and deletes the
+    request with its answer. Airflow's own event log still holds who answered and what
+    (``update_hitl_detail``, the user authenticated by the API server). A retry takes the first answer
+    given after the previous try parked, by a person this step is assigned to, with an offered option,
+    and applies it instead of asking again. The stage's own rules (who may decide) are checked again
+    when it is applied.
     """
-    ti = context["ti"]
-    if getattr(ti, "try_number", 1) <= 1:
-        return None
-    from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
+    import datetime as dt
+    import json
 
-    try:
-        got = get_hitl_detail_content_detail(ti.id)
-    except Exception:  # noqa: BLE001 (no detail yet: nothing was asked before)
+    from imaging_lifecycle.services import Services
+
+    ti = context["ti"]
+    tried = int(getattr(ti, "try_number", 1) or 1)
+    if tried <= 1:
         return None
-    if not got.response_received or not got.chosen_options:
+    map_index = getattr(ti, "map_index", -1)
+    map_index = -1 if map_index is None else map_index
+    events = Services.open().airflow_api.event_logs(dag_id=ti.dag_id, run_id=context["run_id"], task_id=ti.task_id)
+    parked = [e["when"] for e in events if e["event"] == "awaiting_input" and e["try_number"] == tried - 1
+              and e["map_index"] == map_index]
+    if not parked:
         return None
-    who = got.responded_by_user
-    return {"chosen_options": list(got.chosen_options), "params_input": dict(got.params_input or {}),
-            "responded_at": got.responded_at,
-            "responded_by_user": who.model_dump() if hasattr(who, "model_dump") else who}
+    for e in events:
+        if e["event"] != "update_hitl_detail" or e["when"] <= parked[-1] or e["owner"] not in assigned:
+            continue
+        try:
+            extra = json.loads(e["extra"] or "{}")
+        except ValueError:
+            continue
+        chosen = extra.get("chosen_options") or []
+        if str(extra.get("map_index", "-1")) != str(map_index) or not chosen or set(chosen) - set(options):
+            continue
+        log.info("try %s: applying the answer given to try %s (Airflow retried the parked request)", tried,
+                 tried - 1)
+        return {"chosen_options": list(chosen), "params_input": extra.get("params_input") or {},
+                "responded_at": dt.datetime.fromisoformat(e["when"].replace("Z", "+00:00")),
+                "responded_by_user": {"id": e["owner"], "name": e["owner"]}}
+    return None
 
 
 def review_operator_class():
@@ -143,11 +163,13 @@ def review_operator_class():
                 # scheduler still reads the task as queued or running). Asking again would decide twice.
                 self.log.info("review item %s was decided already; nothing to ask", self.catalog_id)
                 return {"catalog_id": self.catalog_id, "already_decided": True}
-            if (answered := earlier_answer(context)) is not None:
+            reviewers = list(svc.policy.review.reviewers)
+            answered = earlier_answer(context, self.log, assigned=reviewers, options=list(review.OPTIONS))
+            if answered is not None:
                 return self.execute_complete(context, answered)
             item = review.describe(svc, self.catalog_id)
             self.subject, self.body = item.subject, item.body
-            self.assigned_users = [{"id": u, "name": u} for u in svc.policy.review.reviewers]
+            self.assigned_users = [{"id": u, "name": u} for u in reviewers]
             self.response_timeout = svc.policy.review.response_timeout
             return super().execute(context)
 
@@ -199,9 +221,10 @@ def access_approval_operator_class():
                 return {"request_id": self.request_id, "step": self.step, "approved": True}
             if state in ("denied", "not_needed"):
                 raise AirflowSkipException(f"request {self.request_id}: step {self.step} is {state}")
-            if (answered := earlier_answer(context)) is not None:
-                return self.execute_complete(context, answered)
             ask = access.approval_prompt(svc, self.request_id, self.step)
+            answered = earlier_answer(context, self.log, assigned=ask.approvers, options=list(access.APPROVAL_OPTIONS))
+            if answered is not None:
+                return self.execute_complete(context, answered)
             if not ask.approvers:
                 access.close(svc, self.request_id, actor=actor(context), reason="NO_ELIGIBLE_APPROVER")
                 raise AirflowSkipException(f"request {self.request_id}: nobody may answer step {self.step}")

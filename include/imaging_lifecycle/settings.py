@@ -25,6 +25,7 @@ ZONES: dict[str, str] = {
     "research": "de-identified derivatives (ciphertext)",
     "cache": "temporary working copies handed out for viewing (72-hour rule)",
     "quarantine": "bad input, kept with its reason code (ciphertext)",
+    "export": "packages for third parties under a data-sharing agreement (ciphertext, per-export key)",
     "audit-anchor": "write-once heads of the audit hash chain (object lock)",
     "backup": "second-site replica of archive ciphertext (object lock)",
 }

@@ -7,6 +7,8 @@ Here:
 * ``show ID [--json]``: a request's state, approvers, grants and deadlines (no patient data);
 * ``reidentify ID CATALOG_ID --out FILE``: the pseudonym -> identity map, for
   the logged-in requester of an approved ``reidentify`` request (a new 0600 file);
+* ``export-key ID --out FILE``: the export's key file, for the requester to hand to the recipient
+  out of band (a new 0600 file; with it alone the package decrypts);
 * ``emergencies``: emergency accesses no data security officer has reviewed;
 * ``review-emergency ID --finding APPROPRIATE|INAPPROPRIATE``: a data security officer's review.
 """
@@ -18,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-HELP = "show an access request, use an approved re-identification, or review emergency accesses"
+HELP = "show an access request, use an approved re-identification or export, or review emergency accesses"
 
 
 def add_arguments(parser) -> None:
@@ -30,6 +32,9 @@ def add_arguments(parser) -> None:
     reid.add_argument("request_id")
     reid.add_argument("catalog_id")
     reid.add_argument("--out", type=Path, required=True, help="a new 0600 file")
+    key = sub.add_parser("export-key", help="write an approved export's key file (for the recipient)")
+    key.add_argument("request_id")
+    key.add_argument("--out", type=Path, required=True, help="a new 0600 file")
     sub.add_parser("emergencies", help="emergency accesses waiting for a data security officer's review")
     rev = sub.add_parser("review-emergency", help="record a data security officer's review of an emergency access")
     rev.add_argument("request_id")
@@ -54,6 +59,13 @@ def run(args) -> int:
         if args.what == "review-emergency":
             print(json.dumps(access.review_emergency(svc, args.request_id, reviewer=person(svc),
                                                      finding=args.finding)))
+            return 0
+        if args.what == "export-key":
+            doc = access.export_key(svc, args.request_id, actor=person(svc))
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh)
+            print(json.dumps({"request_id": args.request_id, "objects": len(doc["objects"]), "out": str(args.out)}))
             return 0
         from imaging_lifecycle.protect import reidentify
 
