@@ -54,7 +54,19 @@ def sweeper():
         context = get_current_context()
         return retention.stale_local_files(Services.open(), now=context["data_interval_end"], actor=actor(context))
 
-    assign_deadlines() >> sweep() >> stale_plaintext()
+    @task
+    def anchor_deletions(result: dict) -> dict:
+        """Every deletion batch is anchored at once (signed, on the backup site), not only at the hour."""
+        from imaging_lifecycle import anchor
+        from imaging_lifecycle.services import Services
+
+        if not any(result.get(k) for k in ("objects_deleted", "copies_deleted", "grants_erased")):
+            return {"anchored": False}
+        return anchor.verify_and_anchor(Services.open(), actor=actor(get_current_context())) | {"anchored": True}
+
+    swept = sweep()
+    assign_deadlines() >> swept >> stale_plaintext()
+    anchor_deletions(swept)
 
 
 sweeper()

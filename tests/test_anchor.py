@@ -1,43 +1,127 @@
-"""The audit chain's head, anchored in the object-locked bucket, catches a truncated tail."""
+"""Signed anchors of the audit chain on the backup site: a truncated, re-hashed or forged trail is caught.
+
+Each test gets buckets of its own (a bucket prefix), so the anchors it finds are its own.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import sqlite3
+import subprocess
+from dataclasses import replace
 
 import pytest
 
+from conftest import PROJECT
+
 
 @pytest.fixture
-def cat(object_store_settings, tmp_path):
-    from imaging_lifecycle.catalog import Catalog
+def svc(object_store_settings, tmp_path):
+    from imaging_lifecycle.services import Services
 
-    return Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    settings = replace(object_store_settings, bucket_prefix=f"t{os.urandom(4).hex()}-",
+                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    s = Services.open(settings)
+    s.store.ensure_zones()
+    for i in range(6):
+        s.catalog.audit.append("system:test/anchor", "catalog.query", detail={"n": i})
+    return s
 
 
-def test_anchor_is_write_once_and_detects_a_truncated_tail(cat, store, tmp_path):
+def _cli(svc, *args):
+    env = {**os.environ, "IL_CATALOG_URL": svc.settings.catalog_url, "IL_BUCKET_PREFIX": svc.settings.bucket_prefix}
+    return subprocess.run([str(PROJECT / ".venv" / "bin" / "imaging-lifecycle"), "audit", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _db(svc):
+    return sqlite3.connect(svc.settings.catalog_url.removeprefix("sqlite:///"))
+
+
+def test_anchors_are_signed_numbered_write_once_and_on_the_second_site(svc):
     from imaging_lifecycle import anchor
 
-    for i in range(6):
-        cat.audit.append("test/anchor", "catalog.query", detail={"n": i})
-    written = anchor.write_anchor(cat, store, actor="test/anchor")
-    assert anchor.latest_anchor(store) == (written["seq"], written["hash"])
-    assert anchor.verify_with_latest_anchor(cat, store).ok
+    written = anchor.write_anchor(svc, actor="system:test/anchor")
+    found = anchor.latest_anchor(svc)
+    assert found.newest == (written["seq"], written["hash"]) and found.valid == 1 and found.problems == []
+    assert svc.settings.endpoint_for("audit-anchor") == svc.settings.backup  # apart from the primary
+    (v,) = list(svc.store.versions("audit-anchor", anchor.PREFIX))
+    assert v.key == f"anchors/{written['seq']:015d}.json"
+    assert svc.store.purge("audit-anchor", [(v.key, v.version_id)])[0][2] == "AccessDenied"
+    r = _cli(svc, "verify")
+    assert r.returncode == 0 and "intact" in r.stdout and f"anchored head seq {written['seq']}" in r.stdout
+    key = json.loads(_cli(svc, "public-key").stdout)
+    assert base64.b64decode(key["public_key"]) == anchor.public_key(svc)
 
-    # The anchor object cannot be deleted while its retention runs.
-    (v,) = [v for v in store.versions("audit-anchor", anchor.PREFIX) if written["hash"] in v.key]
-    assert store.purge("audit-anchor", [(v.key, v.version_id)])[0][2] == "AccessDenied"
 
-    # Cut the tail the way an insider with database access would: drop the
-    # append-only triggers, delete the newest records and rewind the head.
-    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+def test_a_truncated_tail_is_caught(svc):
+    from imaging_lifecycle import anchor
+
+    written = anchor.write_anchor(svc, actor="system:test/anchor")
+    db = _db(svc)  # an insider with database access: drop the trigger, cut the tail, rewind the head
     db.execute("DROP TRIGGER audit_records_no_delete")
-    seq = written["seq"]
-    db.execute("DELETE FROM audit_records WHERE seq >= ?", (seq - 2,))
+    db.execute("DELETE FROM audit_records WHERE seq >= ?", (written["seq"] - 2,))
     prev = db.execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
     db.execute("UPDATE audit_head SET seq = ?, hash = ?", prev)
     db.commit()
     db.close()
-    assert cat.audit.verify().ok  # the chain alone looks intact ...
-    result = anchor.verify_with_latest_anchor(cat, store)
-    assert not result.ok  # ... the anchor does not
-    assert result.code in ("ANCHOR_MISSING", "ANCHOR_MISMATCH")
+    assert svc.catalog.audit.verify().ok  # the chain alone looks intact ...
+    result, _ = anchor.verify(svc)
+    assert not result.ok and result.code in ("ANCHOR_MISSING", "ANCHOR_MISMATCH")  # ... the anchor does not
+    assert _cli(svc, "verify").returncode == 1
+
+
+def test_a_rehashed_chain_passes_alone_and_fails_a_plain_verify(svc):
+    from imaging_lifecycle import anchor
+    from imaging_lifecycle.catalog.audit import chain_hash
+
+    anchor.write_anchor(svc, actor="system:test/anchor")
+    db = _db(svc)  # edit record 2 and recompute every later hash and the head, as a careful forger would
+    db.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
+    rows = db.execute("SELECT seq, ts, actor, action, event_id, object_ref, outcome, detail FROM audit_records "
+                      "ORDER BY seq").fetchall()
+    prev = "0" * 64
+    for seq, ts, actor, action, event_id, ref, outcome, detail in rows:
+        if seq == 2:
+            detail = json.dumps({"n": 999})
+        content = {"seq": seq, "ts": ts, "actor": actor, "action": action, "event_id": event_id,
+                   "object_ref": ref, "outcome": outcome, "detail": json.loads(detail)}
+        digest = chain_hash(prev, content)
+        db.execute("UPDATE audit_records SET detail = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                   (detail, prev, digest, seq))
+        prev = digest
+    db.execute("UPDATE audit_head SET hash = ?", (prev,))
+    db.commit()
+    db.close()
+    assert svc.catalog.audit.verify().ok  # every hash links again ...
+    r = _cli(svc, "verify")
+    assert r.returncode == 1 and "BROKEN" in r.stdout  # ... but not to the signed anchor
+    assert _cli(svc, "verify", "--no-anchor").returncode == 0
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "other-key", "misnamed"])
+def test_a_forged_anchor_is_reported_and_never_trusted(svc, forgery):
+    from imaging_lifecycle import anchor, crypto
+
+    genuine = anchor.write_anchor(svc, actor="system:test/anchor")
+    seq, head = 999999999, "ab" * 32  # a head far ahead: by key order it would be "the newest"
+    at = "2030-01-01T00:00:00+00:00"
+    body = {"format": anchor.FORMAT, "seq": seq, "hash": head, "anchored_at": at}
+    name = anchor.anchor_key(seq)
+    if forgery == "other-key":
+        body["signature"] = base64.b64encode(crypto.sign(os.urandom(32), anchor._message(seq, head, at))).decode()
+    elif forgery == "misnamed":  # a genuine signature copied under another number
+        genuine_body = json.loads(svc.store.get("audit-anchor", anchor.anchor_key(genuine["seq"])))
+        body, name = genuine_body, anchor.anchor_key(genuine["seq"] + 1)
+    svc.store.put("audit-anchor", name, json.dumps(body).encode())
+    found = anchor.latest_anchor(svc)
+    assert found.newest == (genuine["seq"], genuine["hash"])  # found by number and signature, not key order
+    expected = {"unsigned": "UNSIGNED", "other-key": "BAD_SIGNATURE", "misnamed": "MISNAMED"}[forgery]
+    assert [p["problem"] for p in found.problems] == [expected]
+    r = _cli(svc, "verify")
+    assert r.returncode == 1 and expected in r.stdout and "forged or unsigned" in r.stdout
+    anchor.verify_and_anchor(svc, actor="system:test/anchor")  # the hourly step goes on, and says so
+    alerts = [r for r in svc.catalog.audit.records() if r.action == "security.alert"]
+    assert alerts and alerts[-1].detail["reason"] == "ANCHOR_NOT_VALID"

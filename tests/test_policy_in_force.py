@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -38,10 +39,14 @@ def hospital(airflow_db, object_store_settings, tmp_path, monkeypatch):
     monkeypatch.setenv("IL_CATALOG_URL", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "keystore.sealed"))
     monkeypatch.setenv("IL_INGEST_QUIET_SECONDS", "0")
+    # Buckets of its own: the sweeper anchors its deletions, and anchors belong to one platform's chain.
+    monkeypatch.setenv("IL_BUCKET_PREFIX", f"h{os.urandom(4).hex()}-")
     (tmp_path / "landing").mkdir()
     from imaging_lifecycle.services import Services
 
-    return Services.open()
+    svc = Services.open()
+    svc.store.ensure_zones()
+    return svc
 
 
 def _dag(name: str, dag_id: str):

@@ -1,61 +1,162 @@
-"""Anchoring the audit chain in write-once storage, so cutting off its tail is detectable.
+"""Anchoring the audit chain: signed heads in write-once storage on the second site.
 
 The chain proves that no record was changed, removed or inserted *before* its
-head. Someone able to delete the newest records and rewind the head would go
-unnoticed -- unless the head was copied somewhere they cannot rewrite. The
-anchor DAG writes the current ``(seq, hash)`` to the ``audit-anchor`` bucket
-with object-lock retention; :func:`verify_with_latest_anchor` then checks the
-chain still contains that exact record.
+head. Someone able to rewrite the database could still recompute every later
+hash, or cut the tail and rewind the head, unless the head was copied
+somewhere they cannot rewrite *and* cannot forge. So each anchor is:
+
+* signed with Ed25519 (the audit signing key, a secret kept apart from the
+  catalog; ``imaging-lifecycle audit public-key`` prints the public half);
+* written to the ``audit-anchor`` bucket on the **backup** site, independent of
+  the primary, under object lock;
+* named by its zero-padded sequence number (``anchors/000000000000042.json``),
+  and found by number *and* signature, never by key order: an unsigned or
+  wrongly signed object is reported and never trusted.
+
+:func:`verify` checks the chain against the newest validly signed anchor.
+Records after that anchor are protected only by the chain until the next one
+(hourly, and after every deletion batch).
+
+The target is pluggable (:class:`AnchorTarget`): a hospital can add an
+external ledger or transparency log beside the bucket.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
+from dataclasses import dataclass, field
+from typing import Protocol
 
+from imaging_lifecycle import crypto
 from imaging_lifecycle.services import Services
-from imaging_lifecycle.storage import ObjectStore
 
 ZONE = "audit-anchor"
 PREFIX = "anchors/"
+FORMAT = "il-anchor-v1"
+SIGNING_SECRET = "audit-signing"
 
 
 def retention_days() -> int:
     return int(os.environ.get("IL_ANCHOR_RETENTION_DAYS", "3650"))
 
 
-def write_anchor(catalog, store: ObjectStore, *, actor: str, now: dt.datetime | None = None) -> dict:
-    """Write the chain head to the write-once bucket; audited. Returns {seq, hash} (XCom-safe)."""
+def signing_key(svc: Services) -> bytes:
+    """The audit signing key (``IL_SECRET_AUDIT_SIGNING``, else a 0600 file made on first use)."""
+    from imaging_lifecycle.secretfiles import load_or_create_secret
+
+    return load_or_create_secret(SIGNING_SECRET, crypto.SIGNING_KEY_SIZE, settings=svc.settings)
+
+
+def public_key(svc: Services) -> bytes:
+    return crypto.signing_public_key(signing_key(svc))
+
+
+def _message(seq: int, head: str, anchored_at: str) -> bytes:
+    return json.dumps({"format": FORMAT, "seq": seq, "hash": head, "anchored_at": anchored_at},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def anchor_key(seq: int) -> str:
+    return f"{PREFIX}{seq:015d}.json"
+
+
+class AnchorTarget(Protocol):
+    """Somewhere a signed head is written that the catalog's owner cannot rewrite."""
+
+    def write(self, seq: int, body: bytes, *, retain_until: dt.datetime) -> None: ...
+
+    def bodies(self) -> list[tuple[str, bytes]]: ...
+
+
+@dataclass
+class BucketTarget:
+    """The object-locked ``audit-anchor`` bucket (on the backup site)."""
+
+    store: object
+
+    def write(self, seq: int, body: bytes, *, retain_until: dt.datetime) -> None:
+        self.store.put(ZONE, anchor_key(seq), body, retain_until=retain_until)
+
+    def bodies(self) -> list[tuple[str, bytes]]:
+        out = []
+        for v in self.store.versions(ZONE, PREFIX):
+            if not v.is_delete_marker:
+                out.append((v.key, self.store.get(ZONE, v.key, v.version_id)))
+        return out
+
+
+@dataclass
+class Found:
+    """The anchors found: the newest validly signed one, and every object that is not a valid anchor."""
+
+    newest: tuple[int, str] | None = None
+    valid: int = 0
+    problems: list[dict] = field(default_factory=list)
+
+
+def write_anchor(svc: Services, *, actor: str, now: dt.datetime | None = None,
+                 target: AnchorTarget | None = None) -> dict:
+    """Sign the chain head and write it to the target; audited. Returns {seq, hash} (XCom-safe)."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    seq, head_hash = catalog.audit.head()
-    body = json.dumps({"seq": seq, "hash": head_hash, "anchored_at": now.isoformat()}).encode()
-    # Zero-padded seq: the lexically last key is the newest anchor.
-    store.put(ZONE, f"{PREFIX}{seq:015d}-{head_hash}.json", body,
-              retain_until=now + dt.timedelta(days=retention_days()))
-    catalog.audit.append(actor, "audit.anchor", detail={"seq": seq, "head": head_hash})
-    return {"seq": seq, "hash": head_hash}
+    seq, head = svc.catalog.audit.head()
+    at = now.astimezone(dt.timezone.utc).isoformat()
+    signature = crypto.sign(signing_key(svc), _message(seq, head, at))
+    body = json.dumps({"format": FORMAT, "seq": seq, "hash": head, "anchored_at": at,
+                       "signature": base64.b64encode(signature).decode()}).encode()
+    (target or BucketTarget(svc.store)).write(seq, body, retain_until=now + dt.timedelta(days=retention_days()))
+    svc.catalog.audit.append(actor, "audit.anchor", detail={"seq": seq, "head": head, "signed": True})
+    return {"seq": seq, "hash": head}
 
 
-def latest_anchor(store: ObjectStore) -> tuple[int, str] | None:
-    keys = [v.key for v in store.versions(ZONE, PREFIX) if not v.is_delete_marker]
-    if not keys:
-        return None
-    data = json.loads(store.get(ZONE, max(keys)))
-    return int(data["seq"]), str(data["hash"])
+def find_anchors(public: bytes, bodies: list[tuple[str, bytes]]) -> Found:
+    """Judge every anchor object by its content and signature alone (its name only has to agree)."""
+    found = Found()
+    for name, raw in bodies:
+        try:
+            doc = json.loads(raw)
+            seq, head, at = int(doc["seq"]), str(doc["hash"]), str(doc["anchored_at"])
+            signature = base64.b64decode(doc.get("signature") or "", validate=True)
+        except (ValueError, KeyError, TypeError):
+            found.problems.append({"object": name, "problem": "UNREADABLE"})
+            continue
+        if not signature:
+            found.problems.append({"object": name, "problem": "UNSIGNED", "seq": seq})
+            continue
+        if not crypto.signature_valid(public, _message(seq, head, at), signature):
+            found.problems.append({"object": name, "problem": "BAD_SIGNATURE", "seq": seq})
+            continue
+        if name != anchor_key(seq):
+            found.problems.append({"object": name, "problem": "MISNAMED", "seq": seq})
+            continue
+        found.valid += 1
+        if found.newest is None or seq > found.newest[0]:
+            found.newest = (seq, head)
+    return found
+
+
+def latest_anchor(svc: Services, *, target: AnchorTarget | None = None) -> Found:
+    return find_anchors(public_key(svc), (target or BucketTarget(svc.store)).bodies())
+
+
+def verify(svc: Services, *, target: AnchorTarget | None = None):  # noqa: ANN201
+    """``(VerifyResult, Found)``: the chain checked against the newest validly signed anchor."""
+    found = latest_anchor(svc, target=target)
+    return svc.catalog.audit.verify(expected_head=found.newest), found
 
 
 def verify_and_anchor(svc: Services, *, actor: str) -> dict:
-    """The anchor DAG step: verify the chain against the newest anchor, then anchor its head.
+    """The anchor step: verify the chain against the newest signed anchor, then anchor its head.
 
     A broken chain is never anchored (that would bless the damage): it raises.
+    Forged or unsigned anchor objects are reported as a security alert.
     """
-    result = verify_with_latest_anchor(svc.catalog, svc.store)
+    result, found = verify(svc)
+    if found.problems:
+        svc.catalog.audit.append(actor, "security.alert", outcome="major_failure",
+                                 detail={"reason": "ANCHOR_NOT_VALID", "objects": len(found.problems)})
     if not result.ok:
         raise RuntimeError(f"audit chain broken at record {result.first_bad_seq}: {result.code}")
-    return write_anchor(svc.catalog, svc.store, actor=actor)
-
-
-def verify_with_latest_anchor(catalog, store: ObjectStore):
-    """The audit chain's :class:`~imaging_lifecycle.catalog.audit.VerifyResult` against the newest anchor."""
-    return catalog.audit.verify(expected_head=latest_anchor(store))
+    return write_anchor(svc, actor=actor)

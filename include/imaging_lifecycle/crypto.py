@@ -708,3 +708,39 @@ def open_sealed(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
         return aead.decrypt(blob[1:1 + _SEAL_NONCE], blob[1 + _SEAL_NONCE:], _SEAL_VERSION + bytes(aad))
     except InvalidTag:
         raise IntegrityError("sealed blob failed authentication: wrong key, wrong context or altered data") from None
+
+
+# ---------------------------------------------------------------------------
+# Signatures (Ed25519): audit anchors. The private key is 32 random bytes,
+# kept as a secret apart from the catalog; the public key is what anyone
+# verifies with, offline.
+# ---------------------------------------------------------------------------
+
+SIGNING_KEY_SIZE = 32
+
+
+def signing_public_key(private: bytes) -> bytes:
+    """The raw 32-byte Ed25519 public key of ``private`` (32 bytes)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def sign(private: bytes, message: bytes) -> bytes:
+    """An Ed25519 signature (64 bytes) of ``message``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(private).sign(message)
+
+
+def signature_valid(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Does ``signature`` sign ``message`` under the raw Ed25519 ``public`` key? Never raises on bad input."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True

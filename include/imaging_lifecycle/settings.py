@@ -30,7 +30,7 @@ ZONES: dict[str, str] = {
     "backup": "second-site replica of archive ciphertext (object lock)",
 }
 #: Zones whose bucket lives on the backup endpoint (the second site).
-BACKUP_SITE_ZONES = frozenset({"backup"})
+BACKUP_SITE_ZONES = frozenset({"backup", "audit-anchor"})  # anchors live apart from the primary
 #: Zones created with object lock enabled (write-once retention).
 LOCKED_ZONES = frozenset({"backup", "audit-anchor"})
 

@@ -1,9 +1,13 @@
 """``imaging-lifecycle audit``: check the tamper-evident audit trail, or read its tail.
 
-``verify`` walks the whole hash chain and exits 0 if it is intact, 1 naming
-the first bad record otherwise (2 if there is no catalog to check). With
-``--anchor-seq/--anchor-hash`` (a head copied to write-once storage earlier)
-it also proves that nothing after the anchor was cut off or rewritten.
+``verify`` walks the whole hash chain and checks it against the newest
+validly signed anchor on the backup site (``anchor.py``): it exits 0 if both
+hold, 1 naming the first bad record, a mismatching anchor, or any unsigned or
+wrongly signed anchor object, and 2 if there is nothing to check. A re-hashed
+chain therefore fails even though every hash links. ``--anchor-seq/--anchor-hash``
+checks against a head you hold yourself instead; ``--no-anchor`` checks the
+chain alone. ``public-key`` prints the anchors' Ed25519 public key, to verify
+them anywhere.
 
 Using the trail is itself audited (PS3.15 "Audit Log Used"): each run appends
 one record saying who verified or read it and what came out. The record is
@@ -26,6 +30,8 @@ def add_arguments(parser) -> None:
     verify = sub.add_parser("verify", help="check the whole hash chain; exit 0 if intact, 1 if not")
     verify.add_argument("--anchor-seq", type=int, help="seq of an anchored head (with --anchor-hash)")
     verify.add_argument("--anchor-hash", help="hash of the anchored head (with --anchor-seq)")
+    verify.add_argument("--no-anchor", action="store_true", help="check the chain alone (no signed anchor)")
+    sub.add_parser("public-key", help="print the Ed25519 public key that signs the audit anchors (base64)")
     show = sub.add_parser("show", help="print the latest records")
     show.add_argument("--limit", type=int, default=20, help="how many records (default 20)")
     show.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -81,6 +87,19 @@ def _open(url: str | None):  # noqa: ANN202
     return AuditLog(db)
 
 
+def _signed_anchors():  # noqa: ANN202
+    """The signed anchors on the backup site (``anchor.Found``), or exit code 2 if they cannot be read."""
+    from imaging_lifecycle.anchor import latest_anchor
+    from imaging_lifecycle.services import Services
+
+    try:
+        return latest_anchor(Services.open())
+    except Exception as exc:  # no S3 credentials, site down: say so; --no-anchor checks the chain alone
+        print(f"cannot read the signed anchors ({type(exc).__name__}); use --no-anchor to check the chain alone",
+              file=sys.stderr)
+        return 2
+
+
 def _record(log, args, action: str, outcome: str, detail: dict) -> None:  # noqa: ANN001
     if args.no_record:
         return
@@ -94,21 +113,44 @@ def run(args) -> int:
     if args.audit_command == "verify" and (args.anchor_seq is None) != (args.anchor_hash is None):
         print("--anchor-seq and --anchor-hash go together", file=sys.stderr)
         return 2
+    if args.audit_command == "public-key":
+        import base64
+
+        from imaging_lifecycle.anchor import public_key
+        from imaging_lifecycle.services import Services
+
+        key = base64.b64encode(public_key(Services.open())).decode()
+        print(json.dumps({"algorithm": "Ed25519", "public_key": key}))
+        return 0
     log = _open(args.catalog_url)
     if isinstance(log, int):
         return log
     try:
         if args.audit_command == "verify":
             anchor = None if args.anchor_seq is None else (args.anchor_seq, args.anchor_hash.strip().lower())
+            problems: list[dict] = []
+            if anchor is None and not args.no_anchor:
+                found = _signed_anchors()
+                if isinstance(found, int):
+                    return found
+                anchor, problems = found.newest, found.problems
+                for p in problems:
+                    print(f"anchor {p['object']}: {p['problem']}")
             result = log.verify(expected_head=anchor)
-            detail = {"records": result.count, "check": result.code, "anchored": anchor is not None}
+            detail = {"records": result.count, "check": result.code, "anchored": anchor is not None,
+                      "bad_anchors": len(problems)}
             if result.first_bad_seq is not None:
                 detail["first_bad_seq"] = result.first_bad_seq
             _record(log, args, "audit.verify", "success" if result.ok else "failure", detail)
-            if result.ok:
+            if result.ok and not problems:
                 anchored = f", contains anchored head seq {anchor[0]}" if anchor else ""
                 print(f"audit chain intact: {result.count} records, head {result.head_hash}{anchored}")
+                if anchor is not None and result.count > anchor[0]:
+                    print(f"  records after seq {anchor[0]} are protected by the chain only, until the next anchor")
                 return 0
+            if result.ok:
+                print(f"audit chain links, but {len(problems)} anchor object(s) are forged or unsigned")
+                return 1
             where = f"record seq {result.first_bad_seq}" if result.first_bad_seq is not None else "anchor"
             print(f"audit chain BROKEN at {where} [{result.code}]: {result.reason}")
             return 1
