@@ -22,7 +22,8 @@ def svc(object_store_settings, tmp_path):
     from imaging_lifecycle.services import Services
 
     settings = replace(object_store_settings, bucket_prefix=f"t{os.urandom(4).hex()}-",
-                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}", landing_dir=tmp_path / "landing")
+    settings.landing_dir.mkdir()
     s = Services.open(settings)
     s.store.ensure_zones()
     for i in range(6):
@@ -125,3 +126,39 @@ def test_a_forged_anchor_is_reported_and_never_trusted(svc, forgery):
     anchor.verify_and_anchor(svc, actor="system:test/anchor")  # the hourly step goes on, and says so
     alerts = [r for r in svc.catalog.audit.records() if r.action == "security.alert"]
     assert alerts and alerts[-1].detail["reason"] == "ANCHOR_NOT_VALID"
+
+
+def test_a_deletion_certificate_exported_signed_verifies_offline_and_one_changed_byte_fails(svc, dicom_file,
+                                                                                           tmp_path):
+    from imaging_lifecycle import anchor
+    from imaging_lifecycle.deletion import sweep
+    from test_deletion import T, stored_objects
+
+    _, (oid,) = stored_objects(svc.settings, dicom_file, ["CT_small.dcm"], tier=1)
+    assert sweep(svc, T, actor="system:test/sweeper")["objects_deleted"] == 1
+    (cert,) = svc.catalog.certificates(oid)
+    out = tmp_path / "certificate.json"
+    env = {**os.environ, "IL_CATALOG_URL": svc.settings.catalog_url, "IL_BUCKET_PREFIX": svc.settings.bucket_prefix}
+    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
+    r = subprocess.run([cli, "certificate", "export", cert["certificate_id"], "--object", oid, "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["anchor_seq"] >= doc["audit_record_seq"]  # a signed anchor covers the certificate's record
+    assert anchor.latest_anchor(svc).newest[0] == doc["anchor_seq"]
+    key = base64.b64encode(anchor.public_key(svc)).decode()
+    offline = {"PATH": os.environ["PATH"]}  # no catalog, no S3, no secrets: the file and the public key
+
+    def verify(path, public=key):
+        return subprocess.run([cli, "certificate", "verify", str(path), "--public-key", public], env=offline,
+                              capture_output=True, text=True, timeout=120)
+
+    assert verify(out).returncode == 0
+    raw = bytearray(out.read_bytes())
+    i = raw.index(b'"pass"') + 2  # one byte of the verification result
+    raw[i] = ord("P")
+    (tmp_path / "changed.json").write_bytes(bytes(raw))
+    assert verify(tmp_path / "changed.json").returncode == 1
+    other = base64.b64encode(__import__("imaging_lifecycle.crypto", fromlist=["x"]).signing_public_key(
+        os.urandom(32))).decode()
+    assert verify(out, other).returncode == 1  # another platform's key does not vouch for it

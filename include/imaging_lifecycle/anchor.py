@@ -160,3 +160,50 @@ def verify_and_anchor(svc: Services, *, actor: str) -> dict:
     if not result.ok:
         raise RuntimeError(f"audit chain broken at record {result.first_bad_seq}: {result.code}")
     return write_anchor(svc, actor=actor)
+
+
+# -- deletion certificates, signed with the same key ---------------------------------------
+
+CERTIFICATE_FORMAT = "il-deletion-certificate-v1"
+
+
+def _certificate_message(certificate: dict, anchor_seq: int, record_seq: int) -> bytes:
+    return json.dumps({"format": CERTIFICATE_FORMAT, "certificate": certificate, "anchor_seq": anchor_seq,
+                       "audit_record_seq": record_seq}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_certificate(svc: Services, certificate: dict, *, actor: str) -> dict:
+    """A deletion certificate as a self-standing signed document.
+
+    It names the audit record that holds the certificate and the signed
+    anchor that covers that record (one is written now if none does yet), and
+    is signed with the audit signing key: :func:`certificate_valid` checks it
+    offline with the public key alone.
+    """
+    oid, cid = certificate["object"], certificate["certificate_id"]
+    records = [r for r in svc.catalog.audit.records(object_ref=oid)
+               if r.action == "deletion.certificate" and r.detail.get("certificate_id") == cid]
+    if not records:
+        raise LookupError(f"certificate {cid} has no audit record")
+    record_seq = records[-1].seq
+    found = latest_anchor(svc)
+    if found.newest is None or found.newest[0] < record_seq:
+        write_anchor(svc, actor=actor)
+        found = latest_anchor(svc)
+    anchor_seq = found.newest[0]
+    signature = crypto.sign(signing_key(svc), _certificate_message(certificate, anchor_seq, record_seq))
+    return {"format": CERTIFICATE_FORMAT, "certificate": certificate, "anchor_seq": anchor_seq,
+            "audit_record_seq": record_seq, "algorithm": "Ed25519",
+            "signature": base64.b64encode(signature).decode()}
+
+
+def certificate_valid(document: dict, public: bytes) -> bool:
+    """Is this exported certificate exactly what the platform signed? Needs nothing but the public key."""
+    try:
+        if document.get("format") != CERTIFICATE_FORMAT:
+            return False
+        message = _certificate_message(document["certificate"], int(document["anchor_seq"]),
+                                       int(document["audit_record_seq"]))
+        return crypto.signature_valid(public, message, base64.b64decode(document["signature"], validate=True))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
