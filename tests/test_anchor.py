@@ -100,6 +100,10 @@ def test_a_rehashed_chain_passes_alone_and_fails_a_plain_verify(svc):
     r = _cli(svc, "verify")
     assert r.returncode == 1 and "BROKEN" in r.stdout  # ... but not to the signed anchor
     assert _cli(svc, "verify", "--no-anchor").returncode == 0
+    with pytest.raises(RuntimeError):  # the platform never signs over it
+        anchor.verify_and_anchor(svc, actor="system:test/anchor")
+    anchor.write_anchor(svc, actor="system:test/anchor")  # and if a new anchor were signed over it anyway ...
+    assert _cli(svc, "verify").returncode == 1  # ... the older signed anchor still disagrees
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "other-key", "misnamed"])

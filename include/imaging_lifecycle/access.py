@@ -190,9 +190,11 @@ def submit(svc: Services, *, requester: str, action: str, catalog_ids: list[str]
             return {"request_id": request_id, "state": prior["state"],
                     "steps": [] if prior["emergency"] else steps_for(prior["departments"])}
     catalog_ids = list(catalog_ids or [])
+    words = justification if isinstance(justification, str) else ""
+    words = "".join(c if c.isprintable() or c == "\n" else " " for c in words)
     record = {"action": action if action in REQUEST_ACTIONS else "unknown", "requester": requester,
               "purpose": purpose if isinstance(purpose, str) and purpose.strip() else "unknown",
-              "justification": justification if isinstance(justification, str) else "",
+              "justification": words,
               "agreement_id": agreement_id or None, "emergency": bool(emergency),
               "policy_fingerprint": svc.policy.fingerprint}
     try:
@@ -201,10 +203,9 @@ def submit(svc: Services, *, requester: str, action: str, catalog_ids: list[str]
             justification=justification, agreement_id=agreement_id, policy_target=policy_target,
             emergency=emergency, now=now)
     except AccessRefused as exc:
-        from imaging_lifecycle.catalog.checks import _LABEL
-
         safe_ids = [i for i in catalog_ids if isinstance(i, str) and len(i) == 32 and i.isalnum() and i.islower()]
-        record["purpose"] = record["purpose"] if _LABEL.match(record["purpose"]) else "unknown"
+        # a refused request's purpose may be anything the requester typed: only a listed one is kept
+        record["purpose"] = purpose if purpose in svc.policy.access.purposes else "unknown"
         svc.catalog.add_request(request_id, object_ids=safe_ids, departments=[], tiers=[],
                                 hours=hours if isinstance(hours, int) else None, policy_target=None,
                                 state=REFUSED, reason=exc.reason, **record)
@@ -212,10 +213,8 @@ def submit(svc: Services, *, requester: str, action: str, catalog_ids: list[str]
     state = APPROVED if emergency else PENDING
     svc.catalog.add_request(request_id, object_ids=catalog_ids, departments=departments, tiers=tiers,
                             hours=granted if action == "working_copy" else hours, policy_target=policy_target,
-                            state=state, **record)
-    if emergency:
-        svc.catalog.set_request_state(request_id, APPROVED, actor=requester, reason="EMERGENCY",
-                                      expires_at=now + dt.timedelta(hours=granted or 1))
+                            state=state, expires_at=now + dt.timedelta(hours=granted or 1) if emergency else None,
+                            **record)
     return {"request_id": request_id, "state": state, "steps": [] if emergency else steps_for(departments)}
 
 
@@ -272,7 +271,7 @@ def decide(svc: Services, request_id: str, step: str, *, approver: str, approved
         violation = "SAME_APPROVER"
     elif approver not in _role(svc, step):
         violation = "NOT_AN_APPROVER"
-    elif any(s not in done for s in order[:order.index(step)]):
+    elif step != STEP_DSO and STEP_DSO not in done:  # the DSO first; the heads then in any order (in parallel)
         violation = "OUT_OF_ORDER"
     if violation:
         svc.catalog.audit.append(approver, "security.alert", outcome="major_failure",
@@ -328,8 +327,9 @@ def approval_prompt(svc: Services, request_id: str, step: str) -> Prompt:
         f"departments: {', '.join(req['departments'])}",
         f"- hours: {req['hours'] if req['hours'] is not None else '-'}",
         f"- agreement: {req['agreement_id'] or '-'}",
-        f"- policy: {req['policy_fingerprint'][:12]}" + (f"; to adopt: {req['policy_target'][:12]}"
-                                                          if req["policy_target"] else ""),
+        f"- policy: {req['policy_fingerprint']}" + (f"\n- to adopt: **{req['policy_target']}** (compare all 64 "
+                                                     "characters with 'imaging-lifecycle policy show' on the new "
+                                                     "file)" if req["policy_target"] else ""),
         f"- request: {request_id}",
         "",
         "Justification, in the requester's words:",
@@ -396,7 +396,11 @@ def _export(svc: Services, req: dict, *, actor: str) -> None:
 
     svc.guard("export", actor=actor)
     rid = req["id"]
-    ends = svc.catalog.agreement(req["agreement_id"])["ends_at"]
+    agreement = svc.catalog.agreement(req["agreement_id"])
+    ends = agreement["ends_at"]
+    if not agreement["starts_at"] <= _now() < ends:  # approvals take time: the agreement may have ended since
+        raise AccessRefused(f"agreement {req['agreement_id']} is no longer live; nothing was exported",
+                            "AGREEMENT_NOT_LIVE")
     for oid in req["object_ids"]:
         svc.catalog.approved_request(rid, action="export", actor=actor, object_id=oid)
         if any(c.key.startswith(f"{EXPORT_ZONE}/{rid}/") for c in svc.catalog.copies(oid)):
@@ -505,6 +509,8 @@ def emergencies_to_review(svc: Services) -> list[dict]:
 def review_emergency(svc: Services, request_id: str, *, reviewer: str, finding: str) -> dict:
     if reviewer not in svc.policy.access.data_security_officers:
         raise AccessRefused(f"{reviewer} is not a data security officer", "NOT_AN_APPROVER")
+    if reviewer == svc.catalog.request(request_id)["requester"]:
+        raise AccessRefused(f"{reviewer} may not review their own emergency access", "SELF_APPROVAL")
     if finding not in FINDINGS:
         raise AccessRefused(f"finding must be one of {', '.join(FINDINGS)}", "BAD_FINDING")
     svc.catalog.review_emergency(request_id, reviewer=reviewer, finding=finding)
@@ -515,24 +521,23 @@ def review_emergency(svc: Services, request_id: str, *, reviewer: str, finding: 
 
 
 def add_agreement(svc: Services, *, actor: str, recipient: str, scope: str, purpose: str, legal_basis: str,
-                  starts_at: dt.datetime, ends_at: dt.datetime, request_id: str | None = None) -> dict:
-    """Record a data-sharing agreement: by an agreement admin, or under an approved ``policy_change`` request."""
+                  starts_at: dt.datetime, ends_at: dt.datetime) -> dict:
+    """Record a data-sharing agreement: only a person the policy lists in ``access.agreement_admins``.
+
+    (The issue allowed either an admin or an approved policy_change request; a policy_change approval
+    names a policy fingerprint, so letting it also create agreements would spend one approval on
+    another decision. Agreement admins it is; every agreement is audited, and each export under it
+    still needs its own two approvals.)
+    """
     if purpose not in svc.policy.access.purposes:
         raise AccessRefused(f"purpose must be one of {', '.join(svc.policy.access.purposes)}", "BAD_PURPOSE")
-    if request_id:
-        svc.catalog.approved_request(request_id, action="policy_change", actor=actor)
-        how = "approved_request"
-    elif actor in svc.policy.access.agreement_admins:
-        how = "agreement_admin"
-    else:
+    if actor not in svc.policy.access.agreement_admins:
         svc.catalog.audit.append(actor, "access.denied", outcome="failure",
                                  detail={"action": "agreement_add", "reason": "ROLE_NOT_ALLOWED"})
-        raise AccessRefused(f"{actor} may not record agreements without an approved policy_change request",
-                            "ROLE_NOT_ALLOWED")
+        raise AccessRefused(f"{actor} is not an agreement admin", "ROLE_NOT_ALLOWED")
+    how = "agreement_admin"
     aid = uuid.uuid4().hex
     svc.catalog.add_agreement(aid, recipient=recipient, scope=scope, purpose=purpose, legal_basis=legal_basis,
                               starts_at=starts_at, ends_at=ends_at, actor=actor, how=how)
-    if request_id:
-        svc.catalog.set_request_state(request_id, FULFILLED, actor=actor)
     return {"agreement_id": aid, "how": how}
 

@@ -118,12 +118,16 @@ def earlier_answer(context, log, *, assigned: list[str], options: list[str]) -> 
             extra = json.loads(e["extra"] or "{}")
         except ValueError:
             continue
-        chosen = extra.get("chosen_options") or []
-        if str(extra.get("map_index", "-1")) != str(map_index) or not chosen or set(chosen) - set(options):
+        # Only a body Airflow itself would have taken: its logging records refused attempts too (400, 409,
+        # 422; 403 is the assigned-user check above). The first such answer is the one Airflow kept.
+        chosen, params_input = extra.get("chosen_options"), extra.get("params_input", {})
+        if (str(extra.get("map_index", "-1")) != str(map_index) or not isinstance(chosen, list) or len(chosen) != 1
+                or not all(isinstance(c, str) for c in chosen) or set(chosen) - set(options)
+                or not isinstance(params_input, dict)):
             continue
         log.info("try %s: applying the answer given to try %s (Airflow retried the parked request)", tried,
                  tried - 1)
-        return {"chosen_options": list(chosen), "params_input": extra.get("params_input") or {},
+        return {"chosen_options": list(chosen), "params_input": params_input,
                 "responded_at": dt.datetime.fromisoformat(e["when"].replace("Z", "+00:00")),
                 "responded_by_user": {"id": e["owner"], "name": e["owner"]}}
     return None

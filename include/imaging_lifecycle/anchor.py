@@ -95,6 +95,7 @@ class Found:
     newest: tuple[int, str] | None = None
     valid: int = 0
     problems: list[dict] = field(default_factory=list)
+    anchored: list[tuple[int, str]] = field(default_factory=list)
 
 
 def write_anchor(svc: Services, *, actor: str, now: dt.datetime | None = None,
@@ -132,6 +133,7 @@ def find_anchors(public: bytes, bodies: list[tuple[str, bytes]]) -> Found:
             found.problems.append({"object": name, "problem": "MISNAMED", "seq": seq})
             continue
         found.valid += 1
+        found.anchored.append((seq, head))
         if found.newest is None or seq > found.newest[0]:
             found.newest = (seq, head)
     return found
@@ -142,9 +144,28 @@ def latest_anchor(svc: Services, *, target: AnchorTarget | None = None) -> Found
 
 
 def verify(svc: Services, *, target: AnchorTarget | None = None):  # noqa: ANN201
-    """``(VerifyResult, Found)``: the chain checked against the newest validly signed anchor."""
+    """``(VerifyResult, Found)``: the chain against the newest validly signed anchor, and every older one.
+
+    The walk proves the chain up to the newest anchor; each older anchor's
+    record is then looked up by its number, so a chain re-hashed and anchored
+    again afterwards still disagrees with the anchors signed before.
+    """
     found = latest_anchor(svc, target=target)
-    return svc.catalog.audit.verify(expected_head=found.newest), found
+    return verify_log(svc.catalog.audit, found), found
+
+
+def verify_log(log, found: Found):  # noqa: ANN001, ANN201
+    """The audit log ``log`` against the newest anchor of ``found`` (a walk), then every older one (a lookup)."""
+    from dataclasses import replace
+
+    result = log.verify(expected_head=found.newest)
+    if result.ok:
+        for seq, head in sorted(found.anchored):
+            rec = log.records(after_seq=seq - 1, limit=1)
+            if not rec or rec[0].seq != seq or rec[0].hash != head:
+                return replace(result, ok=False, first_bad_seq=seq, code="ANCHOR_MISMATCH",
+                               reason=f"record {seq} differs from the signed anchor of it")
+    return result
 
 
 def verify_and_anchor(svc: Services, *, actor: str) -> dict:
@@ -185,11 +206,19 @@ def sign_certificate(svc: Services, certificate: dict, *, actor: str) -> dict:
                if r.action == "deletion.certificate" and r.detail.get("certificate_id") == cid]
     if not records:
         raise LookupError(f"certificate {cid} has no audit record")
+    # The catalog row must say what the chained record says (times and actor live in the record itself).
+    chained = {k: v for k, v in certificate.items() if not k.endswith("_at") and k != "actor"}
+    if records[-1].detail != chained:
+        raise LookupError(f"certificate {cid} differs from its audit record: not signed")
     record_seq = records[-1].seq
     found = latest_anchor(svc)
     if found.newest is None or found.newest[0] < record_seq:
-        write_anchor(svc, actor=actor)
+        verify_and_anchor(svc, actor=actor)  # never sign over a chain that does not verify
         found = latest_anchor(svc)
+    else:
+        result, found = verify(svc)
+        if not result.ok or found.problems:
+            raise RuntimeError(f"audit chain does not verify ({result.code}): no certificate is signed")
     anchor_seq = found.newest[0]
     signature = crypto.sign(signing_key(svc), _certificate_message(certificate, anchor_seq, record_seq))
     return {"format": CERTIFICATE_FORMAT, "certificate": certificate, "anchor_seq": anchor_seq,

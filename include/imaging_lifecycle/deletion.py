@@ -171,14 +171,19 @@ class FutureClockRefused(PermissionError):
 
 
 def check_clock(svc: Services, now: dt.datetime, *, actor: str) -> None:
-    """Refuse a "now" in the future unless this process runs the test clock (audited as a security alert)."""
+    """Refuse a "now" in the future unless this process runs the test clock; audited either way."""
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    if now > dt.datetime.now(dt.timezone.utc) + CLOCK_TOLERANCE and not svc.settings.test_clock:
-        svc.catalog.audit.append(actor, "security.alert", outcome="major_failure",
-                                 detail={"reason": "FUTURE_CLOCK", "action": "sweep"})
-        raise FutureClockRefused("refusing to sweep at a future time: early deletion needs an approved early_delete "
-                                 "access request")
+    if now <= dt.datetime.now(dt.timezone.utc) + CLOCK_TOLERANCE:
+        return
+    if svc.settings.test_clock:  # allowed, never silently: whoever set IL_TEST_CLOCK is on the trail
+        svc.catalog.audit.append(actor, "security.alert", outcome="minor_failure",
+                                 detail={"reason": "TEST_CLOCK", "action": "sweep"})
+        return
+    svc.catalog.audit.append(actor, "security.alert", outcome="major_failure",
+                             detail={"reason": "FUTURE_CLOCK", "action": "sweep"})
+    raise FutureClockRefused("refusing to sweep at a future time: early deletion needs an approved early_delete "
+                             "access request")
 
 
 def sweep(svc: Services, now: dt.datetime, *, actor: str, limit: int = 1000) -> dict:

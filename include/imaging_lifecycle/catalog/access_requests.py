@@ -51,7 +51,7 @@ class AccessRequestsMixin(CatalogBase):
     def add_request(self, request_id: str, *, action: str, requester: str, object_ids: list[str],
                     departments: list[str], tiers: list[int], purpose: str, hours: int | None, justification: str,
                     agreement_id: str | None, policy_target: str | None, emergency: bool, policy_fingerprint: str,
-                    state: str = PENDING, reason: str | None = None) -> dict:
+                    state: str = PENDING, reason: str | None = None, expires_at: dt.datetime | None = None) -> dict:
         """Record a request (audited ``access.request``; a refused one as a failure with its reason code)."""
         _check_id(request_id, "request_id")
         check_actor(requester)
@@ -64,9 +64,13 @@ class AccessRequestsMixin(CatalogBase):
             "policy_target": _sha256("policy_target", policy_target) if policy_target else None,
             "emergency": bool(emergency), "state": state, "reason": _reason("reason", reason) if reason else None,
             "policy_fingerprint": _sha256("policy_fingerprint", policy_fingerprint), "created_at": _now(),
+            "expires_at": _when("expires_at", expires_at) if expires_at else None,
+            "decided_at": _now() if state == APPROVED else None,
         }
         if state not in (PENDING, APPROVED, REFUSED):
             raise ValueError("a new request is PENDING, APPROVED (emergency) or REFUSED")
+        if state == APPROVED and expires_at is None:
+            raise ValueError("an approved request has an expiry")
         with self.db.write() as conn:
             conn.execute(insert(access_requests).values(**values))
             self.audit.append(requester, "access.emergency" if emergency and state != REFUSED else "access.request",
@@ -109,7 +113,7 @@ class AccessRequestsMixin(CatalogBase):
             reason = "NOT_THE_REQUESTER"
         elif object_id is not None and object_id not in req["object_ids"]:
             reason = "OBJECT_NOT_IN_REQUEST"
-        elif req["expires_at"] is not None and now >= req["expires_at"]:
+        elif req["expires_at"] is None or now >= req["expires_at"]:  # no expiry recorded: expired (fail closed)
             reason = "APPROVAL_EXPIRED"
         if reason is None:
             return req

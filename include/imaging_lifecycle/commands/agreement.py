@@ -1,10 +1,10 @@
 """``imaging-lifecycle agreement add``: record a data-sharing agreement that exports are made under.
 
-Who may: a person the policy lists in ``access.agreement_admins`` (``admin``
-by default), or the logged-in requester of an approved ``policy_change``
-request (``--request``). Either way it is audited with how it was
-authorized. An export request names the agreement and is refused unless the
-agreement is live (between its start and its end).
+Who may: a logged-in person the policy lists in ``access.agreement_admins``
+(``admin`` by default); audited. (An approved ``policy_change`` request does
+not do: it approves one policy fingerprint, not an agreement.) An export
+request names the agreement and is refused unless the agreement is live
+(between its start and its end).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--purpose", required=True, help="one of the policy's access purposes")
     parser.add_argument("--legal-basis", required=True)
     parser.add_argument("--days", type=int, required=True, help="the term, from now")
-    parser.add_argument("--request", help="an approved policy_change request, if you are not an agreement admin")
 
 
 def run(args) -> int:
     from imaging_lifecycle import access
-    from imaging_lifecycle.catalog import CatalogError, NotApproved
+    from imaging_lifecycle.catalog import CatalogError
     from imaging_lifecycle.commands._identity import NotLoggedIn, person
     from imaging_lifecycle.services import Services
 
@@ -40,8 +39,8 @@ def run(args) -> int:
     try:
         out = access.add_agreement(svc, actor=person(svc), recipient=args.recipient, scope=args.scope,
                                    purpose=args.purpose, legal_basis=args.legal_basis, starts_at=now,
-                                   ends_at=now + dt.timedelta(days=args.days), request_id=args.request)
-    except (NotApproved, NotLoggedIn, access.AccessRefused) as exc:
+                                   ends_at=now + dt.timedelta(days=args.days))
+    except (NotLoggedIn, access.AccessRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
     except (CatalogError, ValueError) as exc:

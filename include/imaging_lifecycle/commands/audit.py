@@ -129,6 +129,7 @@ def run(args) -> int:
         if args.audit_command == "verify":
             anchor = None if args.anchor_seq is None else (args.anchor_seq, args.anchor_hash.strip().lower())
             problems: list[dict] = []
+            found = None
             if anchor is None and not args.no_anchor:
                 found = _signed_anchors()
                 if isinstance(found, int):
@@ -136,7 +137,12 @@ def run(args) -> int:
                 anchor, problems = found.newest, found.problems
                 for p in problems:
                     print(f"anchor {p['object']}: {p['problem']}")
-            result = log.verify(expected_head=anchor)
+            if found is not None:
+                from imaging_lifecycle.anchor import verify_log
+
+                result = verify_log(log, found)  # the newest anchor, and every older signed one
+            else:
+                result = log.verify(expected_head=anchor)
             detail = {"records": result.count, "check": result.code, "anchored": anchor is not None,
                       "bad_anchors": len(problems)}
             if result.first_bad_seq is not None:

@@ -73,7 +73,7 @@ def run(args) -> int:
             print(json.dumps({"certificate_id": args.target, "anchor_seq": doc["anchor_seq"], "out": str(args.out)}))
             return 0
         certs = certificates(Services.open(), args.what)
-    except (CatalogError, ValueError, LookupError) as exc:
+    except (CatalogError, ValueError, LookupError, RuntimeError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     if args.json:
