@@ -51,6 +51,9 @@ def test_anchors_are_signed_numbered_write_once_and_on_the_second_site(svc):
     (v,) = list(svc.store.versions("audit-anchor", anchor.PREFIX))
     assert v.key == f"anchors/{written['seq']:015d}.json"
     assert svc.store.purge("audit-anchor", [(v.key, v.version_id)])[0][2] == "AccessDenied"
+    ret = svc.store.client("audit-anchor").get_object_retention(svc.store.bucket("audit-anchor"), v.key,
+                                                                 version_id=v.version_id)
+    assert ret.mode == "COMPLIANCE"
     r = _cli(svc, "verify")
     assert r.returncode == 0 and "intact" in r.stdout and f"anchored head seq {written['seq']}" in r.stdout
     key = json.loads(_cli(svc, "public-key").stdout)

@@ -8,7 +8,8 @@ somewhere they cannot rewrite *and* cannot forge. So each anchor is:
 * signed with Ed25519 (the audit signing key, a secret kept apart from the
   catalog; ``imaging-lifecycle audit public-key`` prints the public half);
 * written to the ``audit-anchor`` bucket on the **backup** site, independent of
-  the primary, under object lock;
+  the primary, under a COMPLIANCE-mode object lock (not even the storage admin
+  can remove it before its retention ends; backups use GOVERNANCE, see README);
 * named by its zero-padded sequence number (``anchors/000000000000042.json``),
   and found by number *and* signature, never by key order: an unsigned or
   wrongly signed object is reported and never trusted.
@@ -78,7 +79,8 @@ class BucketTarget:
     store: object
 
     def write(self, seq: int, body: bytes, *, retain_until: dt.datetime) -> None:
-        self.store.put(ZONE, anchor_key(seq), body, retain_until=retain_until)
+        # COMPLIANCE: nobody, the storage admin included, can delete or shorten it before it ends.
+        self.store.put(ZONE, anchor_key(seq), body, retain_until=retain_until, lock_mode="COMPLIANCE")
 
     def bodies(self) -> list[tuple[str, bytes]]:
         out = []
