@@ -70,3 +70,46 @@ def test_a_wrong_called_ae_title_is_rejected_audited_and_nothing_lands(env, rece
     assert not list(env.landing_dir.rglob("*.dcm"))
     (alert,) = [r for r in catalog(env).audit.records() if r.action == "security.alert"]
     assert alert.detail["reason"] == "CALLED_AE_WRONG" and alert.detail["called_ae"] == "OTHER_PACS"
+
+
+COMPRESSED = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm",
+              "MR_small_jp2klossless.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm"]
+
+
+def test_every_common_transfer_syntax_is_stored_as_received_and_goes_through_the_pipeline(env, receiver, dicom_file,
+                                                                                          tmp_path):
+    """Modalities send compressed images every day: each syntax is accepted, kept byte for byte, ingested."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from test_protect import protect_all
+
+    deflated = dcmread(dicom_file("MR_small.dcm"))
+    deflated.save_as(tmp_path / "deflated.dcm", implicit_vr=False, little_endian=True, enforce_file_format=True)
+    deflated = dcmread(tmp_path / "deflated.dcm")
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    sent = [dcmread(dicom_file(n)) for n in COMPRESSED] + [dcmread(tmp_path / "deflated.dcm")]
+    from pydicom.uid import generate_uid
+
+    for ds in sent:  # pydicom's samples share SOP Instance UIDs (one MR slice, several encodings)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for ds in sent:
+        ae = AE(ae_title="MODALITY_A")
+        ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title=receiver.ae_title)
+        assert assoc.is_established, ds.file_meta.TransferSyntaxUID.name
+        try:
+            assert assoc.send_c_store(ds).Status == 0x0000, ds.file_meta.TransferSyntaxUID.name
+        finally:
+            assoc.release()
+    landed = {str(d.SOPInstanceUID): d for d in (dcmread(p) for p in (env.landing_dir / "cstore").rglob("*.dcm"))}
+    for ds in sent:
+        got = landed[str(ds.SOPInstanceUID)]
+        assert got.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID  # as received, not transcoded
+        assert got.PixelData == ds.PixelData
+    summary = ingest_now(env)
+    assert summary["stored"] == len(sent) and summary.get("quarantined", 0) == 0, summary
+    protect_all(env)
+    cat = catalog(env)
+    states = {cat.find_by_sop_uid(str(ds.SOPInstanceUID)).state for ds in sent}
+    assert states <= {"STORED", "BACKED_UP", "NEEDS_REVIEW"}, states  # none lost, none quarantined

@@ -18,12 +18,21 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pydicom import uid
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.sop_class import Verification
 
 from imaging_lifecycle.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+#: Every transfer syntax a modality or PACS commonly sends; objects are stored exactly as received
+#: (compressed pixel data stays compressed; only a stage that must change pixels decodes them).
+TRANSFER_SYNTAXES = (
+    uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000, uid.RLELossless,
+)
 
 #: C-STORE status codes (PS3.4 Annex B).
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
@@ -80,7 +89,8 @@ def handle_store(event, landing: Path) -> int:
 
 def build_ae(config: ReceiverConfig) -> AE:
     ae = AE(ae_title=config.ae_title)
-    ae.supported_contexts = AllStoragePresentationContexts
+    ae.supported_contexts = [build_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+                             for cx in AllStoragePresentationContexts]
     ae.add_supported_context(Verification)
     ae.require_calling_aet = list(config.allowed_calling_aes) or ["\x00no-caller-allowed"]
     ae.require_called_aet = True  # a sender that means another archive is not ours to take from
