@@ -72,7 +72,8 @@ def test_a_wrong_called_ae_title_is_rejected_audited_and_nothing_lands(env, rece
     assert alert.detail["reason"] == "CALLED_AE_WRONG" and alert.detail["called_ae"] == "OTHER_PACS"
 
 
-COMPRESSED = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm",
+COMPRESSED = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm",
+              "MR_small_RLE.dcm",
               "MR_small_jp2klossless.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm"]
 
 

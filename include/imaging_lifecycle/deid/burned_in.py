@@ -95,8 +95,14 @@ def apply_mask(ds: Dataset, mask: Mask) -> str | None:
     """Zero ``mask``'s regions in every frame of the native PixelData; a reason code if it cannot."""
     if PIXEL_DATA not in ds._dict:
         return "mask-unsupported:no-integer-pixel-data"
-    if transfer_syntax(ds) not in NATIVE_SYNTAXES:
-        return "mask-unsupported:compressed"
+    if transfer_syntax(ds) not in NATIVE_SYNTAXES:  # decode first (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE)
+        from imaging_lifecycle.dicomfile import quiet_pydicom
+
+        try:
+            with quiet_pydicom():
+                ds.decompress()  # the derivative becomes native (explicit VR little endian); the original is kept
+        except Exception:  # noqa: BLE001 (no decoder for this syntax, or damaged frames: the image is held)
+            return "mask-unsupported:compressed"
     bits = _int(ds, "BitsAllocated", -1)
     if bits not in (8, 16, 32):
         return "mask-unsupported:bits-allocated"
