@@ -11,7 +11,7 @@ CLI    := $(BIN)/imaging-lifecycle
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: install run stop demo test lint bench compose-check browser status clean-state help
+.PHONY: install run stop demo test lint bench compose-check test-tools status clean-state help
 
 help:
 	@echo "make run | stop | demo | status | test | lint | bench | compose-check | clean-state"
@@ -41,7 +41,7 @@ demo: install
 status: install
 	-$(CLI) status
 
-test: install compose-check browser lint
+test: install compose-check test-tools lint
 	$(BIN)/python -m pytest -q
 
 # The habits that keep the structure (ARCHITECTURE.md): ruff's rules and the
@@ -53,13 +53,17 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
-# The UI tests drive Debian's chromium through Playwright (no browser download).
-browser:
-	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's chromium for the browser tests ..."; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 || true; \
+# Real clients the tests use: Debian's chromium (driven by Playwright; no browser download) and
+# dcmtk's storescu (a real DICOM sender, also over TLS). Installed where apt is available.
+test-tools:
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's$$missing for the tests ..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null 2>&1 || true; \
 	fi
-	@command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || echo "chromium not available: browser tests will skip"
+	@command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || echo "chromium not available: the browser step is skipped"
+	@command -v storescu >/dev/null 2>&1 && echo "storescu: $$(command -v storescu)" || echo "dcmtk not available: the storescu tests skip"
 
 # docker-compose.yml is checked statically: no Docker engine runs on these machines.
 # Debian's docker-compose can validate it without an engine; the test suite also

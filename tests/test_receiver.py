@@ -114,3 +114,47 @@ def test_every_common_transfer_syntax_is_stored_as_received_and_goes_through_the
     cat = catalog(env)
     states = {cat.find_by_sop_uid(str(ds.SOPInstanceUID)).state for ds in sent}
     assert states <= {"STORED", "BACKED_UP", "NEEDS_REVIEW"}, states  # none lost, none quarantined
+
+
+@pytest.fixture
+def tls_receiver(env, tmp_path):  # noqa: F811
+    """The receiver with DICOM TLS on its own port, and one allowed client certificate."""
+    from imaging_lifecycle import crypto
+    from imaging_lifecycle.receiver import ReceiverConfig, serve
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for who in ("modality-a", "intruder"):
+        cert, key = crypto.self_signed_certificate(who)
+        (keys / f"{who}.crt").write_bytes(cert)
+        (keys / f"{who}.key").write_bytes(key)
+    cfg = ReceiverConfig("IL_ARCHIVE", _free_port(), ("MODALITY_A",), env.landing_dir, tls_port=_free_port(),
+                         tls_dir=keys, tls_clients=keys / "modality-a.crt")
+    server = serve(cfg, block=False, catalog=catalog(env))
+    yield cfg, keys
+    server.shutdown()
+
+
+def _storescu(cfg, keys, who: str | None, path, port=None):
+    import shutil
+    import subprocess
+
+    if shutil.which("storescu") is None:
+        pytest.skip("dcmtk's storescu is not installed (make test installs it where apt is available)")
+    tls = ["+tls", str(keys / f"{who}.key"), str(keys / f"{who}.crt"), "+cf", str(keys / "dicom-tls.crt")] if who \
+        else []
+    return subprocess.run(["storescu", *tls, "-aet", "MODALITY_A", "-aec", cfg.ae_title, "127.0.0.1",
+                           str(port or cfg.tls_port), str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_dicom_tls_with_dcmtk_storescu_and_a_client_certificate_allow_list(env, tls_receiver, dicom_file):  # noqa: F811
+    cfg, keys = tls_receiver
+    assert (keys / "dicom-tls.key").stat().st_mode & 0o777 == 0o600  # made on first start, private
+    r = _storescu(cfg, keys, "modality-a", dicom_file("CT_small.dcm"))
+    assert r.returncode == 0, r.stderr
+    assert len(list((env.landing_dir / "cstore" / "MODALITY_A").glob("*.dcm"))) == 1
+    assert ingest_now(env)["stored"] == 1
+    # A certificate off the allow-list, and plain TCP to the TLS port, are refused: nothing lands.
+    assert _storescu(cfg, keys, "intruder", dicom_file("MR_small.dcm")).returncode != 0
+    assert _storescu(cfg, keys, None, dicom_file("MR_small.dcm")).returncode != 0
+    assert not list(env.landing_dir.rglob("*.dcm"))

@@ -45,6 +45,11 @@ class ReceiverConfig:
     allowed_calling_aes: tuple[str, ...]
     landing: Path
     bind: str = "127.0.0.1"
+    #: DICOM TLS on its own port (None: off); the identity is made on first start in ``tls_dir``
+    tls_port: int | None = None
+    tls_dir: Path | None = None
+    #: PEM file of the client certificates allowed to connect over TLS (None: any client, no certificate asked)
+    tls_clients: Path | None = None
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> ReceiverConfig:
@@ -56,6 +61,9 @@ class ReceiverConfig:
             allowed_calling_aes=tuple(a.strip() for a in allowed.split(",") if a.strip()),
             landing=settings.landing_dir,
             bind=os.environ.get("IL_DICOM_BIND", "127.0.0.1"),
+            tls_port=int(os.environ.get("IL_DICOM_TLS_PORT", settings.port("dicom_tls"))) or None,
+            tls_dir=settings.secrets_dir,
+            tls_clients=Path(os.environ["IL_DICOM_TLS_CLIENTS"]) if os.environ.get("IL_DICOM_TLS_CLIENTS") else None,
         )
 
 
@@ -114,6 +122,47 @@ def handle_rejected(event, config: ReceiverConfig, catalog) -> None:  # noqa: AN
     log.warning("association rejected: %s", reason)
 
 
+def tls_identity(config: ReceiverConfig) -> tuple[Path, Path]:
+    """The receiver's TLS certificate and key (0600), made on first start: give the certificate to senders."""
+    from imaging_lifecycle import crypto
+    from imaging_lifecycle.secretfiles import write_private_file
+
+    cert, key = config.tls_dir / "dicom-tls.crt", config.tls_dir / "dicom-tls.key"
+    if not (cert.exists() and key.exists()):
+        cert_pem, key_pem = crypto.self_signed_certificate(config.ae_title.lower().replace("_", "-"))
+        cert.unlink(missing_ok=True)
+        key.unlink(missing_ok=True)
+        write_private_file(key, key_pem)
+        write_private_file(cert, cert_pem)
+    return cert, key
+
+
+def _tls_context(config: ReceiverConfig):  # noqa: ANN202
+    import ssl
+
+    cert, key = tls_identity(config)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if config.tls_clients is not None:  # the allow-list: only these client certificates get in
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(config.tls_clients))
+    return ctx
+
+
+@dataclass
+class Servers:
+    """The plain and the TLS listener, stopped together."""
+
+    plain: object
+    tls: object | None = None
+
+    def shutdown(self) -> None:
+        for s in (self.tls, self.plain):
+            if s is not None:
+                s.shutdown()
+
+
 def serve(config: ReceiverConfig, *, block: bool = True, catalog=None):  # noqa: ANN001
     """Run the receiver; ``catalog`` is where rejections are audited (default: the settings' catalog)."""
     if catalog is None:
@@ -124,4 +173,15 @@ def serve(config: ReceiverConfig, *, block: bool = True, catalog=None):  # noqa:
     ae = build_ae(config)
     handlers = [(evt.EVT_C_STORE, handle_store, [config.landing]),
                 (evt.EVT_REJECTED, handle_rejected, [config, catalog])]
-    return ae.start_server((config.bind, config.port), block=block, evt_handlers=handlers)
+    tls = None
+    if config.tls_port:
+        tls = ae.start_server((config.bind, config.tls_port), block=False, evt_handlers=handlers,
+                              ssl_context=_tls_context(config))
+    if block:
+        try:
+            ae.start_server((config.bind, config.port), block=True, evt_handlers=handlers)
+        finally:
+            if tls is not None:
+                tls.shutdown()
+        return None
+    return Servers(ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers), tls)

@@ -42,6 +42,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "s3_primary": 8333,
     "s3_backup": 8334,
     "dicom": 11112,
+    "dicom_tls": 2762,  # DICOM TLS (PS3.15 Annex B), its own port
 }
 
 #: Connect arguments of the embedded platform's SQLite Airflow database (Airflow imports this dict by
