@@ -76,6 +76,14 @@ def object_store_settings(state_dir):
         embedded.down(embedded.load_settings())
 
 
+def make_zones(settings) -> list[str]:
+    """Create ``settings``' buckets as the object stores' admin identity (the pipeline's may not)."""
+    from imaging_lifecycle.settings import admin_settings
+    from imaging_lifecycle.storage import ObjectStore
+
+    return ObjectStore(admin_settings(settings)).ensure_zones()
+
+
 @pytest.fixture(scope="session")
 def store(object_store_settings):
     from imaging_lifecycle.storage import ObjectStore
@@ -102,7 +110,8 @@ class Platform:
 
     def __init__(self, root: Path, offset: int):
         self.state = root
-        self.env = {**os.environ, "IL_STATE_DIR": str(root), "IL_PORT_OFFSET": str(offset)}
+        # S3 over TLS (the CA made on first start): the whole platform walk runs over it.
+        self.env = {**os.environ, "IL_STATE_DIR": str(root), "IL_PORT_OFFSET": str(offset), "IL_S3_TLS": "1"}
         self.env.pop("AIRFLOW_HOME", None)
         self.status_before: dict | None = None
         self.login: str = ""

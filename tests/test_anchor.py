@@ -14,18 +14,18 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import PROJECT
+from conftest import PROJECT, make_zones
 
 
 @pytest.fixture
 def svc(object_store_settings, tmp_path):
     from imaging_lifecycle.services import Services
 
-    settings = replace(object_store_settings, bucket_prefix=f"t{os.urandom(4).hex()}-",
+    settings = replace(object_store_settings, bucket_prefix=f"il-t{os.urandom(4).hex()}-",
                        catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}", landing_dir=tmp_path / "landing")
     settings.landing_dir.mkdir()
     s = Services.open(settings)
-    s.store.ensure_zones()
+    make_zones(settings)
     for i in range(6):
         s.catalog.audit.append("system:test/anchor", "catalog.query", detail={"n": i})
     return s

@@ -10,6 +10,8 @@ from minio.error import S3Error
 
 from imaging_lifecycle.settings import ZONES
 
+from conftest import make_zones
+
 
 def _key() -> str:
     return f"test/{uuid.uuid4().hex}"
@@ -20,7 +22,7 @@ def test_all_zones_exist_versioned_and_locked_where_designed(store):
         c, b = store.client(zone), store.bucket(zone)
         assert c.bucket_exists(b), zone
         assert c.get_bucket_versioning(b).status == "Enabled", zone
-    assert store.ensure_zones() == []  # idempotent: a second run creates nothing
+    assert make_zones(store.settings) == []  # idempotent: a second run creates nothing
 
 
 def test_backup_zone_is_on_the_second_site(store, object_store_settings):
@@ -101,3 +103,40 @@ def test_credentials_file_is_private(object_store_settings, state_dir):
     path = embedded_credentials_file(state_dir)
     assert path.stat().st_mode & 0o777 == 0o600
     assert (state_dir / "secrets").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_pipeline_identity_cannot_bypass_a_lock_change_it_or_administer_buckets(store):
+    """Least privilege: only the separate admin identity (never loaded by the pipeline) may do these."""
+    from minio.commonconfig import GOVERNANCE
+    from minio.objectlockconfig import DAYS, ObjectLockConfig
+    from minio.retention import Retention
+
+    from imaging_lifecycle.settings import admin_settings
+    from imaging_lifecycle.storage import ObjectStore
+
+    key = _key()
+    until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)
+    r = store.put("backup", key, b"locked", retain_until=until)
+    c, b = store.client("backup"), store.bucket("backup")
+    bypass = {"x-amz-bypass-governance-retention": "true"}
+    attempts = {
+        "bypass-delete": lambda: c._execute("DELETE", b, key, headers=bypass, query_params={"versionId": r.version_id}),
+        "shorten-retention": lambda: c.set_object_retention(
+            b, key, Retention(GOVERNANCE, dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)),
+            version_id=r.version_id),
+        "lock-config": lambda: c.set_object_lock_config(b, ObjectLockConfig(GOVERNANCE, 1, DAYS)),
+        "make-bucket": lambda: c.make_bucket(f"il-x{uuid.uuid4().hex[:8]}"),
+        "delete-bucket": lambda: c.remove_bucket(store.bucket("cache")),
+        "outside-prefix": lambda: c.put_object("other-bucket", "k", __import__("io").BytesIO(b"x"), 1),
+    }
+    refused = {}
+    for name, attempt in attempts.items():
+        with pytest.raises(S3Error) as err:
+            attempt()
+        refused[name] = err.value.code
+    assert set(refused.values()) <= {"AccessDenied", "NoSuchBucket"}, refused
+    assert store.get("backup", key, r.version_id) == b"locked"
+    # Control: the admin identity can bypass governance, so the refusals above are the identity's, not the lock's.
+    admin = ObjectStore(admin_settings(store.settings)).client("backup")
+    admin._execute("DELETE", b, key, headers=bypass, query_params={"versionId": r.version_id})
+    assert not store.exists("backup", key, r.version_id)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT, approved, policy_tier, write_policy
+from conftest import PROJECT, approved, make_zones, policy_tier, write_policy
 
 SEVEN_YEARS = "2555d"
 
@@ -40,12 +40,12 @@ def hospital(airflow_db, object_store_settings, tmp_path, monkeypatch):
     monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "keystore.sealed"))
     monkeypatch.setenv("IL_INGEST_QUIET_SECONDS", "0")
     # Buckets of its own: the sweeper anchors its deletions, and anchors belong to one platform's chain.
-    monkeypatch.setenv("IL_BUCKET_PREFIX", f"h{os.urandom(4).hex()}-")
+    monkeypatch.setenv("IL_BUCKET_PREFIX", f"il-h{os.urandom(4).hex()}-")
     (tmp_path / "landing").mkdir()
     from imaging_lifecycle.services import Services
 
     svc = Services.open()
-    svc.store.ensure_zones()
+    make_zones(svc.settings)
     return svc
 
 

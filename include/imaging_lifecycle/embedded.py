@@ -41,11 +41,15 @@ from imaging_lifecycle.settings import (
     PROJECT_ROOT,
     TEST_CLOCK_ENV,
     Settings,
+    embedded_admin_credentials_file,
+    embedded_ca_file,
     embedded_credentials_file,
     load_settings,
 )
 
 MARKER = "IL_PLATFORM"
+#: ``IL_S3_TLS=1`` at ``platform up``: the object stores serve S3 over HTTPS (kept until set to 0).
+S3_TLS_ENV = "IL_S3_TLS"
 AIRFLOW_PARALLELISM = 4
 
 
@@ -59,6 +63,7 @@ class Service:
     argv: list[str]
     ready: Callable[[], bool]
     env: dict[str, str]
+    cwd: Path | None = None
 
 
 # -- state and secrets ---------------------------------------------------------
@@ -97,28 +102,54 @@ def ensure_credentials(settings: Settings) -> dict:
     return json.loads(path.read_text())
 
 
-def _s3_identities_file(settings: Settings, site: str, creds: dict) -> Path:
-    path = settings.state_dir / "secrets" / f"weed-{site}-s3.json"
-    content = {
-        "identities": [
-            {
-                "name": "imaging-lifecycle",
-                "credentials": [{"accessKey": creds[site]["access_key"], "secretKey": creds[site]["secret_key"]}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
+def ensure_admin_credentials(settings: Settings) -> dict:
+    """The object stores' admin identity, generated on first start into its own 0600 file.
+
+    Only bucket creation (``start_object_stores``, ``imaging-lifecycle init``) reads it; it is never
+    put into a pipeline process's environment.
+    """
+    path = embedded_admin_credentials_file(settings.state_dir)
     if not path.exists():
-        write_private_file(path, json.dumps(content).encode())
-    return path
+        admin = {site: {"access_key": "ILADM" + secrets.token_hex(8).upper(), "secret_key": _token()}
+                 for site in ("primary", "backup")}
+        write_private_file(path, json.dumps(admin, indent=2).encode())
+    return json.loads(path.read_text())
+
+
+def _record_s3_tls(settings: Settings, creds: dict) -> dict:
+    """``IL_S3_TLS=1`` at ``platform up`` serves S3 over HTTPS; the choice is kept with the credentials."""
+    want = os.environ.get(S3_TLS_ENV, "1" if creds.get("s3_tls") else "0") == "1"
+    if bool(creds.get("s3_tls")) != want:
+        creds = {**creds, "s3_tls": want}
+        path = embedded_credentials_file(settings.state_dir)
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_private_file(tmp, json.dumps(creds, indent=2).encode())
+        os.replace(tmp, path)
+    return creds
+
+
+def _site_config(settings: Settings, site: str, creds: dict) -> tuple[Path, Path]:
+    """(working directory with security.toml, s3.json) of one site, rewritten on every start."""
+    from imaging_lifecycle import seaweed
+
+    (settings.secrets_dir / f"weed-{site}-s3.json").unlink(missing_ok=True)  # an older build's Admin identity
+    conf = settings.secrets_dir / f"weed-{site}"
+    s3 = seaweed.write_site_config(conf, seaweed.pki(embedded_ca_file(settings.state_dir).parent),
+                                   pipeline=creds[site], admin=ensure_admin_credentials(settings)[site],
+                                   bucket_prefix=settings.bucket_prefix)
+    return conf, s3
 
 
 # -- readiness checks ------------------------------------------------------------
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0, ca_file: Path | None = None) -> bool:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             return 200 <= r.status < 500
     except urllib.error.HTTPError as exc:
         return exc.code < 500
@@ -157,14 +188,15 @@ def airflow_env(settings: Settings, creds: dict) -> dict[str, str]:
     home = settings.state_dir / "airflow"
     port = settings.port("airflow")
 
+    tls = bool(creds.get("s3_tls"))
+
     def s3_conn(site: str, port_name: str) -> str:
+        extra: dict = {"endpoint_url": f"{'https' if tls else 'http'}://127.0.0.1:{settings.port(port_name)}"}
+        if tls:
+            extra["verify"] = str(embedded_ca_file(settings.state_dir))
         return json.dumps(
-            {
-                "conn_type": "aws",
-                "login": creds[site]["access_key"],
-                "password": creds[site]["secret_key"],
-                "extra": {"endpoint_url": f"http://127.0.0.1:{settings.port(port_name)}"},
-            }
+            {"conn_type": "aws", "login": creds[site]["access_key"], "password": creds[site]["secret_key"],
+             "extra": extra}
         )
 
     return {
@@ -208,28 +240,22 @@ def airflow_env(settings: Settings, creds: dict) -> dict[str, str]:
 
 
 def services(settings: Settings, creds: dict) -> list[Service]:
+    from imaging_lifecycle import seaweed
+
     weed = _bin("weed")
     out = []
+    tls = bool(creds.get("s3_tls"))
+    ca = embedded_ca_file(settings.state_dir)
     for site, port_name, base in (("primary", "s3_primary", 0), ("backup", "s3_backup", 1)):
         s3 = settings.port(port_name)
         # weed mini opens a master, volume, filer and admin server too; give each
         # site its own ports (gRPC = port + 10000) so the two sites never clash.
         aux = 9400 + settings.port_offset + 20 * base
-        data = settings.state_dir / "s3" / site
-        out.append(
-            Service(
-                f"s3-{site}",
-                [
-                    weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                    f"-s3.port={s3}", f"-master.port={aux}", f"-volume.port={aux + 1}",
-                    f"-filer.port={aux + 2}", f"-admin.port={aux + 3}", "-admin.ui=false",
-                    "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-                    f"-s3.config={_s3_identities_file(settings, site, creds)}",
-                ],
-                lambda s3=s3: http_ok(f"http://127.0.0.1:{s3}/"),
-                {},
-            )
-        )
+        conf, s3_config = _site_config(settings, site, creds)
+        argv = seaweed.mini_argv(weed, settings.state_dir / "s3" / site, s3_config, s3_port=s3, aux_port=aux,
+                                 p=seaweed.pki(ca.parent), tls=tls)
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{s3}/"
+        out.append(Service(f"s3-{site}", argv, lambda url=url: http_ok(url, ca_file=ca if tls else None), {}, conf))
     env = airflow_env(settings, creds)
     dicom = settings.port("dicom")
     out.append(
@@ -289,7 +315,7 @@ def _start(settings: Settings, svc: Service) -> psutil.Process:
     with open(log_dir / f"{svc.name}.log", "ab") as log:
         proc = subprocess.Popen(
             svc.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=settings.state_dir, start_new_session=True,
+            env=env, cwd=svc.cwd or settings.state_dir, start_new_session=True,
         )
     p = psutil.Process(proc.pid)
     (_run_dir(settings) / f"{svc.name}.json").write_text(json.dumps({"pid": p.pid, "started": p.create_time()}))
@@ -358,16 +384,17 @@ def start_object_stores(settings: Settings) -> Settings:
     make_private(settings)
     for d in ("s3/primary", "s3/backup", "logs"):
         (settings.state_dir / d).mkdir(parents=True, exist_ok=True)
-    creds = ensure_credentials(settings)
+    creds = _record_s3_tls(settings, ensure_credentials(settings))
     for svc in services(settings, creds):
         if not svc.name.startswith("s3-"):
             continue
         proc = _recorded(settings, svc.name) or _start(settings, svc)
         _wait(svc.ready, 60, svc.name, proc)
-    from imaging_lifecycle.services import Services
+    from imaging_lifecycle.settings import admin_settings
+    from imaging_lifecycle.storage import ObjectStore
 
     settings = _with_creds(settings, creds)
-    Services.open(settings).store.ensure_zones()
+    ObjectStore(admin_settings(settings)).ensure_zones()  # the admin identity creates; the pipeline's cannot
     return settings
 
 
@@ -414,15 +441,15 @@ def _with_creds(settings: Settings, creds: dict) -> Settings:
 
     from imaging_lifecycle.settings import S3Endpoint
 
-    return replace(
-        settings,
-        primary=settings.primary
-        or S3Endpoint(f"127.0.0.1:{settings.port('s3_primary')}", creds["primary"]["access_key"],
-                      creds["primary"]["secret_key"]),
-        backup=settings.backup
-        or S3Endpoint(f"127.0.0.1:{settings.port('s3_backup')}", creds["backup"]["access_key"],
-                      creds["backup"]["secret_key"]),
-    )
+    tls = bool(creds.get("s3_tls"))
+    ca = str(embedded_ca_file(settings.state_dir)) if tls else None
+
+    def ep(site: str, port_name: str) -> S3Endpoint:
+        return S3Endpoint(f"127.0.0.1:{settings.port(port_name)}", creds[site]["access_key"],
+                          creds[site]["secret_key"], tls, ca)
+
+    return replace(settings, primary=settings.primary or ep("primary", "s3_primary"),
+                   backup=settings.backup or ep("backup", "s3_backup"))
 
 
 def ours(settings: Settings) -> list[psutil.Process]:

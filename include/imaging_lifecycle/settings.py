@@ -28,9 +28,10 @@ ZONES: dict[str, str] = {
     "export": "packages for third parties under a data-sharing agreement (ciphertext, per-export key)",
     "audit-anchor": "write-once heads of the audit hash chain (object lock)",
     "backup": "second-site replica of archive ciphertext (object lock)",
+    "keystore-dr": "the key store's disaster-recovery export, sealed under the current master-key generation",
 }
 #: Zones whose bucket lives on the backup endpoint (the second site).
-BACKUP_SITE_ZONES = frozenset({"backup", "audit-anchor"})  # anchors live apart from the primary
+BACKUP_SITE_ZONES = frozenset({"backup", "audit-anchor", "keystore-dr"})  # apart from the primary
 #: Zones created with object lock enabled (write-once retention).
 LOCKED_ZONES = frozenset({"backup", "audit-anchor"})
 
@@ -70,6 +71,8 @@ class S3Endpoint:
     access_key: str
     secret_key: str = field(repr=False)
     secure: bool = False
+    #: The CA certificate that signs the server's TLS certificate (None: the system's trust store).
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,19 +132,57 @@ def _conn_from_env(conn_id: str) -> S3Endpoint | None:
             f"login, password and extra.endpoint_url ({type(exc).__name__})"
         ) from None
     secure = url.startswith("https://")
-    return S3Endpoint(url.split("://", 1)[-1].rstrip("/"), conn["login"], conn["password"], secure)
+    verify = extra.get("verify")  # the aws connection's CA bundle (a path), as boto reads it
+    return S3Endpoint(url.split("://", 1)[-1].rstrip("/"), conn["login"], conn["password"], secure,
+                      verify if isinstance(verify, str) else None)
 
 
 def embedded_credentials_file(state_dir: Path) -> Path:
     return state_dir / "secrets" / "s3-credentials.json"
 
 
-def _conn_from_state(state_dir: Path, which: str, port: int) -> S3Endpoint | None:
-    path = embedded_credentials_file(state_dir)
+def embedded_admin_credentials_file(state_dir: Path) -> Path:
+    """The object stores' admin identity (creates buckets); read only by ``init`` and the platform's start."""
+    return state_dir / "secrets" / "s3-admin.json"
+
+
+def embedded_ca_file(state_dir: Path) -> Path:
+    """The private CA of the embedded object stores (see ``seaweed.py``)."""
+    return state_dir / "secrets" / "weed-tls" / "ca.crt"
+
+
+def _endpoint_from_file(path: Path, state_dir: Path, which: str, port: int) -> S3Endpoint | None:
     if not path.exists():
         return None
-    data = json.loads(path.read_text())[which]
-    return S3Endpoint(f"127.0.0.1:{port}", data["access_key"], data["secret_key"], False)
+    doc = json.loads(path.read_text())
+    data = doc[which]
+    tls = bool(json.loads(embedded_credentials_file(state_dir).read_text()).get("s3_tls")) \
+        if embedded_credentials_file(state_dir).exists() else False
+    return S3Endpoint(f"127.0.0.1:{port}", data["access_key"], data["secret_key"], tls,
+                      str(embedded_ca_file(state_dir)) if tls else None)
+
+
+def _conn_from_state(state_dir: Path, which: str, port: int) -> S3Endpoint | None:
+    return _endpoint_from_file(embedded_credentials_file(state_dir), state_dir, which, port)
+
+
+def admin_settings(settings: Settings) -> Settings:
+    """``settings`` with the object stores' *admin* identity: for creating buckets, nothing else.
+
+    From ``AIRFLOW_CONN_IL_S3_ADMIN_PRIMARY`` / ``_BACKUP`` (a deployment's init job), else the
+    embedded platform's ``secrets/s3-admin.json``. No pipeline process calls this.
+    """
+    from dataclasses import replace
+
+    found = {}
+    for site, port_name in (("primary", "s3_primary"), ("backup", "s3_backup")):
+        ep = _conn_from_env(f"il_s3_admin_{site}") or _endpoint_from_file(
+            embedded_admin_credentials_file(settings.state_dir), settings.state_dir, site, settings.port(port_name))
+        if ep is None:
+            raise SettingsError(f"no admin identity for the {site} object store: set AIRFLOW_CONN_IL_S3_ADMIN_"
+                                f"{site.upper()} or start the embedded platform")
+        found[site] = ep
+    return replace(settings, primary=found["primary"], backup=found["backup"])
 
 
 def load_settings() -> Settings:

@@ -55,12 +55,18 @@ class Version:
 
 def client_for(endpoint: S3Endpoint, *, timeout: float | None = None) -> Minio:
     http_client = None
-    if timeout is not None:
+    if timeout is not None or endpoint.ca_file:
         import urllib3
 
-        http_client = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(total=0)
-        )
+        kwargs: dict = {}
+        if timeout is not None:
+            kwargs.update(timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(total=0))
+        else:  # what the SDK's own default pool uses
+            kwargs.update(timeout=urllib3.Timeout(connect=300, read=300), maxsize=10,
+                          retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+        if endpoint.ca_file:
+            kwargs.update(cert_reqs="CERT_REQUIRED", ca_certs=endpoint.ca_file)
+        http_client = urllib3.PoolManager(**kwargs)
     return Minio(
         endpoint.endpoint,
         access_key=endpoint.access_key,
