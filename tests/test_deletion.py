@@ -107,6 +107,42 @@ def test_an_expired_object_is_erased_purged_verified_and_certified(env, dicom_fi
     assert sweep(services(env), T + dt.timedelta(days=1), actor=ACTOR)["candidates"] == 0  # nothing twice
 
 
+def test_after_a_destruction_no_copy_the_project_keeps_can_bring_the_kek_back(env, dicom_file, tmp_path):
+    """The key store is re-sealed under a new master-key generation and its DR export replaced."""
+    from imaging_lifecycle import keyseal
+    from imaging_lifecycle.deletion import sweep
+    from imaging_lifecycle.keystore import KekRef, KeyStoreUnreadable, LocalKeyStore, open_default_keystore
+
+    cat, (oid,) = stored_objects(env, dicom_file, ["CT_small.dcm"])
+    copy = cat.copies(oid)[0]
+    row = cat.data_key_rows([copy.key_id])[copy.key_id]
+    ks = open_default_keystore(env)
+    svc = services(env)
+    keyseal.export_dr(svc, actor=ACTOR)  # the export as it stood before the deletion
+    before_gen = ks.generation
+    stolen = tmp_path / "keystore-copy.sealed"
+    stolen.write_bytes(ks.path.read_bytes())
+    stolen.chmod(0o600)
+    ref = KekRef.parse(row["kek_ref"])
+    wrapped = bytes(cat.data_key(copy.key_id)["wrapped"])
+    dek = LocalKeyStore(stolen, ks._masters).unwrap(ref, wrapped)  # the copy works while nothing is destroyed
+    assert sweep(services(env), T, actor=ACTOR)["objects_deleted"] == 1
+
+    ks = open_default_keystore(env)
+    assert ks.generation == before_gen + 1 and not ks.needs_reseal
+    with pytest.raises(KeyStoreUnreadable, match="destroyed"):  # the copy from before, with today's secrets
+        LocalKeyStore(stolen, ks._masters).unwrap(ref, wrapped)
+    assert dek
+    versions = [v for v in svc.store.versions(keyseal.DR_ZONE, keyseal.DR_KEY)]
+    assert len(versions) == 1  # the export from before the deletion is purged from the backup site
+    actions = [r.action for r in cat.audit.records()]
+    assert actions.index("key.destroy") < actions.index("key.reseal") < len(actions)
+    assert "key.dr_export" in actions and cat.audit.verify().ok
+    ks.path.unlink()  # the key store is lost: the DR export brings it back
+    assert keyseal.restore_dr(services(env), actor=ACTOR)["restored"]
+    assert open_default_keystore(env).is_destroyed(ref.kek_id)
+
+
 def test_a_study_kek_survives_while_other_objects_of_the_study_live(env, dicom_file):
     from imaging_lifecycle.deletion import delete_candidates
     from imaging_lifecycle.synthetic import Patient, write_study

@@ -344,3 +344,80 @@ def test_encrypting_reader_with_keystore_wrapped_dek(ks):
     out = io.BytesIO()
     crypto.decrypt_stream(io.BytesIO(blob), out, ks.unwrap(ref, wrapped), aad, reader.plaintext_sha256)
     assert out.getvalue() == data
+
+
+# -- master-key generations: destruction that stays destroyed ---------------------
+
+
+def _file_store(tmp_path):
+    from imaging_lifecycle.keystore import MasterKeyFiles
+
+    secrets = tmp_path / "secrets"
+    return LocalKeyStore(secrets / "keystore.sealed", MasterKeyFiles(secrets)), secrets
+
+
+def test_a_copy_taken_before_a_destruction_cannot_open_the_destroyed_kek_after_the_reseal(tmp_path):
+    """The attacker's copy: the key store file (and a DR export) from before the deletion, current secrets."""
+    from imaging_lifecycle.keystore import MasterKeyFiles
+
+    ks, secrets = _file_store(tmp_path)
+    gone, kept = ks.create_kek("study:gone"), ks.create_kek("study:kept")
+    w_gone, w_kept = ks.wrap(gone, b"g" * 32), ks.wrap(kept, b"k" * 32)
+    copy = tmp_path / "copy-before.sealed"
+    copy.write_bytes(ks.path.read_bytes())
+    copy.chmod(0o600)
+    dr_before = ks.sealed_bytes()
+    other_worker = LocalKeyStore(ks.path, MasterKeyFiles(secrets))
+    assert other_worker.unwrap(kept, w_kept) == b"k" * 32  # it has the old generation cached
+
+    ks.destroy(gone.kek_id)
+    assert LocalKeyStore(copy, MasterKeyFiles(secrets)).unwrap(gone, w_gone) == b"g" * 32  # the danger
+    out = ks.reseal()
+    assert out == {"generation": 2, "retired": 1}
+    assert not (secrets / "master.key").exists() and (secrets / "master-2.key").stat().st_mode & 0o777 == 0o600
+
+    with pytest.raises(KeyStoreUnreadable, match="generation 1"):
+        LocalKeyStore(copy, MasterKeyFiles(secrets)).unwrap(gone, w_gone)
+    with pytest.raises(KeyStoreUnreadable):
+        LocalKeyStore(tmp_path / "restored.sealed", MasterKeyFiles(secrets)).restore_from(dr_before)
+    assert ks.unwrap(kept, w_kept) == b"k" * 32 and ks.generation == 2
+    assert other_worker.unwrap(kept, w_kept) == b"k" * 32  # another process follows the new generation
+    other_worker.create_kek("study:new")  # and writes under it
+    assert ks.generation == 2 and ks.current("study:new") is not None
+    assert ks.reseal()["generation"] == 3 and sorted(p.name for p in secrets.glob("master*")) == ["master-3.key"]
+
+
+def test_a_dr_export_restores_a_lost_key_store(tmp_path):
+    ks, secrets = _file_store(tmp_path)
+    ref = ks.create_kek("study:a")
+    wrapped = ks.wrap(ref, b"d" * 32)
+    export = ks.sealed_bytes()
+    with pytest.raises(KeyStoreError, match="exists"):
+        ks.restore_from(export)  # never over a live key store
+    ks.path.unlink()
+    assert ks.restore_from(export) == 1
+    assert ks.path.stat().st_mode & 0o777 == 0o600
+    assert ks.unwrap(ref, wrapped) == b"d" * 32
+
+
+def test_an_injected_master_key_is_not_resealed_here(ks):
+    ks.create_kek("study:a")
+    with pytest.raises(KeyStoreError, match="KMS"):
+        ks.reseal()
+
+
+def test_a_key_store_in_the_first_layout_still_opens(path, master):
+    import json as _json
+    import os as _os
+
+    prefix = keystore.FILE_MAGIC_V1 + _os.urandom(16)
+    state = {"format": 1, "scopes": {"study:a": "kek-1"},
+             "keks": {"kek-1": {"scope": "study:a", "current": 1, "versions": {
+                 "1": {"key": base64.b64encode(b"\x02" * 32).decode(), "created": "x", "destroyed": None}}}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(prefix + crypto.seal(master, _json.dumps(state).encode(), aad=prefix))
+    path.chmod(0o600)
+    ks = LocalKeyStore(path, master)
+    assert str(ks.current("study:a")) == "kek-1@v1"
+    ks.create_kek("study:b")  # rewritten in the current layout
+    assert path.read_bytes().startswith(keystore.FILE_MAGIC)

@@ -34,7 +34,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from imaging_lifecycle import faults
+from imaging_lifecycle import faults, keyseal
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord
 from imaging_lifecycle.catalog.states import DELETED, DELETING, EXPIRABLE, EXPIRED
 from imaging_lifecycle.keystore import KekRef
@@ -210,6 +210,7 @@ def _run(svc: Services, targets: list[Target], now: dt.datetime, *, actor: str) 
     out = {"candidates": len(targets), "objects_deleted": 0, "copies_deleted": 0, "grants_erased": 0,
            "certificates": 0, "pending_locked": 0, "failed": 0, "gate": None}
     if not targets:
+        keyseal.reseal_if_needed(svc, actor=actor)  # a rotation's destroyed versions, or a crash after erase
         return out
     now = now.astimezone(dt.timezone.utc)
     result = check(gate_rows(svc, targets, now))
@@ -273,6 +274,9 @@ def _erase(svc: Services, targets: list[Target], *, actor: str) -> None:
         with _ks_transaction(ks):
             for k in batch:
                 ks.destroy(k)
+    # Every copy of a destroyed key goes too: a new master-key generation, the DR export replaced.
+    # The key store remembers a destruction not yet re-sealed, so a crash here is caught next sweep.
+    keyseal.reseal_if_needed(svc, actor=actor)
 
 
 def _kek_gone(ks, kek_id: str) -> bool:

@@ -44,12 +44,18 @@ unchanged, so wrapping and rewrapping cost no file parsing.
 ``with store.transaction():`` groups many mutations into one write.
 
 Destroyed key material is removed from the file when the file is rewritten.
-Limits, stated plainly: an older copy of the file (a backup, or blocks the
-filesystem has not reused yet) still holds destroyed KEKs sealed under the
-same master key, and Python cannot wipe ``bytes`` from memory. For shredding
-that must also hold against those, rotate the master key after destroying
-(``rekey``) and do not back up the key store together with the data; in
-production use a KMS whose destruction is authoritative.
+An older copy of the file (a backup, a DR export, blocks the filesystem has
+not reused yet) would still hold destroyed KEKs sealed under the same master
+key, so the master key has **generations**: ``reseal()`` (the sweeper calls
+it after every destruction batch) seals the store under a new generation
+(``secrets/master-<n>.key``; generation 1 is ``secrets/master.key``) and then
+destroys every older generation's file. A copy taken before the destruction
+can then not be opened with the secrets that exist afterwards (NIST SP 800-88
+asks that every copy of a key be sanitized). What stays the hospital's job:
+their own filesystem backups of ``.state/secrets``, which hold the old
+generations until they expire. A master key injected through ``IL_MASTER_KEY``
+has one generation only: ``reseal`` refuses, and a KMS must do the rotation.
+Python cannot wipe ``bytes`` from memory.
 
 Rotation, resumable and idempotent per DEK
 ------------------------------------------
@@ -90,7 +96,6 @@ from typing import Protocol, runtime_checkable
 
 from imaging_lifecycle import crypto
 from imaging_lifecycle.crypto import CryptoError, KeyUnavailable
-from imaging_lifecycle.secretfiles import load_or_create_secret
 from imaging_lifecycle.settings import Settings
 
 __all__ = [
@@ -104,15 +109,24 @@ __all__ = [
     "KeyDestroyed",
     "StaleKeyVersion",
     "load_master_key",
+    "master_keys",
+    "MasterKeys",
+    "MasterKeyFiles",
+    "FixedMasterKey",
     "open_default_keystore",
 ]
 
 MASTER_KEY_ENV = "IL_MASTER_KEY"
 KEYSTORE_PATH_ENV = "IL_KEYSTORE_PATH"
-#: File layout: MAGIC || write id (16 random bytes) || crypto.seal(master, json, aad=MAGIC || write id)
-FILE_MAGIC = b"\x89ILKEYS\x01"
+#: File layout: MAGIC || master generation (4 bytes, big endian) || write id (16 random bytes)
+#: || crypto.seal(master key of that generation, json, aad=everything before it).
+FILE_MAGIC = b"\x89ILKEYS\x02"
+#: The first layout (no generation field: generation 1), still read.
+FILE_MAGIC_V1 = b"\x89ILKEYS\x01"
+_GEN_SIZE = 4
 _WRITE_ID_SIZE = 16
-_PREFIX_SIZE = len(FILE_MAGIC) + _WRITE_ID_SIZE
+_PREFIX_SIZE = len(FILE_MAGIC) + _GEN_SIZE + _WRITE_ID_SIZE
+_PREFIX_SIZE_V1 = len(FILE_MAGIC_V1) + _WRITE_ID_SIZE
 _STATE_FORMAT = 1
 _MAX_SCOPE_ID = 512
 
@@ -208,27 +222,182 @@ def _empty_state() -> dict:
     return {"format": _STATE_FORMAT, "scopes": {}, "keks": {}}
 
 
-def _decode_file(blob: bytes, master_key: bytes, path: Path) -> tuple[bytes, dict]:
-    """(write id, state) of a key store file's bytes."""
-    if len(blob) < _PREFIX_SIZE or blob[: len(FILE_MAGIC)] != FILE_MAGIC:
+def _prefix(blob: bytes) -> tuple[bytes, int] | None:
+    """(prefix, master generation) of a key store file's bytes, or None if it is not one."""
+    if blob[: len(FILE_MAGIC)] == FILE_MAGIC and len(blob) >= _PREFIX_SIZE:
+        return blob[:_PREFIX_SIZE], int.from_bytes(blob[len(FILE_MAGIC):len(FILE_MAGIC) + _GEN_SIZE], "big")
+    if blob[: len(FILE_MAGIC_V1)] == FILE_MAGIC_V1 and len(blob) >= _PREFIX_SIZE_V1:
+        return blob[:_PREFIX_SIZE_V1], 1
+    return None
+
+
+def _decode_file(blob: bytes, masters: MasterKeys, path: Path) -> tuple[int, dict]:
+    """(master generation, state) of a key store file's bytes."""
+    found = _prefix(blob)
+    if found is None:
         raise KeyStoreUnreadable(f"{path} is not an imaging-lifecycle key store (bad magic)")
-    prefix = blob[:_PREFIX_SIZE]
+    prefix, generation = found
     try:
-        raw = crypto.open_sealed(master_key, blob[_PREFIX_SIZE:], aad=prefix)
+        master = masters.get(generation)
+    except KeyUnavailable:
+        raise KeyStoreUnreadable(
+            f"cannot open key store {path}: it is sealed under master-key generation {generation}, "
+            "which was destroyed (a copy from before a re-seal) or is not here"
+        ) from None
+    try:
+        raw = crypto.open_sealed(master, blob[len(prefix):], aad=prefix)
     except crypto.IntegrityError:
         raise KeyStoreUnreadable(
-            f"cannot open key store {path}: wrong master key ({MASTER_KEY_ENV} or secrets/master.key) "
+            f"cannot open key store {path}: wrong master key ({MASTER_KEY_ENV} or secrets/master*.key) "
             "or the file is corrupted"
         ) from None
     state = json.loads(raw)
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
         raise KeyStoreUnreadable(f"key store {path} has an unsupported format")
-    return prefix[len(FILE_MAGIC):], state
+    return generation, state
 
 
-def _read_file_state(path: Path, master_key: bytes) -> dict:
+def _read_file_state(path: Path, master_key: bytes | MasterKeys) -> dict:
     """The decrypted content of a key store file (for tests and offline inspection)."""
-    return _decode_file(Path(path).read_bytes(), master_key, Path(path))[1]
+    return _decode_file(Path(path).read_bytes(), _masters(master_key), Path(path))[1]
+
+
+class MasterKeys(Protocol):
+    """The master key's generations: the key store is sealed under the current one."""
+
+    def current(self) -> tuple[int, bytes]:
+        """(generation, key) to seal a new file under."""
+
+    def get(self, generation: int) -> bytes:
+        """That generation's key; ``KeyDestroyed`` once it was retired, ``KeyNotFound`` if it never existed."""
+
+    def advance(self) -> tuple[int, bytes]:
+        """Make and durably store the next generation (not yet used); ``KeyStoreError`` if it cannot rotate."""
+
+    def retire(self, below: int) -> int:
+        """Destroy every generation older than ``below``; returns how many were destroyed."""
+
+
+class FixedMasterKey:
+    """One injected master key (``IL_MASTER_KEY``, or a test's bytes): generation 1, never rotated here."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = crypto._check_key(key, "master key")
+
+    def current(self) -> tuple[int, bytes]:
+        return 1, self._key
+
+    def get(self, generation: int) -> bytes:
+        if generation != 1:
+            raise KeyNotFound(f"master-key generation {generation} is not the injected key")
+        return self._key
+
+    def advance(self) -> tuple[int, bytes]:
+        raise KeyStoreError(
+            f"the master key is injected ({MASTER_KEY_ENV}): re-seal under a new generation in your KMS"
+        )
+
+    def retire(self, below: int) -> int:
+        return 0
+
+
+class MasterKeyFiles:
+    """Generations as 0600 files: ``<name>.key`` is generation 1, ``<name>-<n>.key`` generation n.
+
+    Each key store has its own (``name`` is ``master`` for the default key store, else
+    ``<key store file name>.master`` beside it), so re-sealing one never retires another's key.
+    """
+
+    def __init__(self, directory: Path, name: str = "master") -> None:
+        self.directory = Path(directory)
+        self.name = name
+
+    def _path(self, generation: int) -> Path:
+        return self.directory / (f"{self.name}.key" if generation == 1 else f"{self.name}-{generation}.key")
+
+    def generations(self) -> list[int]:
+        gens = [1] if self._path(1).exists() else []
+        for p in self.directory.glob(f"{self.name}-*.key"):
+            tail = p.name[len(self.name) + 1:-len(".key")]
+            if tail.isdigit():
+                gens.append(int(tail))
+        return sorted(gens)
+
+    def _read(self, generation: int) -> bytes:
+        path = self._path(generation)
+        st = path.stat()
+        if st.st_mode & 0o077:
+            raise KeyStoreError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); expected 0600")
+        data = path.read_bytes()
+        if len(data) != crypto.KEY_SIZE:
+            raise KeyStoreError(f"{path} holds {len(data)} bytes, expected {crypto.KEY_SIZE}")
+        return data
+
+    def current(self) -> tuple[int, bytes]:
+        gens = self.generations()
+        if not gens:  # first use: generation 1 (if another process made it first, theirs wins)
+            from imaging_lifecycle.secretfiles import write_private_file
+
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private_file(self._path(1), crypto.generate_key())
+            gens = [1]
+        return gens[-1], self._read(gens[-1])
+
+    def get(self, generation: int) -> bytes:
+        try:
+            return self._read(generation)
+        except FileNotFoundError:
+            gens = self.generations()
+            if gens and generation < gens[-1]:
+                raise KeyDestroyed(f"master-key generation {generation} was destroyed") from None
+            raise KeyNotFound(f"no master-key generation {generation}") from None
+
+    def advance(self) -> tuple[int, bytes]:
+        gens = self.generations() or [self.current()[0]]
+        generation = gens[-1] + 1
+        key = crypto.generate_key()
+        _write_new_private(self._path(generation), key)
+        return generation, self._read(generation)
+
+    def retire(self, below: int) -> int:
+        n = 0
+        for generation in self.generations():
+            if generation < below:
+                _shred_file(self._path(generation))
+                n += 1
+        return n
+
+
+def _write_new_private(path: Path, data: bytes) -> None:
+    from imaging_lifecycle.secretfiles import write_private_file
+
+    if path.exists():
+        raise KeyStoreError(f"{path} exists already; refusing to overwrite a master key")
+    write_private_file(path, data)
+
+
+def _shred_file(path: Path) -> None:
+    """Overwrite, fsync and unlink (on copy-on-write or journalling media the overwrite is best effort)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        os.write(fd, os.urandom(size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _masters(master: bytes | MasterKeys) -> MasterKeys:
+    return FixedMasterKey(master) if isinstance(master, (bytes, bytearray)) else master
 
 
 class LocalKeyStore:
@@ -238,9 +407,11 @@ class LocalKeyStore:
     every mutating method opens its own transaction when none is active.
     """
 
-    def __init__(self, path: str | os.PathLike, master_key: bytes) -> None:
+    def __init__(self, path: str | os.PathLike, master_key: bytes | MasterKeys) -> None:
         self.path = Path(path)
-        self._master = crypto._check_key(master_key, "master key")
+        self._masters = _masters(master_key)
+        #: The generation the last read file was sealed under (a new file: the current one).
+        self._gen: int | None = None
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._tlock = threading.RLock()
         self._cache: tuple[tuple, dict] | None = None  # (file signature, state)
@@ -272,14 +443,20 @@ class LocalKeyStore:
             if self._cache is not None and self._cache[0] == sig:
                 return self._cache[1]
             blob = prefix + fh.read()
-        _, state = _decode_file(blob, self._master, self.path)
+        self._gen, state = _decode_file(blob, self._masters, self.path)
         self._cache = (sig, state)
         return state
 
+    def _seal(self, state: dict, generation: int) -> bytes:
+        master = self._masters.get(generation)
+        prefix = FILE_MAGIC + generation.to_bytes(_GEN_SIZE, "big") + os.urandom(_WRITE_ID_SIZE)
+        return prefix + crypto.seal(master, json.dumps(state, separators=(",", ":")).encode(), aad=prefix)
+
     def _write(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        prefix = FILE_MAGIC + os.urandom(_WRITE_ID_SIZE)
-        blob = prefix + crypto.seal(self._master, json.dumps(state, separators=(",", ":")).encode(), aad=prefix)
+        generation = self._gen if self._gen is not None and self.path.exists() else self._masters.current()[0]
+        blob = self._seal(state, generation)
+        prefix = blob[:_PREFIX_SIZE]
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -301,6 +478,7 @@ class LocalKeyStore:
         finally:
             os.close(dfd)
         st = os.stat(self.path)
+        self._gen = generation
         self._cache = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, prefix), state)
         self.write_count += 1
 
@@ -445,6 +623,7 @@ class LocalKeyStore:
                 if entry["key"] is not None:
                     entry["key"] = None
                     entry["destroyed"] = _now()
+                    state["unsealed_destructions"] = True  # cleared by the next reseal()
 
     def versions(self, kek_id: str) -> list[KekRef]:
         with self._tlock:
@@ -492,28 +671,89 @@ class LocalKeyStore:
         with self._tlock:
             return self._kek(self._state(), kek_id)["scope"]
 
-    def rekey(self, new_master_key: bytes) -> None:
-        """Re-seal the whole file under a new master key (after shredding, or on compromise).
+    @property
+    def needs_reseal(self) -> bool:
+        """Whether key material was destroyed since the last ``reseal`` (survives a crash in between)."""
+        with self._tlock:
+            return bool(self._state().get("unsealed_destructions"))
 
-        The caller must then store the new master key where ``load_master_key``
-        finds it; until then the store cannot be opened.
+    @property
+    def generation(self) -> int:
+        """The master-key generation the file is sealed under now."""
+        with self._tlock:
+            self._load()
+            return self._gen if self._gen is not None else self._masters.current()[0]
+
+    def reseal(self) -> dict:
+        """Seal the store under a new master-key generation, then destroy every older generation.
+
+        Run after destroying KEKs: a copy of the file from before (a backup, a DR export) is then
+        sealed under a generation that no longer exists. Crash-safe: the new generation's key is
+        durable before the file is rewritten, and old ones are destroyed only after the rename;
+        a rerun finishes a half-done re-seal. Returns ``{"generation", "retired"}``.
         """
-        new_master = crypto._check_key(new_master_key, "master key")
+        with self._tlock:
+            if self._txn is not None:
+                raise KeyStoreError("reseal cannot run inside a transaction")
+            with self.transaction():
+                generation, _ = self._masters.advance()
+                self._gen = generation
+                self._txn.pop("unsealed_destructions", None)  # the same content, under the new generation
+                self._dirty = True
+            retired = self._masters.retire(below=generation)
+            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a write a crash left behind
+                _shred_file(stale)
+            return {"generation": generation, "retired": retired}
+
+    def sealed_bytes(self) -> bytes:
+        """The file as it is on disk (for a DR export: it is already sealed under the current generation)."""
+        with self.transaction():
+            return self.path.read_bytes() if self.path.exists() else b""
+
+    def restore_from(self, blob: bytes, *, replace: bool = False) -> int:
+        """Install a DR export as the key store, after proving it opens; returns the number of KEKs in it."""
+        _, state = _decode_file(blob, self._masters, Path("<DR export>"))
+        with self.transaction():
+            if self.path.exists() and not replace:
+                raise KeyStoreError(f"{self.path} exists; restore a DR export only over a lost key store")
+            self._dirty = False
+            tmp = self.path.with_name(f".{self.path.name}.restore.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            self._cache = None
+        return len(state["keks"])
+
+    def rekey(self, new_master_key: bytes) -> None:
+        """Re-seal under an explicitly given master key (an injected key being replaced by hand).
+
+        The caller must then provide the new key where ``load_master_key`` finds it.
+        """
+        new = FixedMasterKey(new_master_key)
         with self._tlock:
             if self._txn is not None:
                 raise KeyStoreError("rekey cannot run inside a transaction")
-            old = self._master
+            old, old_gen = self._masters, self._gen
             try:
                 with self.transaction():
-                    self._master = new_master
+                    self._masters, self._gen = new, 1
                     self._dirty = True
             except BaseException:
-                self._master = old
+                self._masters, self._gen = old, old_gen
                 raise
 
+
 def load_master_key(settings: Settings | None = None) -> bytes:
-    """The key store's master key: ``IL_MASTER_KEY`` (base64, 32 bytes) or the 0600 secret file."""
+    """The key store's master key: ``IL_MASTER_KEY`` (base64, 32 bytes) or the current generation's 0600 file."""
     env = os.environ.get(MASTER_KEY_ENV)
+    if not env:
+        from imaging_lifecycle.settings import load_settings
+
+        return MasterKeyFiles((settings or load_settings()).secrets_dir).current()[1]
     if env:
         try:
             key = base64.b64decode(env, validate=True)
@@ -522,10 +762,24 @@ def load_master_key(settings: Settings | None = None) -> bytes:
         if len(key) != crypto.KEY_SIZE:
             raise KeyStoreError(f"{MASTER_KEY_ENV} must decode to {crypto.KEY_SIZE} bytes, got {len(key)}")
         return key
-    return load_or_create_secret("master", crypto.KEY_SIZE, settings)
+    raise AssertionError("unreachable")
+
+
+def master_keys(settings: Settings, keystore_path: Path | None = None) -> MasterKeys:
+    """``IL_MASTER_KEY`` as one fixed generation, else the key store's own generation files.
+
+    The default key store's are ``<state>/secrets/master[-n].key``; a key store elsewhere
+    (``IL_KEYSTORE_PATH``) keeps ``<file name>.master[-n].key`` beside it.
+    """
+    if os.environ.get(MASTER_KEY_ENV):
+        return FixedMasterKey(load_master_key(settings))
+    default = settings.secrets_dir / "keystore.sealed"
+    if keystore_path is None or Path(keystore_path) == default:
+        return MasterKeyFiles(settings.secrets_dir)
+    return MasterKeyFiles(Path(keystore_path).parent, f"{Path(keystore_path).name}.master")
 
 
 def open_default_keystore(settings: Settings) -> LocalKeyStore:
     """The embedded key store: ``IL_KEYSTORE_PATH`` or ``<state>/secrets/keystore.sealed``."""
-    path = os.environ.get(KEYSTORE_PATH_ENV) or settings.secrets_dir / "keystore.sealed"
-    return LocalKeyStore(path, load_master_key(settings))
+    path = Path(os.environ.get(KEYSTORE_PATH_ENV) or settings.secrets_dir / "keystore.sealed")
+    return LocalKeyStore(path, master_keys(settings, path))
