@@ -5,3 +5,7 @@ COPY --chown=airflow:0 include /opt/imaging-lifecycle/include
 RUN pip install --no-cache-dir -r /opt/imaging-lifecycle/requirements.txt -c /opt/imaging-lifecycle/constraints.txt \
         apache-airflow-providers-celery==3.26.0 \
  && pip install --no-cache-dir --no-deps /opt/imaging-lifecycle
+# Folders the named volumes mount over, owned by the image's user so the volumes start out as ours.
+RUN mkdir -p /opt/imaging-lifecycle/s3/data /opt/imaging-lifecycle/s3/pki /opt/imaging-lifecycle/ca \
+        /opt/imaging-lifecycle/state /opt/imaging-lifecycle/landing \
+ && chmod 0700 /opt/imaging-lifecycle/s3/data /opt/imaging-lifecycle/s3/pki /opt/imaging-lifecycle/state

@@ -6,6 +6,7 @@ can be installed; this test checks the shape the deployment promises.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ def test_services_of_the_production_shape(compose):
 
 def test_every_long_running_service_has_a_healthcheck_and_named_volumes(compose):
     for name, svc in compose["services"].items():
-        if name == "airflow-init":
+        if svc.get("restart") == "no":  # one-shot jobs: airflow-init, object-store-pki
             continue
         assert "healthcheck" in svc, name
     assert {"postgres-data", "s3-primary-data", "s3-backup-data"} <= set(compose["volumes"])
@@ -68,3 +69,34 @@ def test_docker_compose_config_validates():
         cwd=PROJECT, capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_the_object_stores_run_locked_down_and_the_pipeline_gets_no_admin_secret(compose):
+    """Issue 11 in compose: SeaweedFS through our seaweed.py (mutual TLS inside, least-privilege
+    identities), S3 over TLS verified against the CA, and the admin identities for airflow-init only."""
+    services = compose["services"]
+    for site in ("s3-primary", "s3-backup"):
+        svc = services[site]
+        assert svc["command"][:3] == ["imaging-lifecycle", "object-store", "serve"], site
+        assert "--plain-s3" not in svc["command"] and "ports" not in svc
+        assert all(":ro" in v for v in svc["volumes"] if v.startswith("s3-pki:"))
+    env = compose["x-airflow-common"]["environment"]
+    for conn in ("AIRFLOW_CONN_IL_S3_PRIMARY", "AIRFLOW_CONN_IL_S3_BACKUP"):
+        extra = json.loads(re.sub(r"\$\{[^}]*\}", "X", env[conn]))["extra"]
+        assert extra["endpoint_url"].startswith("https://") and extra["verify"].endswith("ca.crt")
+    for name, svc in services.items():
+        if name.startswith("airflow-") and name != "airflow-init":
+            assert "s3-pki" not in str(svc.get("volumes", compose["x-airflow-common"]["volumes"])), name
+    for var in ("S3_PRIMARY_ADMIN_SECRET_KEY", "S3_BACKUP_ADMIN_SECRET_KEY", "CATALOG_OWNER_PASSWORD"):
+        airflow_side = yaml.safe_dump(compose["x-airflow-common"]) + yaml.safe_dump(
+            {k: v for k, v in services.items() if k.startswith("airflow-") and k != "airflow-init"})
+        assert var not in airflow_side, var
+    init = services["airflow-init"]["environment"]
+    assert "catalog_owner" in init["IL_CATALOG_URL"] and init["IL_CATALOG_PIPELINE_ROLE"] == "catalog"
+    assert env["IL_CATALOG_URL"].startswith("postgresql+psycopg2://catalog:")
+
+
+def test_postgres_init_gives_the_catalog_an_owner_and_a_pipeline_role_that_owns_nothing():
+    init = (PROJECT / "deploy" / "postgres-init.sh").read_text()
+    assert "CREATE DATABASE catalog OWNER catalog_owner" in init
+    assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in init

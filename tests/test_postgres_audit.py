@@ -85,3 +85,34 @@ def test_an_older_catalog_without_the_truncate_trigger_gets_it_on_open(pg_url):
     with pytest.raises(Exception, match="append-only"):  # noqa: B017 - psycopg2's RaiseException
         with cat.engine.begin() as conn:
             conn.execute(text("TRUNCATE audit_records"))
+
+
+def test_the_pipeline_role_owns_nothing_and_can_only_append_to_the_audit_trail(pg_url):
+    """The compose layout: an owner role migrates; the pipeline connects as a role that owns nothing."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from imaging_lifecycle.catalog import Catalog
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text("CREATE ROLE catalog_owner LOGIN"))
+        c.execute(text("CREATE ROLE il_pipeline LOGIN"))
+        c.execute(text("CREATE DATABASE roles_catalog OWNER catalog_owner"))
+    admin.dispose()
+    base = make_url(pg_url).set(database="roles_catalog")
+    owner = Catalog(base.set(username="catalog_owner").render_as_string(hide_password=False))  # migrations
+    owner.db.grant_pipeline_role("il_pipeline")
+    cat = Catalog(base.set(username="il_pipeline").render_as_string(hide_password=False))
+    oid = cat.register(actor="test", source="landing", quarantine_reason="NOT_DICOM").object.id  # it works
+    assert cat.get(oid) is not None and cat.audit.verify().ok
+    before = len(cat.audit.records())
+    attacks = ["UPDATE audit_records SET actor = 'x'", "DELETE FROM audit_records", "TRUNCATE audit_records",
+               "ALTER TABLE audit_records DISABLE TRIGGER ALL", "DROP TRIGGER audit_records_append_only ON audit_records",
+               "DROP TABLE audit_records CASCADE", "CREATE TABLE sneaky (x int)",
+               "ALTER TABLE audit_head ADD COLUMN x int"]
+    for statement in attacks:
+        with pytest.raises(Exception, match="permission denied|must be owner|append-only"):  # noqa: B017
+            with cat.engine.begin() as conn:
+                conn.execute(text(statement))
+    assert len(cat.audit.records()) == before and cat.audit.verify().ok

@@ -23,6 +23,7 @@ out of SQLAlchemy's exception messages and logs.
 from __future__ import annotations
 
 import os
+import re
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,6 +143,29 @@ class Database:
                 # appends must fail on, not paper over.
                 c.execute(insert(audit_head).values(id=HEAD_ID, seq=0, hash=ZERO_HASH))
 
+    def grant_pipeline_role(self, role: str) -> None:
+        """PostgreSQL: let ``role`` use the catalog, owning nothing (run as the owner, after ``ensure_schema``).
+
+        The pipeline connects as ``role``: it reads and writes the catalog's tables, but on the audit
+        trail it may only SELECT and INSERT; not being the owner, it can neither drop nor alter a table,
+        disable or drop the append-only triggers, nor truncate. The owner role runs migrations.
+        """
+        if self.engine.dialect.name != "postgresql":
+            raise DatabaseUsageError("database roles exist on PostgreSQL only")
+        if not _ROLE.fullmatch(role or ""):
+            raise ValueError("a role name is lower-case letters, digits and underscores")
+        quote = self.engine.dialect.identifier_preparer.quote
+        r = quote(role)
+        with self.write(_lock_head=False) as c:
+            c.execute(text(f"REVOKE ALL ON SCHEMA public FROM {r}"))
+            c.execute(text(f"GRANT USAGE ON SCHEMA public TO {r}"))
+            for table in metadata.sorted_tables:
+                t = quote(table.name)
+                c.execute(text(f"REVOKE ALL ON {t} FROM {r}"))
+                grant = "SELECT, INSERT" if table.name == audit_records.name else "SELECT, INSERT, UPDATE, DELETE"
+                c.execute(text(f"GRANT {grant} ON {t} TO {r}"))
+            c.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {r}"))
+
     def ping(self) -> bool:
         self._fork_guard()
         try:
@@ -153,6 +177,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def _add_missing_columns(conn: Connection) -> None:
