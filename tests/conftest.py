@@ -8,6 +8,7 @@ by pid, children included, when the session ends.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -267,3 +268,62 @@ def approved(svc, action: str, catalog_ids: list[str], *, requester: str | None 
                       approved=True, now=now)
     assert svc.catalog.request(out["request_id"])["state"] == "APPROVED"
     return out["request_id"]
+
+
+class Person:
+    """One user of the platform, logged in with their own generated password."""
+
+    def __init__(self, platform, name: str):
+        self.name = name
+        self.base = platform.settings().airflow_url
+        password = json.loads((platform.state / "secrets" / "airflow-passwords.json").read_text())[name]
+        self.token = self.call("POST", "/auth/token", {"username": name, "password": password}, auth=False)[1][
+            "access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None, *, auth: bool = True, raw: bool = False):
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.base + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+        req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                data = r.read()
+                return r.status, (data if raw else json.loads(data or b"null"))
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+
+def platform_run_cli(platform_run, args, env):
+    import subprocess
+
+    stdin = env.pop("stdin", None)
+    return subprocess.run([str(PROJECT / ".venv" / "bin" / "imaging-lifecycle"), *args],
+                          env={**platform_run.env, **env}, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def browser_download(platform_run, user: str, path: str) -> tuple[int, bytes]:
+    """Log in through Airflow's login page in Debian's chromium, then fetch ``path`` with the UI's cookie."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    base = platform_run.settings().airflow_url
+    password = json.loads((platform_run.state / "secrets" / "airflow-passwords.json").read_text())[user]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        try:
+            page = browser.new_context().new_page()
+            page.goto(f"{base}/auth/login/")
+            page.fill("input[name=username]", user)
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60000)
+            assert any(c["name"] == "_token" for c in page.context.cookies())
+            r = page.context.request.get(base + path)  # the browser's own cookies, no Authorization header
+            return r.status, r.body()
+        finally:
+            browser.close()

@@ -270,13 +270,44 @@ def lifecycle_app():
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
     from airflow.api_fastapi.core_api.security import get_user, requires_access_view
     from fastapi import Depends, FastAPI, HTTPException
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
     from imaging_lifecycle import access
     from imaging_lifecycle.catalog import NotApproved
 
     app = FastAPI(title="imaging-lifecycle", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(requires_access_view(AccessView.PLUGINS))])
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(user=Depends(get_user)):  # noqa: B008
+        """The operator's Lifecycle view: the one summary, as one page (numbers from ``overview``)."""
+        from imaging_lifecycle import lifecycle_view, overview
+        from imaging_lifecycle.services import Services
+
+        return HTMLResponse(lifecycle_view.render(overview.summary(Services.open())),
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/summary")
+    def summary_json(user=Depends(get_user)):  # noqa: B008
+        from imaging_lifecycle import overview
+        from imaging_lifecycle.services import Services
+
+        return overview.summary(Services.open())
+
+    @app.get("/api/reports/{report_id}/{kind}")
+    def report(report_id: str, kind: str, user=Depends(get_user)):  # noqa: B008
+        """A compliance report, decrypted for the person asking (audited under their name)."""
+        from imaging_lifecycle import compliance
+        from imaging_lifecycle.services import Services
+
+        if kind not in compliance.KINDS:
+            raise HTTPException(404, "NO_SUCH_FORMAT")
+        try:
+            data = compliance.read(Services.open(), report_id, kind, actor=user.get_name())
+        except FileNotFoundError:
+            raise HTTPException(404, "NO_REPORT") from None
+        return Response(data, media_type=compliance.KINDS[kind], headers={
+            "Cache-Control": "no-store", "Content-Disposition": f'inline; filename="report-{report_id}.{kind}"'})
 
     @app.get("/api/grants/{grant_id}/download")
     def download(grant_id: str, user=Depends(get_user)):  # noqa: B008 (FastAPI's way; the hint is local here)
@@ -292,3 +323,102 @@ def lifecycle_app():
             "Content-Disposition": f'attachment; filename="{stream.object_id}.dcm"'})
 
     return app
+
+
+# -- incident notifications ---------------------------------------------------------------------
+
+
+def _incident_text(inc: dict) -> tuple[str, str]:
+    """(subject, HTML body): codes, counts, the user and the time; never a patient."""
+    import html
+
+    scope = ", ".join(f"{k}={v}" for k, v in sorted((inc.get("scope") or {}).items()))
+    subject = f"[{inc['level'].upper()}] imaging-lifecycle incident: {inc['nature']}"
+    body = (f"<p>Incident <b>{html.escape(inc['id'])}</b>: {html.escape(inc['nature'])}, level "
+            f"{html.escape(inc['level'])}, user {html.escape(str(inc.get('user') or '-'))}.</p>"
+            f"<p>Scope: {html.escape(scope)}</p><p>Responsible: {html.escape(inc['responsible_role'])}. "
+            "Acknowledge with <code>imaging-lifecycle incidents ack ID</code>; the Lifecycle view lists it.</p>")
+    return subject, body
+
+
+def webhook_notifier_class():  # noqa: ANN201
+    """An Airflow notifier that POSTs one incident as JSON to the URL of an Airflow connection."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.bases.notifier import BaseNotifier
+
+    class WebhookNotifier(BaseNotifier):
+        template_fields = ()
+
+        def __init__(self, conn_id: str, payload: dict):
+            super().__init__()
+            self.conn_id, self.payload = conn_id, payload
+
+        def notify(self, context) -> None:  # noqa: ANN001
+            import json
+            import urllib.request
+
+            conn = BaseHook.get_connection(self.conn_id)
+            url = conn.host if (conn.host or "").startswith("http") else conn.get_uri()
+            req = urllib.request.Request(url, data=json.dumps(self.payload).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+
+    return WebhookNotifier
+
+
+def notify_incidents(svc, incidents: list[dict], *, actor: str) -> dict:  # noqa: ANN001
+    """Send each new incident at or above the policy's level through SMTP and the webhook; audited per send.
+
+    Emergency incidents always go. A notifier that fails is audited as such and does not stop the
+    others (the incident stays on the Lifecycle view either way).
+    """
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    order = {"warning": 0, "major": 1, "emergency": 2}
+    cfg = svc.policy.monitoring.notify
+    sent = {"smtp": 0, "webhook": 0, "failed": 0}
+    for inc in incidents:
+        if order[inc["level"]] < order[cfg.min_level] and inc["level"] != "emergency":
+            continue
+        subject, body = _incident_text(inc)
+        channels = []
+        if cfg.smtp_to:
+            channels.append(("smtp", SmtpNotifier(to=cfg.smtp_to, from_email=cfg.smtp_from, subject=subject,
+                                                  html_content=body, smtp_conn_id=cfg.smtp_conn_id)))
+        if cfg.webhook_conn_id:
+            payload = {k: inc.get(k) for k in ("id", "nature", "level", "user", "responsible_role", "state")}
+            payload["scope"] = inc.get("scope")
+            payload["detected_at"] = inc["detected_at"].isoformat()
+            channels.append(("webhook", webhook_notifier_class()(cfg.webhook_conn_id, payload)))
+        for name, notifier in channels:
+            try:
+                notifier.notify({})
+                sent[name] += 1
+                svc.catalog.audit.append(actor, "incident.notify", detail={"incident": inc["id"], "via": name})
+            except Exception as exc:  # noqa: BLE001 - one channel down must not silence the others
+                sent["failed"] += 1
+                svc.catalog.audit.append(actor, "incident.notify", outcome="failure",
+                                         detail={"incident": inc["id"], "via": name, "reason": type(exc).__name__})
+        svc.catalog.mark_notified(inc["id"])
+    return sent
+
+
+def raise_and_notify_now(svc, *, actor: str) -> dict:  # noqa: ANN001
+    """Run detection now and send what is new (the access DAG's emergency path); never fails the caller.
+
+    The hourly ``detect_anomalies`` run would find the same incidents; raising them is idempotent,
+    so a failure here only delays the notification to that run.
+    """
+    import datetime as dt
+    import logging
+
+    from imaging_lifecycle import incidents
+
+    try:
+        out = incidents.detect(svc, now=dt.datetime.now(dt.timezone.utc), actor=actor)
+        return notify_incidents(svc, [svc.catalog.incident(i) for i in out["new"]], actor=actor)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(__name__).warning("immediate incident detection failed (%s); the hourly run retries",
+                                            type(exc).__name__)
+        return {"failed": 1}

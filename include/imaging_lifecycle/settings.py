@@ -28,6 +28,7 @@ ZONES: dict[str, str] = {
     "export": "packages for third parties under a data-sharing agreement (ciphertext, per-export key)",
     "audit-anchor": "write-once heads of the audit hash chain (object lock)",
     "backup": "second-site replica of archive ciphertext (object lock)",
+    "audit": "compliance reports (ciphertext, one data key each)",
     "keystore-dr": "the key store's disaster-recovery export, sealed under the current master-key generation",
 }
 #: Zones whose bucket lives on the backup endpoint (the second site).

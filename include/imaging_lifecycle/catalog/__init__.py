@@ -30,7 +30,9 @@ ObjectRecord, ...``); the modules behind it are:
   ``copies`` (physical copies), ``batches``, ``data_keys`` (DEKs and KEK
   rotation), ``grants`` (cache grants), ``certificates`` (deletion certificates),
   ``platform_policy`` (the policy fingerprint the platform runs under),
-  ``access_requests`` (access requests, approval decisions, agreements).
+  ``access_requests`` (access requests, approval decisions, agreements),
+  ``incidents`` (incidents and their timeline), ``summaries`` (read-only aggregates for the
+  operator's view and the compliance report; the report records).
 
 :class:`Catalog` below is just those mixins combined.
 """
@@ -47,6 +49,7 @@ from imaging_lifecycle.catalog.copies import CopiesMixin
 from imaging_lifecycle.catalog.data_keys import DataKeysMixin
 from imaging_lifecycle.catalog.db import Database, DatabaseUsageError  # noqa: F401
 from imaging_lifecycle.catalog.grants import GrantsMixin
+from imaging_lifecycle.catalog.incidents import IncidentsMixin, IncidentStateError
 from imaging_lifecycle.catalog.objects import DEFAULT_OUTCOMES, ObjectsMixin  # noqa: F401
 from imaging_lifecycle.catalog.platform_policy import PlatformPolicyMixin
 from imaging_lifecycle.catalog.records import (
@@ -60,18 +63,19 @@ from imaging_lifecycle.catalog.records import (
     Registration,
     UnknownObject,
 )
+from imaging_lifecycle.catalog.summaries import SummariesMixin
 
 __all__ = [
     "Catalog", "ObjectRecord", "CopyRecord", "BatchRecord", "Registration", "Expired",
     "CatalogError", "UnknownObject", "IllegalTransition", "LegalHoldActive", "DatabaseUsageError",
-    "states", "UID_PURPOSES", "RequestStateError", "NotApproved",
+    "states", "UID_PURPOSES", "RequestStateError", "NotApproved", "IncidentStateError",
 ]
 
 # Also importable from here, as before: audit, Database, FIELD_CHECKS, DEFAULT_OUTCOMES.
 
 
 class Catalog(ObjectsMixin, CopiesMixin, BatchesMixin, DataKeysMixin, GrantsMixin, CertificatesMixin,
-              PlatformPolicyMixin, AccessRequestsMixin, CatalogBase):
+              PlatformPolicyMixin, AccessRequestsMixin, IncidentsMixin, SummariesMixin, CatalogBase):
     """The catalog database at ``url`` (``Services.open(settings).catalog`` opens the settings' one).
 
     Creates missing tables on construction. Every method that writes takes

@@ -458,6 +458,14 @@ class AuditLog:
             rows = [_row_to_record(r) for r in conn.execute(q)]
         return sorted(rows, key=lambda r: r.seq)
 
+    def by_actions(self, actions: tuple[str, ...], *, since: dt.datetime, until: dt.datetime) -> list[AuditRecord]:
+        """The records of these actions with ``since <= ts < until``, in seq order (detectors, reports)."""
+        q = (select(audit_records).where(audit_records.c.action.in_(actions))
+             .where(audit_records.c.ts >= format_ts(since)).where(audit_records.c.ts < format_ts(until))
+             .order_by(audit_records.c.seq))
+        with self.db.read() as conn:
+            return [_row_to_record(r) for r in conn.execute(q)]
+
     def _iter_rows(self, conn: Connection, batch: int) -> Iterator:
         """All records in seq order, fetched in pages by seq (bounded memory, any dialect)."""
         last = None

@@ -294,6 +294,44 @@ access_decisions = Table(
     Column("decided_at", UTCDateTime(), nullable=False),
 )
 
+#: Incidents: raised by anomaly findings, gate failures, restore mismatches, audit-chain breaks,
+#: overdue deletions, bursts of rejected associations and emergency access; worked by named people.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("source_key", String(256), nullable=False, unique=True),  # what raised it: never raised twice
+    Column("nature", String(64), nullable=False),  # a code: slow_accumulation, gate_failure, ...
+    Column("level", String(16), nullable=False, index=True),  # warning | major | emergency
+    Column("user", String(128)),  # the person a finding is about (never a patient)
+    Column("scope", Text, nullable=False),  # JSON: counts, tiers, time window, object count
+    Column("responsible_role", String(64), nullable=False),
+    Column("actions", Text, nullable=False),  # JSON list of {at, by, action, note-code}
+    Column("state", String(16), nullable=False, index=True),  # OPEN ACKNOWLEDGED CONTAINED RESOLVED
+    Column("detected_at", UTCDateTime(), nullable=False),
+    Column("acknowledged_at", UTCDateTime()),
+    Column("acknowledged_by", String(128)),
+    Column("contained_at", UTCDateTime()),
+    Column("contained_by", String(128)),
+    Column("resolved_at", UTCDateTime()),
+    Column("resolved_by", String(128)),
+    Column("notified_at", UTCDateTime()),
+)
+
+#: Compliance reports: one per period, stored encrypted in the audit zone (the bytes never live here).
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("period_start", UTCDateTime(), nullable=False),
+    Column("period_end", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("sealed_pdf", Text, nullable=False),  # JSON: where and how the encrypted PDF is stored (no key bytes)
+    Column("sealed_html", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),  # of the PDF
+)
+
 #: Data-sharing agreements that exports are made under.
 agreements = Table(
     "agreements",

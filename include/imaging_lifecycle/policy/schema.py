@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -372,6 +372,34 @@ class Access(_Model):
         return next((d.id for d in self.departments if ae and ae in d.sources), self.default_department)
 
 
+class Notify(_Model):
+    """Where incidents are sent: e-mail through an Airflow SMTP connection, and a webhook (JSON POST)."""
+
+    smtp_to: list[str] = Field(default_factory=list)
+    smtp_from: str = "imaging-lifecycle@localhost"
+    smtp_conn_id: str = "smtp_default"
+    #: an Airflow HTTP connection id whose host is the webhook URL (or none)
+    webhook_conn_id: str | None = None
+    #: the lowest level sent at once (emergency always is)
+    min_level: Literal["warning", "major", "emergency"] = "warning"
+
+
+class Monitoring(_Model):
+    """Insider-threat detection and incidents: rules and thresholds (``anomalies.DEFAULT_RULES`` as the base),
+    who answers each kind of incident, and where notifications go."""
+
+    #: overrides of ``anomalies.DEFAULT_RULES``, rule by rule and key by key (unknown keys are refused)
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: the role that must act on each incident nature; ``default`` for the rest
+    responsible: dict[str, Slug] = Field(default_factory=lambda: {"default": "data_security_officer"})
+    #: a deletion this long past its deadline (and not held) is overdue: an incident
+    overdue_grace: Duration = timedelta(hours=1)
+    #: this many rejected DICOM associations within ``association_window``: an incident
+    association_burst: int = Field(default=20, ge=1)
+    association_window: Duration = timedelta(hours=1)
+    notify: Notify = Field(default_factory=Notify)
+
+
 _DEFAULT_ACCESS = {"data_security_officers": ["dso"], "departments": [{"id": "radiology", "heads": ["radiology-head"]}],
                    "default_department": "radiology", "purposes": ["treatment"]}
 
@@ -388,6 +416,7 @@ class Policy(_Model):
     burned_in: BurnedIn = Field(default_factory=BurnedIn)
     review: Review = Field(default_factory=lambda: Review(reviewers=["admin"]))
     access: Access = Field(default_factory=lambda: Access(**_DEFAULT_ACCESS))
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     _by_level: dict[int, Tier] = PrivateAttr(default_factory=dict)
     _fingerprint: str = PrivateAttr(default="")

@@ -1,0 +1,210 @@
+"""Incidents, notifications, the one summary and the compliance report, on a real catalog, S3 and SMTP server.
+
+The notification test runs a real SMTP server (aiosmtpd) and a real HTTP webhook receiver on local
+ports; Airflow's SMTP notifier and our webhook notifier send to them through Airflow connections.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import replace
+
+import pytest
+
+from conftest import make_zones, write_policy
+
+UTC = dt.timezone.utc
+ACTOR = "test/monitoring"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mon(object_store_settings, tmp_path, monkeypatch):
+    """Services on a catalog, key store and buckets of this test, under a policy that notifies a webhook."""
+    import os
+
+    from imaging_lifecycle.services import Services
+
+    def edit(doc):
+        doc["monitoring"]["notify"]["webhook_conn_id"] = "il_test_webhook"
+        doc["monitoring"]["notify"]["smtp_to"] = ["dso@hospital.example"]
+
+    policy = write_policy(tmp_path / "policy.yaml", edit)
+    monkeypatch.setenv("IL_POLICY_FILE", str(policy))
+    monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "keystore.sealed"))
+    settings = replace(object_store_settings, policy_file=policy, bucket_prefix=f"il-m{os.urandom(3).hex()}-",
+                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}", landing_dir=tmp_path / "landing")
+    settings.landing_dir.mkdir()
+    make_zones(settings)
+    svc = Services.open(settings)
+    svc.guard("test", actor=ACTOR)
+    return svc
+
+
+def _emergency(svc, user="clinician"):
+    import uuid
+
+    return svc.catalog.add_request(uuid.uuid4().hex, action="working_copy", requester=user, object_ids=[],
+                                   departments=["radiology"], tiers=[3], purpose="treatment", hours=2,
+                                   justification="x", agreement_id=None, policy_target=None, emergency=True,
+                                   policy_fingerprint=svc.policy.fingerprint, state="APPROVED",
+                                   expires_at=dt.datetime.now(UTC) + dt.timedelta(hours=2))
+
+
+def test_sources_raise_one_incident_each_and_a_rerun_raises_none(mon):
+    from imaging_lifecycle import incidents
+
+    _emergency(mon)
+    mon.catalog.audit.append("ingest/close_batch/manual__1", "gate.run", outcome="failure",
+                             detail={"gate": "ingest", "failures": ["not_null"]})
+    for i in range(mon.policy.monitoring.association_burst):
+        mon.catalog.audit.append("system:receiver", "security.alert", outcome="minor_failure",
+                                 detail={"reason": "CALLING_AE_NOT_ALLOWED", "calling_ae": "EVIL", "called_ae": "X",
+                                         "peer": f"127-0-0-{i}"})
+    now = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
+    out = incidents.detect(mon, now=now, actor=ACTOR)
+    natures = sorted(i["nature"] for i in (mon.catalog.incident(x) for x in out["new"]))
+    assert natures == ["emergency", "gate_failure", "rejected_associations"], natures
+    assert out["levels"]["emergency"] == 1
+    inc = next(i for i in mon.catalog.incidents() if i["nature"] == "emergency")
+    assert inc["user"] == "clinician" and inc["responsible_role"] == "data_security_officer"
+    assert incidents.detect(mon, now=now, actor=ACTOR)["new"] == []  # the same sources: nothing twice
+    assert mon.catalog.audit.verify().ok
+
+
+def test_ack_and_resolve_are_timed_audited_and_in_order(mon):
+    from imaging_lifecycle import incidents
+    from imaging_lifecycle.catalog import IncidentStateError
+
+    _emergency(mon)
+    (new,) = incidents.detect(mon, now=dt.datetime.now(UTC) + dt.timedelta(seconds=1), actor=ACTOR)["new"]
+    detected = mon.catalog.incident(new)["detected_at"]
+    later = detected + dt.timedelta(minutes=7)
+    mon.catalog.advance_incident(new, "ACKNOWLEDGED", actor="dso", now=later)
+    with pytest.raises(IncidentStateError):
+        mon.catalog.advance_incident(new, "ACKNOWLEDGED", actor="dso")
+    done = mon.catalog.advance_incident(new, "RESOLVED", actor="dso", action="REVIEWED_LEGITIMATE",
+                                        now=later + dt.timedelta(hours=1))
+    assert done["state"] == "RESOLVED" and done["acknowledged_by"] == "dso" and done["resolved_by"] == "dso"
+    steps = [r for r in mon.catalog.audit.records() if r.action.startswith("incident.")]
+    assert [r.action for r in steps] == ["incident.raise", "incident.acknowledge", "incident.resolve"]
+    assert steps[1].actor == "dso" and steps[1].detail["seconds"] == 420
+    with pytest.raises(IncidentStateError):
+        mon.catalog.advance_incident(new, "CONTAINED", actor="dso")
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a):  # quiet
+        pass
+
+
+def test_an_incident_notifies_through_a_real_smtp_server_and_a_webhook(mon, monkeypatch):
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    from imaging_lifecycle import incidents
+    from imaging_lifecycle.airflow_glue import notify_incidents
+
+    mails = []
+
+    class Keep(Message):
+        def handle_message(self, message):
+            mails.append(message)
+
+    smtp_port, hook_port = _port(), _port()
+    controller = Controller(Keep(), hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", hook_port), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(
+        {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+         "extra": {"disable_tls": True, "disable_ssl": True}}))
+    monkeypatch.setenv("AIRFLOW_CONN_IL_TEST_WEBHOOK", json.dumps(
+        {"conn_type": "http", "host": f"http://127.0.0.1:{hook_port}/incidents"}))
+    try:
+        _emergency(mon, user="clinician")
+        out = incidents.detect(mon, now=dt.datetime.now(UTC) + dt.timedelta(seconds=1), actor=ACTOR)
+        sent = notify_incidents(mon, [mon.catalog.incident(i) for i in out["new"]], actor=ACTOR)
+    finally:
+        controller.stop()
+        hook.shutdown()
+    assert sent == {"smtp": 1, "webhook": 1, "failed": 0}, sent
+    (mail,) = mails
+    assert "[EMERGENCY]" in mail["Subject"] and "emergency" in mail["Subject"]
+    assert mail["To"] == "dso@hospital.example"
+    (payload,) = _Hook.received
+    assert payload["level"] == "emergency" and payload["user"] == "clinician"
+    assert {r.detail["via"] for r in mon.catalog.audit.records() if r.action == "incident.notify"} == \
+        {"smtp", "webhook"}
+
+
+def test_a_notifier_that_is_down_is_audited_and_the_incident_stays(mon, monkeypatch):
+    from imaging_lifecycle import incidents
+    from imaging_lifecycle.airflow_glue import notify_incidents
+
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({"conn_type": "smtp", "host": "127.0.0.1",
+                                                                "port": _port()}))
+    monkeypatch.setenv("AIRFLOW_CONN_IL_TEST_WEBHOOK", json.dumps({"conn_type": "http",
+                                                                   "host": f"http://127.0.0.1:{_port()}/x"}))
+    _emergency(mon)
+    out = incidents.detect(mon, now=dt.datetime.now(UTC) + dt.timedelta(seconds=1), actor=ACTOR)
+    sent = notify_incidents(mon, [mon.catalog.incident(i) for i in out["new"]], actor=ACTOR)
+    assert sent["failed"] == 2 and sent["smtp"] == sent["webhook"] == 0
+    assert mon.catalog.incidents(open_only=True)
+    assert [r.outcome for r in mon.catalog.audit.records() if r.action == "incident.notify"] == ["failure"] * 2
+
+
+def test_the_summary_and_the_compliance_pdf_carry_the_catalogs_numbers(mon, dicom_file, tmp_path):
+    from imaging_lifecycle import compliance, overview
+    from imaging_lifecycle.report_render import fmt_int
+
+    from conftest import ingest_now
+
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(dicom_file(name), mon.settings.landing_dir / name)
+    (mon.settings.landing_dir / "junk.dcm").write_bytes(b"not dicom")
+    ingest_now(mon.settings)
+    s = overview.summary(mon)
+    objs = mon.catalog.objects()
+    assert sum(o["count"] for o in s["objects"]) == len(objs)
+    assert sum(q["count"] for q in s["quarantine"]) == sum(o.state == "QUARANTINED" for o in objs) == 1
+    assert s["audit"]["verified"] and s["audit"]["head_seq"] == mon.catalog.audit.head()[0]
+    assert s["overdue"] == 0
+
+    end = dt.datetime.now(UTC) + dt.timedelta(minutes=1)
+    made = compliance.make(mon, period_start=end - dt.timedelta(days=30), period_end=end, actor=ACTOR)
+    pdf = compliance.read(mon, made["report"], "pdf", actor="dso")
+    assert pdf.startswith(b"%PDF")
+    assert mon.catalog.report(made["report"])["sha256"] == __import__("hashlib").sha256(pdf).hexdigest()
+    stored = mon.store.get("audit", f"reports/{made['report']}.pdf")
+    assert b"%PDF" not in stored[:64]  # encrypted at rest
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    path = tmp_path / "r.pdf"
+    path.write_bytes(pdf)
+    text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    from imaging_lifecycle.report_render import SECTIONS
+
+    for _, heading in SECTIONS:
+        assert heading in text, heading
+    assert fmt_int(len(objs)) in text or all(fmt_int(o["count"]) in text for o in s["objects"])
+    assert "report.read" in [r.action for r in mon.catalog.audit.records()]
