@@ -108,7 +108,8 @@ def test_the_pipeline_role_owns_nothing_and_can_only_append_to_the_audit_trail(p
     assert cat.get(oid) is not None and cat.audit.verify().ok
     before = len(cat.audit.records())
     attacks = ["UPDATE audit_records SET actor = 'x'", "DELETE FROM audit_records", "TRUNCATE audit_records",
-               "ALTER TABLE audit_records DISABLE TRIGGER ALL", "DROP TRIGGER audit_records_append_only ON audit_records",
+               "ALTER TABLE audit_records DISABLE TRIGGER ALL",
+               "DROP TRIGGER audit_records_append_only ON audit_records",
                "DROP TABLE audit_records CASCADE", "CREATE TABLE sneaky (x int)",
                "ALTER TABLE audit_head ADD COLUMN x int"]
     for statement in attacks:
