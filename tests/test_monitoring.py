@@ -206,5 +206,40 @@ def test_the_summary_and_the_compliance_pdf_carry_the_catalogs_numbers(mon, dico
 
     for _, heading in SECTIONS:
         assert heading in text, heading
-    assert fmt_int(len(objs)) in text or all(fmt_int(o["count"]) in text for o in s["objects"])
+    summary = overview.summary(mon, now=end, period_start=end - dt.timedelta(days=30), period_end=end)
+    for o in summary["objects"]:  # the catalog's counts, as the report prints them
+        assert fmt_int(o["count"]) in text
+    assert fmt_int(summary["quarantine"][0]["count"]) in text and summary["quarantine"][0]["reason"] in text
+    assert fmt_int(summary["adherence"]["deletions"]) in text
+    pages = subprocess.run(["pdftoppm", "-r", "40", "-png", str(path), str(tmp_path / "page")],
+                           capture_output=True, check=True)
+    assert pages.returncode == 0 and len(list(tmp_path.glob("page*.png"))) >= 2
     assert "report.read" in [r.action for r in mon.catalog.audit.records()]
+
+
+def test_every_access_path_in_the_trail_becomes_history_and_a_spike_raises_an_incident(mon):
+    """The adapter from audit records to the access history, then the spike rule through the real trail."""
+    from imaging_lifecycle import incidents
+
+    oid = mon.catalog.register(actor="test", source="landing", quarantine_reason="NOT_DICOM").object.id
+    a = mon.catalog.audit
+    a.append("clinician", "grant.create", object_ref=oid, detail={"grant": "g1", "zone": "cache"})
+    a.append("clinician", "grant.read", object_ref=oid)
+    a.append("operator", "object.export", object_ref=oid, detail={"action": "restore"})
+    a.append("clinician", "object.export", object_ref=oid, detail={"action": "export"})
+    a.append("clinician", "access.reidentify", object_ref=oid)
+    a.append("clinician", "grant.read", object_ref=oid, outcome="failure")  # refused: no access happened
+    a.append("system:sweeper/sweep", "grant.read", object_ref=oid)  # system work is not a person's access
+    now = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
+    kinds = [(e.user, e.kind) for e in incidents.access_events(mon, since=now - dt.timedelta(hours=1), until=now)]
+    assert kinds == [("clinician", "working_copy"), ("clinician", "download"), ("operator", "restore"),
+                     ("clinician", "export"), ("clinician", "reidentify")], kinds
+
+    with mon.catalog.transaction() as s:
+        for _ in range(400):
+            a.append("clinician", "grant.read", object_ref=oid, session=s)
+    out = incidents.detect(mon, now=dt.datetime.now(UTC) + dt.timedelta(seconds=1), actor=ACTOR)
+    raised = [mon.catalog.incident(i) for i in out["new"]]
+    assert {i["nature"] for i in raised} >= {"spike_hour"} and {i["user"] for i in raised} == {"clinician"}
+    spike = next(i for i in raised if i["nature"] == "spike_hour")
+    assert spike["scope"]["count"] >= 400 and spike["level"] == "major"

@@ -129,7 +129,12 @@ def _scope_value(v):  # noqa: ANN001, ANN202
         return [_scope_value(x) for x in v][:20]
     if isinstance(v, dt.datetime):  # epoch seconds: the trail refuses anything that looks like a date
         return int(v.timestamp())
-    return str(v).replace(" ", "_")[:64]
+    text = str(v)
+    try:  # a date or time written out (a finding's local day): epoch seconds too
+        when = dt.datetime.fromisoformat(text)
+        return int((when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp())
+    except ValueError:
+        return text.replace(" ", "_")[:64]
 
 
 def raise_findings(svc: Services, findings: Iterable[anomalies.Finding], *, actor: str) -> list[dict]:

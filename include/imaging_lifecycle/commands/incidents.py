@@ -23,6 +23,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import datetime as dt
+    import sys
 
     from imaging_lifecycle import incidents
     from imaging_lifecycle.catalog import IncidentStateError, UnknownObject
@@ -47,16 +48,11 @@ def run(args) -> int:
     if not args.incident:
         print(f"incidents {args.action} needs an incident id")
         return 2
-    try:
-        who = person(svc)
-    except NotLoggedIn as exc:
-        print(str(exc))
-        return 2
     state = {"ack": "ACKNOWLEDGED", "contain": "CONTAINED", "resolve": "RESOLVED"}[args.action]
     try:
-        out = incidents.step(svc, args.incident, state, actor=who, action=args.note)
-    except (IncidentStateError, UnknownObject, ValueError) as exc:
-        print(str(exc))
+        out = incidents.step(svc, args.incident, state, actor=person(svc), action=args.note)
+    except (NotLoggedIn, IncidentStateError, UnknownObject, ValueError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(out))
     return 0

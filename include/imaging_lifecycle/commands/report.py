@@ -31,6 +31,7 @@ def _when(text: str):  # noqa: ANN202
 
 def run(args) -> int:
     import datetime as dt
+    import sys
     from pathlib import Path
 
     from imaging_lifecycle import compliance, overview
@@ -58,14 +59,9 @@ def run(args) -> int:
         print("report get needs a report id and --out FILE")
         return 2
     try:
-        who = person(svc)
-    except NotLoggedIn as exc:
-        print(str(exc))
-        return 2
-    try:
-        data = compliance.read(svc, args.report, args.format, actor=who)
-    except FileNotFoundError as exc:
-        print(str(exc))
+        data = compliance.read(svc, args.report, args.format, actor=person(svc))
+    except (NotLoggedIn, FileNotFoundError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
         return 2
     Path(args.out).write_bytes(data)
     print(f"wrote {args.out} ({len(data)} bytes)")
