@@ -2,8 +2,8 @@
 FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:0 requirements.txt constraints.txt pyproject.toml /opt/imaging-lifecycle/
 COPY --chown=airflow:0 include /opt/imaging-lifecycle/include
+# The same lock as make install: Celery, Redis, asyncpg and the PostgreSQL driver are in it.
 RUN pip install --no-cache-dir -r /opt/imaging-lifecycle/requirements.txt -c /opt/imaging-lifecycle/constraints.txt \
-        apache-airflow-providers-celery==3.26.0 \
  && pip install --no-cache-dir --no-deps /opt/imaging-lifecycle
 # Folders the named volumes mount over, owned by the image's user so the volumes start out as ours.
 RUN mkdir -p /opt/imaging-lifecycle/s3/data /opt/imaging-lifecycle/s3/pki /opt/imaging-lifecycle/ca \

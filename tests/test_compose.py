@@ -100,3 +100,22 @@ def test_postgres_init_gives_the_catalog_an_owner_and_a_pipeline_role_that_owns_
     init = (PROJECT / "deploy" / "postgres-init.sh").read_text()
     assert "CREATE DATABASE catalog OWNER catalog_owner" in init
     assert "REVOKE CREATE ON SCHEMA public FROM PUBLIC" in init
+
+
+def test_the_lock_holds_the_production_shape_and_the_result_backend_names_its_driver(compose):
+    """Celery, Redis, asyncpg and the PostgreSQL driver are pinned like everything else, and importable."""
+    import importlib
+
+    req = (PROJECT / "requirements.txt").read_text()
+    lines = (PROJECT / "constraints.txt").read_text().splitlines()
+    lock = {line.split("==")[0].lower() for line in lines if "==" in line}
+    for pkg in ("apache-airflow-providers-celery", "celery", "kombu", "redis", "asyncpg", "psycopg2-binary"):
+        assert f"\n{pkg}==" in req and pkg in lock, pkg
+    for module in ("airflow.providers.celery.executors.celery_executor", "asyncpg", "psycopg2", "redis"):
+        importlib.import_module(module)
+    env = compose["x-airflow-common"]["environment"]
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    assert "-r /opt/imaging-lifecycle/requirements.txt -c /opt/imaging-lifecycle/constraints.txt" in dockerfile
+    assert "providers-celery==" not in dockerfile  # from the lock, not pinned apart
