@@ -58,7 +58,8 @@ def compliance_report():
         from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        start, end = context["data_interval_start"], context["data_interval_end"]
+        # The calendar month before the run (Airflow 3's cron runs have no data interval of their own).
+        start, end = compliance.month_before(context["data_interval_end"])
         return compliance.make(Services.open(), period_start=start, period_end=end, actor=actor(context))
 
     make_report()

@@ -79,8 +79,9 @@ def test_the_page_shows_the_catalogs_numbers_behind_airflows_login(platform_run,
             shown = _page_numbers(page)
             summary = page.context.request.get(f"{base}/lifecycle/api/summary").json()
             pdf = page.context.request.get(f"{base}/lifecycle/api/reports/{report_id}/pdf")
+            pdf_status, pdf_body = pdf.status, pdf.body()
             page.screenshot(path=str(tmp_path / "lifecycle.png"), full_page=True)
-            if os.environ.get("IL_SAVE_SCREENSHOTS") == "1":
+            if os.environ.get("SAVE_SCREENSHOTS") == "1":
                 SHOTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(SHOTS / "lifecycle-view.png"), full_page=True)
             page.goto(f"{base}/plugin/lifecycle")  # the same page inside Airflow's UI (the nav entry)
@@ -96,7 +97,7 @@ def test_the_page_shows_the_catalogs_numbers_behind_airflows_login(platform_run,
     assert shown["review_queue.count"] == sum(o.state == "NEEDS_REVIEW" for o in objects)
     assert shown["incidents.open"] == len(svc.catalog.incidents(open_only=True)) >= 1
     assert shown["audit.head_seq"] <= svc.catalog.audit.head()[0] and summary["audit"]["verified"]
-    assert pdf.status == 200 and pdf.body().startswith(b"%PDF")
+    assert pdf_status == 200 and pdf_body.startswith(b"%PDF")
     assert any(r.action == "report.read" and r.actor == "operator" for r in svc.catalog.audit.records(last=50))
 
     # A named person works the incident from the command line; it leaves the page's open count.
