@@ -55,11 +55,14 @@ bench: install
 
 # Real clients the tests use: Debian's chromium (driven by Playwright; no browser download) and
 # dcmtk's storescu (a real DICOM sender, also over TLS); poppler's pdftoppm renders the compliance
-# report's PDF. Installed where apt is available.
+# report's PDF; PostgreSQL's server binaries run the catalog and audit suites on PostgreSQL too
+# (each test starts nothing system-wide: a private server under a temporary folder). Installed
+# where apt is available.
 test-tools:
 	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's$$missing for the tests ..."; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null 2>&1 || true; \

@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sqlite3
 import subprocess
 from dataclasses import replace
 
 import pytest
 
-from conftest import PROJECT, make_zones
+from conftest import PROJECT, Intruder, make_zones
 
 
 @pytest.fixture
@@ -38,7 +37,8 @@ def _cli(svc, *args):
 
 
 def _db(svc):
-    return sqlite3.connect(svc.settings.catalog_url.removeprefix("sqlite:///"))
+    """Raw SQL on the catalog with the append-only triggers off (an insider with database access)."""
+    return Intruder(svc.settings.catalog_url)
 
 
 def test_anchors_are_signed_numbered_write_once_and_on_the_second_site(svc):
@@ -65,12 +65,9 @@ def test_a_truncated_tail_is_caught(svc):
 
     written = anchor.write_anchor(svc, actor="system:test/anchor")
     db = _db(svc)  # an insider with database access: drop the trigger, cut the tail, rewind the head
-    db.execute("DROP TRIGGER audit_records_no_delete")
     db.execute("DELETE FROM audit_records WHERE seq >= ?", (written["seq"] - 2,))
     prev = db.execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
     db.execute("UPDATE audit_head SET seq = ?, hash = ?", prev)
-    db.commit()
-    db.close()
     assert svc.catalog.audit.verify().ok  # the chain alone looks intact ...
     result, _ = anchor.verify(svc)
     assert not result.ok and result.code in ("ANCHOR_MISSING", "ANCHOR_MISMATCH")  # ... the anchor does not
@@ -83,7 +80,6 @@ def test_a_rehashed_chain_passes_alone_and_fails_a_plain_verify(svc):
 
     anchor.write_anchor(svc, actor="system:test/anchor")
     db = _db(svc)  # edit record 2 and recompute every later hash and the head, as a careful forger would
-    db.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
     rows = db.execute("SELECT seq, ts, actor, action, event_id, object_ref, outcome, detail FROM audit_records "
                       "ORDER BY seq").fetchall()
     prev = "0" * 64
@@ -97,8 +93,6 @@ def test_a_rehashed_chain_passes_alone_and_fails_a_plain_verify(svc):
                    (detail, prev, digest, seq))
         prev = digest
     db.execute("UPDATE audit_head SET hash = ?", (prev,))
-    db.commit()
-    db.close()
     assert svc.catalog.audit.verify().ok  # every hash links again ...
     r = _cli(svc, "verify")
     assert r.returncode == 1 and "BROKEN" in r.stdout  # ... but not to the signed anchor

@@ -1,7 +1,7 @@
 """The hash-chained audit trail: format, guards, concurrency, and every kind of tampering.
 
-Tampering is done the way an intruder would: raw SQL on the SQLite file,
-dropping the append-only triggers first.
+Tampering is done the way an intruder would: raw SQL on the database (SQLite and a real
+PostgreSQL, each test on both), with the append-only triggers dropped or disabled first.
 """
 
 from __future__ import annotations
@@ -23,18 +23,21 @@ from imaging_lifecycle import cli
 from imaging_lifecycle.catalog import Catalog, audit, states
 from imaging_lifecycle.catalog.audit import ACTIONS, EVENTS, OUTCOMES, ZERO_HASH, AuditLog, UnsafeAuditValue
 
+from conftest import Intruder
+
 PROJECT = Path(__file__).resolve().parents[1]
 ACTOR = "lifecycle/ingest/scheduled__2026-01-01T00:00:00+00:00"
 
 
 @pytest.fixture
-def db(tmp_path) -> Path:
-    return tmp_path / "catalog.sqlite"
+def db(catalog_url) -> str:
+    """The catalog's URL: every test here runs on SQLite and on PostgreSQL."""
+    return catalog_url
 
 
 @pytest.fixture
 def cat(db) -> Catalog:
-    c = Catalog(f"sqlite:///{db}")
+    c = Catalog(db)
     yield c
     c.dispose()
 
@@ -44,15 +47,12 @@ def fill(cat: Catalog, n: int = 10) -> None:
         cat.audit.append(ACTOR, "gate.run", object_ref=f"{i:032x}", detail={"rows": i, "gate": "ingest"})
 
 
-def raw(db: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection with the append-only triggers dropped (what an intruder does)."""
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
-    con.execute("DROP TRIGGER IF EXISTS audit_records_no_delete")
-    return con
+def raw(db: str) -> Intruder:
+    """Raw SQL with the append-only triggers off, beside the catalog (what an intruder does)."""
+    return Intruder(db)
 
 
-def rehash_from(con: sqlite3.Connection, seq: int) -> None:
+def rehash_from(con: Intruder, seq: int) -> None:
     """Recompute the chain from ``seq`` on and fix the head row: a competent rewrite."""
     prev = con.execute("SELECT hash FROM audit_records WHERE seq = ?", (seq - 1,)).fetchone()
     prev = prev[0] if prev else ZERO_HASH
@@ -205,12 +205,15 @@ def test_object_ref_for_uid_is_keyed_and_separate_from_catalog_keys(cat):
 
 
 def test_append_only_triggers(cat, db):
+    from sqlalchemy import create_engine, text
+
     fill(cat, 3)
-    con = sqlite3.connect(db, isolation_level=None)
+    engine = create_engine(db)  # a plain connection, triggers in place
     for sql in ("UPDATE audit_records SET actor = 'mallory' WHERE seq = 2", "DELETE FROM audit_records WHERE seq = 3"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            con.execute(sql)
-    con.close()
+        with pytest.raises(Exception, match="append-only"):  # noqa: B017 - each driver's own error class
+            with engine.begin() as conn:
+                conn.execute(text(sql))
+    engine.dispose()
     assert cat.audit.verify().ok
 
 
@@ -359,7 +362,7 @@ def test_missing_head_row_stops_appends_and_fails_verify(cat, db):
     assert cat.audit.verify().code == "HEAD_MISMATCH"
     with pytest.raises(audit.AuditError, match="head row is missing"):
         cat.audit.append(ACTOR, "gate.run")
-    Catalog(f"sqlite:///{db}").dispose()  # reopening must not paper over it
+    Catalog(db).dispose()  # reopening must not paper over it
     assert cat.audit.verify().code == "HEAD_MISMATCH"
 
 
@@ -376,7 +379,7 @@ def _append_worker(url: str, worker: int, n: int) -> float:
 
 
 def test_concurrent_appends_from_processes_form_one_chain(cat, db):
-    url = f"sqlite:///{db}"
+    url = db
     workers, per = 4, 60
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
@@ -417,12 +420,12 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_verify_intact_and_records_its_use(cat, db, capsys):
     fill(cat, 3)
     seq, digest = cat.audit.head()
-    code, out, _ = run_cli(capsys, "verify", "--catalog-url", f"sqlite:///{db}")
+    code, out, _ = run_cli(capsys, "verify", "--catalog-url", db)
     assert code == 0 and out.strip() == f"audit chain intact: 3 records, head {digest}"
     last = cat.audit.records(last=1)[0]
     assert (last.seq, last.action, last.event_id, last.detail) == (
         4, "audit.verify", 110101, {"records": 3, "check": "OK", "anchored": False, "bad_anchors": 0})
-    code, out, _ = run_cli(capsys, "verify", "--catalog-url", f"sqlite:///{db}", "--anchor-seq", str(seq),
+    code, out, _ = run_cli(capsys, "verify", "--catalog-url", db, "--anchor-seq", str(seq),
                            "--anchor-hash", digest, "--no-record")
     assert code == 0 and "anchored head seq 3" in out
     assert cat.audit.count() == 4
@@ -431,7 +434,7 @@ def test_cli_verify_intact_and_records_its_use(cat, db, capsys):
 def test_cli_verify_names_the_first_bad_record(cat, db, capsys):
     fill(cat, 6)
     raw(db).execute("UPDATE audit_records SET actor = 'mallory' WHERE seq = 2")
-    code, out, _ = run_cli(capsys, "verify", "--catalog-url", f"sqlite:///{db}")
+    code, out, _ = run_cli(capsys, "verify", "--catalog-url", db)
     assert code == 1 and "record seq 2" in out and "BAD_HASH" in out and "modified" in out
     last = cat.audit.records(last=1)[0]
     assert (last.action, last.outcome, last.detail["first_bad_seq"]) == ("audit.verify", "failure", 2)
@@ -443,14 +446,14 @@ def test_cli_verify_with_anchor_detects_truncation(cat, db, capsys):
     con = raw(db)
     con.execute("DELETE FROM audit_records WHERE seq > 4")
     rehash_from(con, 5)
-    url = f"sqlite:///{db}"
+    url = db
     assert run_cli(capsys, "verify", "--catalog-url", url, "--no-record")[0] == 0
     code, out, _ = run_cli(capsys, "verify", "--catalog-url", url, "--anchor-seq", str(seq), "--anchor-hash", digest)
     assert code == 1 and "ANCHOR_MISSING" in out and "seq 5" in out
 
 
 def test_cli_bad_input(cat, db, tmp_path, capsys):
-    assert run_cli(capsys, "verify", "--catalog-url", f"sqlite:///{db}", "--anchor-seq", "3")[0] == 2
+    assert run_cli(capsys, "verify", "--catalog-url", db, "--anchor-seq", "3")[0] == 2
     code, _, err = run_cli(capsys, "verify", "--catalog-url", f"sqlite:///{tmp_path}/nope.sqlite")
     assert code == 2 and "no catalog database" in err
     assert not (tmp_path / "nope.sqlite").exists()
@@ -465,7 +468,7 @@ def test_cli_bad_input(cat, db, tmp_path, capsys):
 
 
 def test_cli_default_url_show_and_head(monkeypatch, db, cat, capsys):
-    monkeypatch.setenv("IL_CATALOG_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("IL_CATALOG_URL", db)
     fill(cat, 5)
     code, out, _ = run_cli(capsys, "show", "--limit", "2", "--json")
     lines = [json.loads(x) for x in out.splitlines()]
@@ -480,10 +483,10 @@ def test_cli_default_url_show_and_head(monkeypatch, db, cat, capsys):
 def test_console_script_end_to_end(cat, db):
     fill(cat, 2)
     exe = PROJECT / ".venv" / "bin" / "imaging-lifecycle"
-    r = subprocess.run([str(exe), "audit", "verify", "--no-anchor", "--catalog-url", f"sqlite:///{db}"],
+    r = subprocess.run([str(exe), "audit", "verify", "--no-anchor", "--catalog-url", db],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("audit chain intact: 2 records, head ")
     raw(db).execute("DELETE FROM audit_records WHERE seq = 1")
-    r = subprocess.run([str(exe), "audit", "verify", "--no-anchor", "--catalog-url", f"sqlite:///{db}"],
+    r = subprocess.run([str(exe), "audit", "verify", "--no-anchor", "--catalog-url", db],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "record seq 1" in r.stdout

@@ -101,8 +101,9 @@ def drive(cat: Catalog, object_id: str, target: str) -> None:
 
 
 @pytest.fixture
-def cat(tmp_path) -> Catalog:
-    c = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+def cat(catalog_url) -> Catalog:
+    """The catalog on SQLite and on a real PostgreSQL: every test of this file runs on both."""
+    c = Catalog(catalog_url)
     yield c
     c.dispose()
 
@@ -450,8 +451,9 @@ def test_batches(cat):
 
 def test_ping_wal_and_utc(cat, tmp_path):
     assert cat.ping()
-    with sqlite3.connect(tmp_path / "catalog.sqlite") as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if cat.engine.dialect.name == "sqlite":
+        with sqlite3.connect(tmp_path / "catalog.sqlite") as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert not Database(f"sqlite:///{tmp_path}/missing-dir/x/catalog.sqlite").ping()
     oid = new(cat)
     deadline = dt.datetime(2031, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -470,8 +472,8 @@ def _register_worker(url: str, name: str, n: int) -> list[str]:
     return out
 
 
-def test_concurrent_registration_of_one_instance_makes_one_object(tmp_path):
-    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+def test_concurrent_registration_of_one_instance_makes_one_object(catalog_url):
+    url = catalog_url
     Catalog(url).dispose()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
@@ -499,18 +501,17 @@ def test_catalog_made_before_a_fork_works_in_parent_and_child(cat):
     assert cat.audit.verify().ok and cat.audit.count() == 3
 
 
-def test_a_catalog_from_before_a_new_column_is_upgraded_in_place(tmp_path):
+def test_a_catalog_from_before_a_new_column_is_upgraded_in_place(catalog_url):
     """An older catalog lacking a nullable column the schema now has gets it on open; its rows read as before."""
-    import sqlite3
-
     from imaging_lifecycle.catalog import Catalog
 
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    reg = Catalog(url).register(actor="t", source="landing", quarantine_reason="NOT_DICOM")
-    con = sqlite3.connect(tmp_path / "old.sqlite")
-    con.execute("ALTER TABLE objects DROP COLUMN policy_fingerprint")  # as a catalog made before that column
-    con.commit()
-    con.close()
+    from conftest import Intruder
+
+    url = catalog_url
+    first = Catalog(url)
+    reg = first.register(actor="t", source="landing", quarantine_reason="NOT_DICOM")
+    first.dispose()
+    Intruder(url).execute("ALTER TABLE objects DROP COLUMN policy_fingerprint")  # a catalog made before it
     cat = Catalog(url)
     assert cat.get(reg.object.id).policy_fingerprint is None and cat.get(reg.object.id).state == "QUARANTINED"
     assert cat.audit.verify().ok

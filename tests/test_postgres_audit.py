@@ -1,60 +1,21 @@
 """The audit trail on a real PostgreSQL: append-only against UPDATE, DELETE and TRUNCATE.
 
-A PostgreSQL server is started for this module from the machine's own binaries (Debian's
-postgresql-15), on a private port and socket under a temporary folder, as the ``postgres``
-user (initdb refuses root), and stopped afterwards. Where there is no PostgreSQL, the module
-is skipped with that reason; the production-path issue makes one part of every run.
+The session's PostgreSQL server (``conftest.pg_server``: the machine's own binaries, a private
+port and socket, run as ``postgres``) serves these tests, as it serves the catalog and audit
+suites, which run on both databases. Where there is no PostgreSQL they are skipped with that reason.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
-
 import pytest
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def pg_url():
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("no PostgreSQL on this machine (Debian's postgresql-15 binaries are not installed)")
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("no 'postgres' system user to run PostgreSQL as (initdb refuses root)")
-    root = Path(tempfile.mkdtemp(prefix="il-pg-"))
-    os.chown(root, user.pw_uid, user.pw_gid)
-    data, port = root / "data", _free_port()
+def pg_url(pg_server):
+    """A database of this module's own on the session's PostgreSQL server (``conftest.pg_server``)."""
+    from conftest import new_pg_database
 
-    def as_postgres(*argv, **kw):
-        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, argv)], capture_output=True,
-                              text=True, timeout=120, **kw)
-
-    try:
-        r = as_postgres(PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres")
-        assert r.returncode == 0, r.stderr
-        r = as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", root / "pg.log", "-w", "-o",
-                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
-        assert r.returncode == 0, r.stderr + (root / "pg.log").read_text()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
-        time.sleep(0.2)
-        shutil.rmtree(root, ignore_errors=True)
+    return new_pg_database(pg_server)
 
 
 @pytest.mark.parametrize("statement", ["TRUNCATE audit_records", "TRUNCATE audit_records CASCADE",
