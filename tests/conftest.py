@@ -223,13 +223,15 @@ def airflow_api(platform_run) -> AirflowAPI:
 
 
 @pytest.fixture
-def env(object_store_settings, tmp_path):
-    """Settings with a fresh landing folder and catalog for this test (S3 and key store shared)."""
+def env(object_store_settings, tmp_path, catalog_url):
+    """Settings with a fresh landing folder and catalog for this test (S3 and key store shared).
+
+    The catalog is SQLite and then a real PostgreSQL: every pipeline test using ``env`` runs on both.
+    """
     import shutil
     from dataclasses import replace
 
-    settings = replace(object_store_settings, landing_dir=tmp_path / "landing",
-                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    settings = replace(object_store_settings, landing_dir=tmp_path / "landing", catalog_url=catalog_url)
     settings.landing_dir.mkdir()
     (settings.state_dir / "ingest").mkdir(exist_ok=True)
     for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch

@@ -84,6 +84,8 @@ def test_the_object_stores_run_locked_down_and_the_pipeline_gets_no_admin_secret
     for conn in ("AIRFLOW_CONN_IL_S3_PRIMARY", "AIRFLOW_CONN_IL_S3_BACKUP"):
         extra = json.loads(re.sub(r"\$\{[^}]*\}", "X", env[conn]))["extra"]
         assert extra["endpoint_url"].startswith("https://") and extra["verify"].endswith("ca.crt")
+        mount = extra["verify"].rsplit("/", 1)[0]
+        assert f"s3-ca:{mount}:ro" in compose["x-airflow-common"]["volumes"], "the CA is not mounted where verify looks"
     for name, svc in services.items():
         if name.startswith("airflow-") and name != "airflow-init":
             assert "s3-pki" not in str(svc.get("volumes", compose["x-airflow-common"]["volumes"])), name

@@ -24,7 +24,7 @@ def _no_backup_for_tier_3(doc: dict) -> None:
 
 
 @pytest.fixture
-def env(object_store_settings, tmp_path, monkeypatch):
+def env(object_store_settings, tmp_path, monkeypatch, catalog_url):
     # A key store per test: a study deleted here has its KEK destroyed, and the next test
     # ingests the same pydicom files (same study) again.
     monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "keystore.sealed"))
@@ -33,7 +33,7 @@ def env(object_store_settings, tmp_path, monkeypatch):
     policy = write_policy(tmp_path / "policy.yaml", _no_backup_for_tier_3)
     monkeypatch.setenv("IL_POLICY_FILE", str(policy))
     settings = replace(object_store_settings, landing_dir=tmp_path / "landing", policy_file=policy,
-                       catalog_url=f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+                       catalog_url=catalog_url)  # SQLite, then a real PostgreSQL
     settings.landing_dir.mkdir()
     (settings.state_dir / "ingest").mkdir(exist_ok=True)
     for leftover in (settings.state_dir / "ingest").iterdir():

@@ -421,3 +421,38 @@ def test_a_key_store_in_the_first_layout_still_opens(path, master):
     assert str(ks.current("study:a")) == "kek-1@v1"
     ks.create_kek("study:b")  # rewritten in the current layout
     assert path.read_bytes().startswith(keystore.FILE_MAGIC)
+
+
+def test_a_crash_before_the_old_generation_is_destroyed_is_finished_by_the_next_reseal(tmp_path, monkeypatch):
+    from imaging_lifecycle.keystore import MasterKeyFiles
+
+    ks, secrets = _file_store(tmp_path)
+    ref = ks.create_kek("study:a")
+    ks.destroy(ref.kek_id)
+    assert ks.needs_reseal
+
+    def crash(self, below):
+        raise OSError("power lost")
+
+    with monkeypatch.context() as m:
+        m.setattr(MasterKeyFiles, "retire", crash)
+        with pytest.raises(OSError):
+            ks.reseal()
+    assert ks.needs_reseal  # the mark stays until the old generation is really gone
+    assert sorted(p.name for p in secrets.glob("master*")) == ["master-2.key", "master.key"]
+    (secrets / "master-3.key.123.abcd.tmp").write_bytes(b"x" * 32)  # a crashed key write, newer: kept
+    (secrets / "master.key.99.beef.tmp").write_bytes(b"y" * 32)  # of an old generation: destroyed
+    assert ks.reseal()["generation"] == 3 and not ks.needs_reseal
+    assert sorted(p.name for p in secrets.glob("master*")) == ["master-3.key", "master-3.key.123.abcd.tmp"]
+
+
+def test_only_the_latest_export_is_restored(tmp_path):
+    ks, _ = _file_store(tmp_path)
+    ks.create_kek("study:a")
+    old = ks.sealed_bytes()
+    ks.reseal()
+    ks.path.unlink()
+    with pytest.raises(KeyStoreUnreadable):  # its generation is destroyed
+        ks.restore_from(old)
+    ks.create_kek("study:b")
+    assert ks.restore_from(ks.sealed_bytes(), replace=True) == 1

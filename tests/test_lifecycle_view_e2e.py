@@ -97,10 +97,21 @@ def test_the_page_shows_the_catalogs_numbers_behind_airflows_login(platform_run,
     assert shown["review_queue.count"] == sum(o.state == "NEEDS_REVIEW" for o in objects)
     assert shown["incidents.open"] == len(svc.catalog.incidents(open_only=True)) >= 1
     assert shown["audit.head_seq"] <= svc.catalog.audit.head()[0] and summary["audit"]["verified"]
-    assert pdf_status == 200 and pdf_body.startswith(b"%PDF")
-    assert any(r.action == "report.read" and r.actor == "operator" for r in svc.catalog.audit.records(last=50))
+    # Reports are for the policy's report readers (the data security officer), not every viewer.
+    assert pdf_status == 403 and b"%PDF" not in pdf_body
+    status, body = Person(platform_run, "dso").call("GET", f"/lifecycle/api/reports/{report_id}/pdf", raw=True)
+    assert status == 200 and body.startswith(b"%PDF")
+    assert any(r.action == "report.read" and r.actor == "dso" for r in svc.catalog.audit.records(last=50))
+    # The view names the people incidents are about: a requester (or a department head) may not open it.
+    assert Person(platform_run, "clinician").call("GET", "/lifecycle/api/summary")[0] == 403
+    assert Person(platform_run, "radiology-head").call("GET", "/lifecycle/")[0] == 403
 
     # A named person works the incident from the command line; it leaves the page's open count.
+    r = platform_run_cli(platform_run, ("incidents", "ack", new), {"IL_AIRFLOW_TOKEN": operator.token})
+    assert r.returncode == 2 and "NOT_RESPONSIBLE" in r.stderr  # not the role this incident needs
+    clinician = Person(platform_run, "clinician")
+    r = platform_run_cli(platform_run, ("incidents", "ack", new), {"IL_AIRFLOW_TOKEN": clinician.token})
+    assert r.returncode == 2 and "IS_THE_SUBJECT" in r.stderr  # nobody closes an incident about themselves
     dso = Person(platform_run, "dso")
     for step in ("ack", "resolve"):
         r = platform_run_cli(platform_run, ("incidents", step, new, "--note", "REVIEWED"),

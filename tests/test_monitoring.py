@@ -147,6 +147,7 @@ def test_an_incident_notifies_through_a_real_smtp_server_and_a_webhook(mon, monk
         controller.stop()
         hook.shutdown()
     assert sent == {"smtp": 1, "webhook": 1, "failed": 0}, sent
+    assert mon.catalog.unnotified() == []
     (mail,) = mails
     assert "[EMERGENCY]" in mail["Subject"] and "emergency" in mail["Subject"]
     assert mail["To"] == "dso@hospital.example"
@@ -169,6 +170,7 @@ def test_a_notifier_that_is_down_is_audited_and_the_incident_stays(mon, monkeypa
     sent = notify_incidents(mon, [mon.catalog.incident(i) for i in out["new"]], actor=ACTOR)
     assert sent["failed"] == 2 and sent["smtp"] == sent["webhook"] == 0
     assert mon.catalog.incidents(open_only=True)
+    assert [i["id"] for i in mon.catalog.unnotified()] == out["new"]  # owed: the next run sends it again
     assert [r.outcome for r in mon.catalog.audit.records() if r.action == "incident.notify"] == ["failure"] * 2
 
 
@@ -228,12 +230,12 @@ def test_every_access_path_in_the_trail_becomes_history_and_a_spike_raises_an_in
     a.append("operator", "object.export", object_ref=oid, detail={"action": "restore"})
     a.append("clinician", "object.export", object_ref=oid, detail={"action": "export"})
     a.append("clinician", "access.reidentify", object_ref=oid)
-    a.append("clinician", "grant.read", object_ref=oid, outcome="failure")  # refused: no access happened
+    a.append("clinician", "grant.read", object_ref=oid, outcome="failure")  # refused: a denial, not an access
     a.append("system:sweeper/sweep", "grant.read", object_ref=oid)  # system work is not a person's access
     now = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
     kinds = [(e.user, e.kind) for e in incidents.access_events(mon, since=now - dt.timedelta(hours=1), until=now)]
     assert kinds == [("clinician", "working_copy"), ("clinician", "download"), ("operator", "restore"),
-                     ("clinician", "export"), ("clinician", "reidentify")], kinds
+                     ("clinician", "export"), ("clinician", "reidentify"), ("clinician", "denied")], kinds
 
     with mon.catalog.transaction() as s:
         for _ in range(400):
@@ -243,3 +245,18 @@ def test_every_access_path_in_the_trail_becomes_history_and_a_spike_raises_an_in
     assert {i["nature"] for i in raised} >= {"spike_hour"} and {i["user"] for i in raised} == {"clinician"}
     spike = next(i for i in raised if i["nature"] == "spike_hour")
     assert spike["scope"]["count"] >= 400 and spike["level"] == "major"
+
+
+def test_only_a_holder_of_the_responsible_role_works_an_incident_and_never_its_subject(mon):
+    from imaging_lifecycle import incidents
+
+    _emergency(mon, user="clinician")
+    (new,) = incidents.detect(mon, now=dt.datetime.now(UTC) + dt.timedelta(seconds=1), actor=ACTOR)["new"]
+    for who, reason in (("clinician", "IS_THE_SUBJECT"), ("operator", "NOT_RESPONSIBLE")):
+        with pytest.raises(incidents.NotResponsible, match=reason):
+            incidents.step(mon, new, "ACKNOWLEDGED", actor=who)
+    assert mon.catalog.incident(new)["state"] == "OPEN"
+    assert incidents.step(mon, new, "ACKNOWLEDGED", actor="dso")["state"] == "ACKNOWLEDGED"
+    denied = [r for r in mon.catalog.audit.records() if r.action == "access.denied"]
+    assert [(r.actor, r.detail["reason"]) for r in denied] == [("clinician", "IS_THE_SUBJECT"),
+                                                              ("operator", "NOT_RESPONSIBLE")]

@@ -278,21 +278,33 @@ def lifecycle_app():
     app = FastAPI(title="imaging-lifecycle", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(requires_access_view(AccessView.PLUGINS))])
 
+    def _allowed(svc, user, who: str) -> None:  # noqa: ANN001
+        """The view names the people incidents are about, the reports everyone's activity: policy lists only."""
+        name = user.get_name()
+        listed = svc.policy.monitoring.viewers if who == "viewers" else svc.policy.monitoring.report_readers
+        if name not in listed:
+            svc.catalog.audit.append(name, "access.denied", outcome="failure",
+                                     detail={"action": f"lifecycle_{who}", "reason": "NOT_LISTED"})
+            raise HTTPException(403, "NOT_LISTED")
+
     @app.get("/", response_class=HTMLResponse)
     def page(user=Depends(get_user)):  # noqa: B008
         """The operator's Lifecycle view: the one summary, as one page (numbers from ``overview``)."""
         from imaging_lifecycle import lifecycle_view, overview
         from imaging_lifecycle.services import Services
 
-        return HTMLResponse(lifecycle_view.render(overview.summary(Services.open())),
-                            headers={"Cache-Control": "no-store"})
+        svc = Services.open()
+        _allowed(svc, user, "viewers")
+        return HTMLResponse(lifecycle_view.render(overview.summary(svc)), headers={"Cache-Control": "no-store"})
 
     @app.get("/api/summary")
     def summary_json(user=Depends(get_user)):  # noqa: B008
         from imaging_lifecycle import overview
         from imaging_lifecycle.services import Services
 
-        return overview.summary(Services.open())
+        svc = Services.open()
+        _allowed(svc, user, "viewers")
+        return overview.summary(svc)
 
     @app.get("/api/reports/{report_id}/{kind}")
     def report(report_id: str, kind: str, user=Depends(get_user)):  # noqa: B008
@@ -302,8 +314,10 @@ def lifecycle_app():
 
         if kind not in compliance.KINDS:
             raise HTTPException(404, "NO_SUCH_FORMAT")
+        svc = Services.open()
+        _allowed(svc, user, "report_readers")
         try:
-            data = compliance.read(Services.open(), report_id, kind, actor=user.get_name())
+            data = compliance.read(svc, report_id, kind, actor=user.get_name())
         except FileNotFoundError:
             raise HTTPException(404, "NO_REPORT") from None
         return Response(data, media_type=compliance.KINDS[kind], headers={
@@ -368,10 +382,11 @@ def webhook_notifier_class():  # noqa: ANN201
 
 
 def notify_incidents(svc, incidents: list[dict], *, actor: str) -> dict:  # noqa: ANN001
-    """Send each new incident at or above the policy's level through SMTP and the webhook; audited per send.
+    """Send each incident at or above the policy's level through SMTP and the webhook; audited per send.
 
     Emergency incidents always go. A notifier that fails is audited as such and does not stop the
-    others (the incident stays on the Lifecycle view either way).
+    others; an incident no channel delivered stays unsent (``notified_at`` empty) and the next run
+    sends it again (callers pass ``catalog.unnotified()``), so a crash or an outage loses nothing.
     """
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -380,6 +395,7 @@ def notify_incidents(svc, incidents: list[dict], *, actor: str) -> dict:  # noqa
     sent = {"smtp": 0, "webhook": 0, "failed": 0}
     for inc in incidents:
         if order[inc["level"]] < order[cfg.min_level] and inc["level"] != "emergency":
+            svc.catalog.mark_notified(inc["id"])  # below the level that is sent: nothing is owed
             continue
         subject, body = _incident_text(inc)
         channels = []
@@ -391,16 +407,19 @@ def notify_incidents(svc, incidents: list[dict], *, actor: str) -> dict:  # noqa
             payload["scope"] = inc.get("scope")
             payload["detected_at"] = inc["detected_at"].isoformat()
             channels.append(("webhook", webhook_notifier_class()(cfg.webhook_conn_id, payload)))
+        delivered = not channels
         for name, notifier in channels:
             try:
                 notifier.notify({})
                 sent[name] += 1
+                delivered = True
                 svc.catalog.audit.append(actor, "incident.notify", detail={"incident": inc["id"], "via": name})
             except Exception as exc:  # noqa: BLE001 - one channel down must not silence the others
                 sent["failed"] += 1
                 svc.catalog.audit.append(actor, "incident.notify", outcome="failure",
                                          detail={"incident": inc["id"], "via": name, "reason": type(exc).__name__})
-        svc.catalog.mark_notified(inc["id"])
+        if delivered:
+            svc.catalog.mark_notified(inc["id"])
     return sent
 
 
@@ -416,8 +435,8 @@ def raise_and_notify_now(svc, *, actor: str) -> dict:  # noqa: ANN001
     from imaging_lifecycle import incidents
 
     try:
-        out = incidents.detect(svc, now=dt.datetime.now(dt.timezone.utc), actor=actor)
-        return notify_incidents(svc, [svc.catalog.incident(i) for i in out["new"]], actor=actor)
+        incidents.detect(svc, now=dt.datetime.now(dt.timezone.utc), actor=actor)
+        return notify_incidents(svc, svc.catalog.unnotified(), actor=actor)
     except Exception as exc:  # noqa: BLE001
         logging.getLogger(__name__).warning("immediate incident detection failed (%s); the hourly run retries",
                                             type(exc).__name__)

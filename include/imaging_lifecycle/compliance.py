@@ -31,7 +31,7 @@ KINDS = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 
 def month_before(day: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """The calendar month (UTC) before ``day``'s month."""
-    first = day.astimezone(dt.timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first = overview.utc(day).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     prev = (first - dt.timedelta(days=1)).replace(day=1)
     return prev, first
 
@@ -47,6 +47,7 @@ def _seal(svc: Services, report_id: str, kind: str, data: bytes) -> dict:
 def make(svc: Services, *, period_start: dt.datetime, period_end: dt.datetime, actor: str,
          now: dt.datetime | None = None) -> dict:
     """Render and store the report for ``[period_start, period_end)``; returns its id and counts (XCom-safe)."""
+    period_start, period_end = overview.utc(period_start), overview.utc(period_end)
     if period_end <= period_start:
         raise ValueError("the report period must end after it starts")
     summary = overview.summary(svc, now=now or period_end, period_start=period_start, period_end=period_end)

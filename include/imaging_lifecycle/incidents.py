@@ -32,7 +32,7 @@ from imaging_lifecycle.catalog.audit import AuditRecord
 from imaging_lifecycle.services import Services
 
 __all__ = ["KIND_OF_ACTION", "access_events", "peer_groups", "raise_findings", "scan", "detect", "step",
-           "LOOKBACK"]
+           "may_respond", "NotResponsible", "LOOKBACK"]
 
 #: How far back the access history is read for one detection run (the longest rolling window).
 LOOKBACK = dt.timedelta(days=400)
@@ -64,6 +64,7 @@ def access_events(svc: Services, *, since: dt.datetime, until: dt.datetime) -> l
     records = svc.catalog.audit.by_actions(tuple(KIND_OF_ACTION), since=since, until=until)
     tiers = svc.catalog.tiers_of([r.object_ref for r in records if r.object_ref])
     approvers: dict[str, tuple[str, ...]] = {}
+    emergency_requests = {(r.detail or {}).get("request") for r in records if r.action == "access.emergency"}
     out = []
     for r in records:
         kind = KIND_OF_ACTION[r.action]
@@ -72,7 +73,11 @@ def access_events(svc: Services, *, since: dt.datetime, until: dt.datetime) -> l
         if kind == "export" and d.get("action") == "restore":
             kind = "restore"
         if kind in ("working_copy", "download", "export", "restore", "reidentify") and r.outcome != "success":
-            continue
+            if kind == "export" and d.get("reason") == "NO_READABLE_COPY":
+                continue  # a restore the store could not serve: no refusal of the person
+            kind = "denied"  # a refused read (not the requester, expired, no grant) counts as a denial
+        elif kind in ("working_copy", "download") and d.get("request") in emergency_requests:
+            continue  # an emergency's own copy and download: the emergency event counts its objects once
         if kind == "approval" and not d.get("approved"):
             continue
         if kind == "approved_request":
@@ -180,38 +185,37 @@ def scan(svc: Services, *, now: dt.datetime, since: dt.datetime, actor: str) -> 
                               {"object": r.object_ref, "reason": d.get("reason"), "seq": r.seq}, actor=actor))
         elif r.action == "security.alert" and "calling_ae" in d:  # the receiver refused an association
             rejected.append(r)
-    # Bursts of rejected associations: so many in one window (windows counted from their first record).
-    window = mon.association_window
-    rejected.sort(key=lambda r: r.seq)
-    i = 0
-    for j, r in enumerate(rejected):
-        while _at(r) - _at(rejected[i]) > window:
-            i += 1
-        if j - i + 1 >= mon.association_burst:
-            first = rejected[i]
-            reasons = Counter(str((x.detail or {}).get("reason")) for x in rejected[i:j + 1])
-            new.append(_raise(svc, f"associations:{first.seq}", "rejected_associations", "major",
-                              {"count": j - i + 1, "reasons": sorted(reasons), "first_seq": first.seq},
+    # Bursts of rejected associations: so many within one fixed window (windows are counted from the
+    # epoch, so a later run with a different look-back sees the same windows and raises nothing twice).
+    width = max(int(mon.association_window.total_seconds()), 60)
+    buckets: dict[int, list] = {}
+    for r in rejected:
+        buckets.setdefault(int(_at(r).timestamp()) // width, []).append(r)
+    for bucket, rs in sorted(buckets.items()):
+        if len(rs) >= mon.association_burst:
+            reasons = Counter(str((x.detail or {}).get("reason")) for x in rs)
+            new.append(_raise(svc, f"associations:{width}:{bucket}", "rejected_associations", "major",
+                              {"count": len(rs), "reasons": sorted(reasons), "window_start_epoch": bucket * width},
                               actor=actor))
-            i = j + 1
     overdue = svc.catalog.overdue(now - mon.overdue_grace)
     if overdue:
         day = now.strftime("%Y-%m-%d")
         new.append(_raise(svc, f"overdue:{day}", "overdue_deletion", "major",
                           {"objects": len(overdue), "oldest_deadline": min(d for _, d in overdue)}, actor=actor))
     result, found = anchor.verify(svc)
-    problems = sorted({str(p.get("code", "PROBLEM")) for p in found.problems})
+    problems = sorted({f"{p.get('problem', 'PROBLEM')}:{p.get('seq')}" for p in found.problems})
     if not result.ok or problems:
         codes = ([result.code] if not result.ok else []) + problems
-        head = svc.catalog.audit.head()[0]
-        new.append(_raise(svc, f"audit:{head}:{','.join(codes)}"[:256], "audit_chain_break", "emergency",
-                          {"head_seq": head, "problems": codes, "first_bad_seq": result.first_bad_seq},
-                          actor=actor))
+        # Keyed on what is broken (not on the head, which moves every hour): one incident per break.
+        new.append(_raise(svc, f"audit:{result.first_bad_seq}:{','.join(codes)}"[:256], "audit_chain_break",
+                          "emergency", {"first_bad_seq": result.first_bad_seq,
+                                        "problems": [c.split(":")[0] for c in codes]}, actor=actor))
     return [n for n in new if n]
 
 
 def detect(svc: Services, *, now: dt.datetime, actor: str, scan_since: dt.datetime | None = None) -> dict:
     """One detection run: anomaly findings and the other sources, raised as incidents; the new ones returned."""
+    now = dt.datetime.fromtimestamp(now.timestamp(), dt.timezone.utc)  # a plain datetime (Airflow's is pendulum)
     events = access_events(svc, since=now - LOOKBACK, until=now)
     findings = anomalies.detect(events, now=now, rules=svc.policy.monitoring.rules, peers=peer_groups(svc))
     new = raise_findings(svc, findings, actor=actor)
@@ -220,7 +224,31 @@ def detect(svc: Services, *, now: dt.datetime, actor: str, scan_since: dt.dateti
             "levels": dict(Counter(i["level"] for i in new))}
 
 
+class NotResponsible(PermissionError):
+    """This person may not work this incident: not in its responsible role, or the person it is about."""
+
+
+def may_respond(svc: Services, incident: dict, person: str) -> str | None:
+    """None if ``person`` may act on the incident, else a reason code."""
+    if person == incident.get("user"):
+        return "IS_THE_SUBJECT"  # nobody closes an incident about themselves
+    role = incident["responsible_role"]
+    holders = set(svc.policy.monitoring.responders.get(role, []))
+    holders |= set(svc.policy.access.data_security_officers)  # the DSOs may always act
+    return None if person in holders else "NOT_RESPONSIBLE"
+
+
 def step(svc: Services, incident_id: str, state: str, *, actor: str, action: str | None = None) -> dict:
-    """A named person acknowledges, contains or resolves an incident (audited, with the response time)."""
+    """A named person acknowledges, contains or resolves an incident (audited, with the response time).
+
+    Only a holder of the incident's responsible role (or a data security officer) may, and never
+    the person the incident is about; a refusal is audited.
+    """
+    reason = may_respond(svc, svc.catalog.incident(incident_id), actor)
+    if reason is not None:
+        svc.catalog.audit.append(actor, "access.denied", outcome="failure",
+                                 detail={"incident": incident_id, "action": "incident_" + state.lower(),
+                                         "reason": reason})
+        raise NotResponsible(f"refusing: {reason}")
     inc = svc.catalog.advance_incident(incident_id, state, actor=actor, action=action)
     return {"id": inc["id"], "state": inc["state"]}

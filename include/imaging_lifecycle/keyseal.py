@@ -9,7 +9,8 @@ destruction batch the sweeper calls :func:`reseal_after_destruction`:
    exist afterwards;
 2. the disaster-recovery export on the backup site (zone ``keystore-dr``) is
    replaced by the re-sealed file, and every older version of it is purged and
-   checked gone.
+   checked gone. Between destructions every sweep refreshes the export when the
+   key store changed (new KEKs), so it is at most one sweep behind.
 
 A key store whose master key is injected (``IL_MASTER_KEY``) or a remote KMS
 cannot be re-sealed here: the step is audited as skipped with the reason, so
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 from imaging_lifecycle.crypto import CryptoError
 from imaging_lifecycle.services import Services
+from imaging_lifecycle.storage import StorageError
 
-__all__ = ["DR_ZONE", "DR_KEY", "reseal_if_needed", "reseal_after_destruction", "export_dr", "restore_dr"]
+__all__ = ["DR_ZONE", "DR_KEY", "reseal_if_needed", "reseal_after_destruction", "export_dr", "export_if_changed",
+           "restore_dr"]
 
 DR_ZONE = "keystore-dr"
 DR_KEY = "keystore/keystore.sealed"
@@ -47,10 +50,25 @@ def export_dr(svc: Services, *, actor: str) -> dict:
 
 
 def reseal_if_needed(svc: Services, *, actor: str) -> dict:
-    """Re-seal when anything was destroyed since the last re-seal (the key store keeps that flag)."""
+    """Re-seal when anything was destroyed since the last re-seal (the key store keeps that mark until
+    the re-seal has finished); otherwise keep the DR export current (new KEKs since the last one)."""
     if not getattr(svc.keystore, "needs_reseal", False):
-        return {"resealed": False, "reason": "NOTHING_DESTROYED"}
+        return {"resealed": False, "reason": "NOTHING_DESTROYED", "dr": export_if_changed(svc, actor=actor)}
     return reseal_after_destruction(svc, actor=actor)
+
+
+def export_if_changed(svc: Services, *, actor: str) -> dict:
+    """Write the DR export when the key store differs from the newest export (each sweep asks)."""
+    ks = svc.keystore
+    blob = ks.sealed_bytes() if hasattr(ks, "sealed_bytes") else b""
+    if not blob:
+        return {"exported": False}
+    try:
+        if svc.store.get(DR_ZONE, DR_KEY) == blob:
+            return {"exported": False, "current": True}
+    except (FileNotFoundError, StorageError):
+        pass
+    return export_dr(svc, actor=actor)
 
 
 def reseal_after_destruction(svc: Services, *, actor: str) -> dict:

@@ -365,6 +365,12 @@ class MasterKeyFiles:
             if generation < below:
                 _shred_file(self._path(generation))
                 n += 1
+        # A temporary file a crashed write of an old generation's key left behind (write_private_file's).
+        for stale in self.directory.glob(f"{self.name}*.key.*.tmp"):
+            tail = stale.name[len(self.name):].split(".key.", 1)[0]
+            generation = 1 if tail == "" else int(tail[1:]) if tail[1:].isdigit() else None
+            if generation is not None and generation < below:
+                _shred_file(stale)
         return n
 
 
@@ -689,8 +695,10 @@ class LocalKeyStore:
 
         Run after destroying KEKs: a copy of the file from before (a backup, a DR export) is then
         sealed under a generation that no longer exists. Crash-safe: the new generation's key is
-        durable before the file is rewritten, and old ones are destroyed only after the rename;
-        a rerun finishes a half-done re-seal. Returns ``{"generation", "retired"}``.
+        durable before the file is rewritten; old generations (and any temporary file a crashed
+        write left) are destroyed under the same lock, and only then is the "destroyed since the
+        last re-seal" mark cleared, so a crash anywhere leaves the mark and the next re-seal
+        finishes the work. Returns ``{"generation", "retired"}``.
         """
         with self._tlock:
             if self._txn is not None:
@@ -698,11 +706,13 @@ class LocalKeyStore:
             with self.transaction():
                 generation, _ = self._masters.advance()
                 self._gen = generation
-                self._txn.pop("unsealed_destructions", None)  # the same content, under the new generation
-                self._dirty = True
-            retired = self._masters.retire(below=generation)
-            for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a write a crash left behind
-                _shred_file(stale)
+                self._dirty = True  # the same content, written under the new generation
+            with self.transaction():  # the lock again: no other process is writing a temporary file now
+                retired = self._masters.retire(below=generation)
+                for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a write a crash left
+                    _shred_file(stale)
+                if self._txn.pop("unsealed_destructions", None):
+                    self._dirty = True
             return {"generation": generation, "retired": retired}
 
     def sealed_bytes(self) -> bytes:
@@ -711,8 +721,17 @@ class LocalKeyStore:
             return self.path.read_bytes() if self.path.exists() else b""
 
     def restore_from(self, blob: bytes, *, replace: bool = False) -> int:
-        """Install a DR export as the key store, after proving it opens; returns the number of KEKs in it."""
-        _, state = _decode_file(blob, self._masters, Path("<DR export>"))
+        """Install a DR export as the key store, after proving it opens; returns the number of KEKs in it.
+
+        Only an export sealed under the *current* master-key generation is taken: an older one
+        (from before a re-seal) could bring destroyed keys back, so it is refused even if its
+        generation's key were still at hand.
+        """
+        generation, state = _decode_file(blob, self._masters, Path("<DR export>"))
+        current = self._masters.current()[0]
+        if generation != current:
+            raise KeyStoreUnreadable(f"the export is sealed under master-key generation {generation}, not the "
+                                     f"current {current}: only the latest export may be restored")
         with self.transaction():
             if self.path.exists() and not replace:
                 raise KeyStoreError(f"{self.path} exists; restore a DR export only over a lost key store")

@@ -13,9 +13,16 @@ from collections import Counter, defaultdict
 
 from imaging_lifecycle.services import Services
 
-__all__ = ["summary", "iso"]
+__all__ = ["summary", "iso", "utc"]
 
 UTC = dt.timezone.utc
+
+
+def utc(when: dt.datetime) -> dt.datetime:
+    """A plain ``datetime`` in UTC (Airflow hands out pendulum ``DateTime``; the catalog wants the stdlib type)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("a timezone-aware datetime is needed")
+    return dt.datetime.fromtimestamp(when.timestamp(), UTC)
 
 
 def iso(when: dt.datetime | None) -> str | None:
@@ -48,7 +55,7 @@ def _audit_status(svc: Services) -> dict:
             "head_seq": int(result.head_seq or svc.catalog.audit.head()[0]),
             "verified_at": iso(dt.datetime.now(UTC)),
             "anchor": {"seq": newest[0], "at": anchor_at, "signature_valid": True} if newest else None,
-            "problems": sorted({str(p.get("code", "PROBLEM")) for p in found.problems}
+            "problems": sorted({str(p.get("problem", "PROBLEM")) for p in found.problems}
                                | ({result.code} if not result.ok else set()))}
 
 
@@ -56,9 +63,9 @@ def summary(svc: Services, *, now: dt.datetime | None = None, period_start: dt.d
             period_end: dt.datetime | None = None, verify_audit: bool = True) -> dict:
     """Everything the view and the report show; the period defaults to the 30 days before ``now``."""
     cat = svc.catalog
-    now = (now or dt.datetime.now(UTC)).astimezone(UTC)
-    end = (period_end or now).astimezone(UTC)
-    start = (period_start or end - dt.timedelta(days=30)).astimezone(UTC)
+    now = utc(now or dt.datetime.now(UTC))
+    end = utc(period_end or now)
+    start = utc(period_start or end - dt.timedelta(days=30))
     grace = svc.policy.monitoring.overdue_grace
 
     deletions = cat.deletions_between(start, end)

@@ -117,6 +117,13 @@ class IncidentsMixin(CatalogBase):
                               detail={"incident": incident_id, "from": inc["state"], "seconds": int(seconds)})
         return self.incident(incident_id)
 
+    def unnotified(self, limit: int = 500) -> list[dict]:
+        """Incidents no notification has reached yet, oldest first (sent again until one does)."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(incidents).where(incidents.c.notified_at.is_(None))
+                                .order_by(incidents.c.detected_at).limit(limit)).all()
+        return [_row(r) for r in rows]
+
     def mark_notified(self, incident_id: str, *, now: dt.datetime | None = None) -> None:
         with self.db.write() as conn:
             conn.execute(update(incidents).where(incidents.c.id == incident_id).values(notified_at=now or _now()))

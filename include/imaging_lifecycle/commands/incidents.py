@@ -51,7 +51,7 @@ def run(args) -> int:
     state = {"ack": "ACKNOWLEDGED", "contain": "CONTAINED", "resolve": "RESOLVED"}[args.action]
     try:
         out = incidents.step(svc, args.incident, state, actor=person(svc), action=args.note)
-    except (NotLoggedIn, IncidentStateError, UnknownObject, ValueError) as exc:
+    except (NotLoggedIn, incidents.NotResponsible, IncidentStateError, UnknownObject, ValueError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(out))

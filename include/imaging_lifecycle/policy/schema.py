@@ -392,6 +392,12 @@ class Monitoring(_Model):
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the role that must act on each incident nature; ``default`` for the rest
     responsible: dict[str, Slug] = Field(default_factory=lambda: {"default": "data_security_officer"})
+    #: who holds each responsible role (the data security officers always may act too)
+    responders: dict[Slug, list[UserId]] = Field(default_factory=lambda: {"operator": ["operator", "admin"]})
+    #: who may open the Lifecycle view (it names the people incidents are about: not everyone)
+    viewers: list[UserId] = Field(default_factory=lambda: ["admin", "operator", "dso"])
+    #: who may read the compliance reports (decrypted on download, audited)
+    report_readers: list[UserId] = Field(default_factory=lambda: ["admin", "dso"])
     #: a deletion this long past its deadline (and not held) is overdue: an incident
     overdue_grace: Duration = timedelta(hours=1)
     #: this many rejected DICOM associations within ``association_window``: an incident
