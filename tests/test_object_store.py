@@ -107,7 +107,8 @@ def test_credentials_file_is_private(object_store_settings, state_dir):
 
 def test_the_pipeline_identity_cannot_bypass_a_lock_change_it_or_administer_buckets(store):
     """Least privilege: only the separate admin identity (never loaded by the pipeline) may do these."""
-    from minio.commonconfig import GOVERNANCE
+    from minio.commonconfig import ENABLED, GOVERNANCE, Filter
+    from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
     from minio.objectlockconfig import DAYS, ObjectLockConfig
     from minio.retention import Retention
 
@@ -128,6 +129,10 @@ def test_the_pipeline_identity_cannot_bypass_a_lock_change_it_or_administer_buck
         "make-bucket": lambda: c.make_bucket(f"il-x{uuid.uuid4().hex[:8]}"),
         "delete-bucket": lambda: c.remove_bucket(store.bucket("cache")),
         "outside-prefix": lambda: c.put_object("other-bucket", "k", __import__("io").BytesIO(b"x"), 1),
+        # A lifecycle rule could expire locked versions by TTL, around the retention check.
+        "lifecycle": lambda: c.set_bucket_lifecycle(b, LifecycleConfig([Rule(
+            ENABLED, rule_filter=Filter(prefix=""), rule_id="x", expiration=Expiration(days=1))])),
+        "bucket-policy": lambda: c.set_bucket_policy(b, '{"Version":"2012-10-17","Statement":[]}'),
     }
     refused = {}
     for name, attempt in attempts.items():

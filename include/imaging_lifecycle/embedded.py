@@ -253,7 +253,7 @@ def services(settings: Settings, creds: dict) -> list[Service]:
         aux = 9400 + settings.port_offset + 20 * base
         conf, s3_config = _site_config(settings, site, creds)
         argv = seaweed.mini_argv(weed, settings.state_dir / "s3" / site, s3_config, s3_port=s3, aux_port=aux,
-                                 p=seaweed.pki(ca.parent), tls=tls)
+                                 p=seaweed.pki(ca.parent), tls=tls, sockets=conf)
         url = f"{'https' if tls else 'http'}://127.0.0.1:{s3}/"
         out.append(Service(f"s3-{site}", argv, lambda url=url: http_ok(url, ca_file=ca if tls else None), {}, conf))
     env = airflow_env(settings, creds)

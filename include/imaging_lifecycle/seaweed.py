@@ -16,9 +16,10 @@ closes that:
 * **The admin server:** UI off, login password generated; the embedded IAM
   API, WebDAV, Iceberg and Lance ports off.
 * **Two S3 identities per site.** The pipeline's may read, write, list, tag,
-  set retention and legal holds, only on buckets under its prefix; it may not
-  bypass governance retention, change a bucket's lock configuration, create
-  or delete buckets, or administer anything. A separate admin identity
+  set retention and legal holds, only on buckets under its prefix (writes and
+  tags on objects only: no lifecycle rule, bucket policy or versioning change);
+  it may not bypass governance retention, change a bucket's lock configuration,
+  create or delete buckets, or administer anything. A separate admin identity
   creates the buckets (``imaging-lifecycle init``, or the platform's first
   start); its secret lives in its own 0600 file that no pipeline process reads
   (``settings.admin_settings``).
@@ -48,6 +49,10 @@ PIPELINE_ACTIONS = (
     "PutObjectRetention", "GetObjectRetention", "PutObjectLegalHold", "GetObjectLegalHold",
     "GetBucketObjectLockConfiguration",
 )
+#: Actions granted on objects only (``<bucket>/<key>``), never on the bucket itself: SeaweedFS files
+#: bucket-level changes (lifecycle rules, whose expiry would ignore object lock; bucket policy;
+#: versioning) under ``Write``, so a bucket-wide ``Write`` would let the pipeline age out locked copies.
+OBJECT_ONLY_ACTIONS = frozenset({"Write", "Tagging"})
 #: The JWT keys security.toml carries (master <-> volume, s3 <-> filer; writes and reads).
 JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
 #: Components whose gRPC server side gets the mutual-TLS certificate.
@@ -115,7 +120,8 @@ def identities(pipeline: dict, admin: dict, bucket_prefix: str) -> dict:
             {
                 "name": "imaging-lifecycle",
                 "credentials": [{"accessKey": pipeline["access_key"], "secretKey": pipeline["secret_key"]}],
-                "actions": [f"{a}:{scope}" for a in PIPELINE_ACTIONS],
+                "actions": [f"{a}:{scope}/*" if a in OBJECT_ONLY_ACTIONS else f"{a}:{scope}"
+                            for a in PIPELINE_ACTIONS],
             },
             {
                 "name": "imaging-lifecycle-admin",
@@ -145,8 +151,13 @@ def write_site_config(conf_dir: Path, p: Pki, *, pipeline: dict, admin: dict, bu
     return s3
 
 
+#: Longest path a unix socket may have (sun_path).
+_SUN_PATH_MAX = 107
+
+
 def mini_argv(weed: str, data: Path, s3_config: Path, *, s3_port: int, aux_port: int, p: Pki,
-              tls: bool, ip: str = "127.0.0.1", bind: str | None = None) -> list[str]:
+              tls: bool, ip: str = "127.0.0.1", bind: str | None = None,
+              sockets: Path | None = None) -> list[str]:
     """``weed mini`` with every optional listener off; ``tls`` serves S3 over HTTPS with the CA's certificate.
 
     ``ip`` is the address the components give each other; ``bind`` (default: ``ip``) where they listen.
@@ -160,4 +171,10 @@ def mini_argv(weed: str, data: Path, s3_config: Path, *, s3_port: int, aux_port:
     ]
     if tls:
         argv += [f"-s3.cert.file={p.cert}", f"-s3.key.file={p.key}"]
+    # The filer's and S3's local sockets in our own 0700 folder instead of /tmp under a guessable
+    # name (another account could squat that path and keep the filer from starting). The gRPC
+    # sockets' paths are fixed inside weed: they stay in /tmp, 0700 under our umask.
+    if sockets is not None and len(str(sockets / "filer.sock")) <= _SUN_PATH_MAX:
+        argv += [f"-filer.localSocket={sockets / 'filer.sock'}", f"-s3.localFilerSocket={sockets / 'filer.sock'}",
+                 f"-s3.localSocket={sockets / 's3.sock'}"]
     return argv
