@@ -58,9 +58,10 @@ def compliance_report():
         from imaging_lifecycle.services import Services
 
         context = get_current_context()
-        # The calendar month before the run (Airflow 3's cron runs have no data interval of their own).
-        start, end = compliance.month_before(context["data_interval_end"])
-        return compliance.make(Services.open(), period_start=start, period_end=end, actor=actor(context))
+        svc = Services.open()
+        # The hospital's calendar month before the run (Airflow 3's cron runs have no interval of their own).
+        start, end = compliance.month_before(context["data_interval_end"], compliance.hospital_tz(svc))
+        return compliance.make(svc, period_start=start, period_end=end, actor=actor(context))
 
     make_report()
 

@@ -5,14 +5,16 @@
 # read and write on the catalog's tables and only SELECT and INSERT on the audit trail, so it can
 # neither truncate nor alter that table nor disable its append-only triggers.
 set -euo pipefail
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" <<SQL
-CREATE USER airflow WITH PASSWORD '${AIRFLOW_DB_PASSWORD}';
+# Passwords go in as psql variables (:'name' quotes them), never pasted into the SQL text.
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" \
+     -v airflow_pw="$AIRFLOW_DB_PASSWORD" -v owner_pw="$CATALOG_OWNER_PASSWORD" -v catalog_pw="$CATALOG_DB_PASSWORD" <<'SQL'
+CREATE USER airflow WITH PASSWORD :'airflow_pw';
 CREATE DATABASE airflow OWNER airflow;
-CREATE USER catalog_owner WITH PASSWORD '${CATALOG_OWNER_PASSWORD}';
-CREATE USER catalog WITH PASSWORD '${CATALOG_DB_PASSWORD}' NOCREATEDB NOCREATEROLE;
+CREATE USER catalog_owner WITH PASSWORD :'owner_pw';
+CREATE USER catalog WITH PASSWORD :'catalog_pw' NOCREATEDB NOCREATEROLE;
 CREATE DATABASE catalog OWNER catalog_owner;
 SQL
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname catalog <<SQL
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname catalog <<'SQL'
 REVOKE ALL ON DATABASE catalog FROM PUBLIC;
 GRANT CONNECT ON DATABASE catalog TO catalog;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

@@ -72,9 +72,25 @@ def test_the_pipeline_role_owns_nothing_and_can_only_append_to_the_audit_trail(p
                "ALTER TABLE audit_records DISABLE TRIGGER ALL",
                "DROP TRIGGER audit_records_append_only ON audit_records",
                "DROP TABLE audit_records CASCADE", "CREATE TABLE sneaky (x int)",
-               "ALTER TABLE audit_head ADD COLUMN x int"]
+               "ALTER TABLE audit_head ADD COLUMN x int", "DELETE FROM audit_head", "TRUNCATE audit_head"]
     for statement in attacks:
         with pytest.raises(Exception, match="permission denied|must be owner|append-only"):  # noqa: B017
             with cat.engine.begin() as conn:
                 conn.execute(text(statement))
     assert len(cat.audit.records()) == before and cat.audit.verify().ok
+
+
+def test_a_pipeline_role_that_owns_something_is_refused_its_grants(pg_url):
+    """An older deployment made the pipeline's role the owner; init says so instead of granting around it."""
+    from sqlalchemy import create_engine, text
+
+    from imaging_lifecycle.catalog import Catalog, DatabaseUsageError
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text("CREATE ROLE old_pipeline LOGIN"))
+        c.execute(text("CREATE TABLE owned_by_old (x int)"))
+        c.execute(text("ALTER TABLE owned_by_old OWNER TO old_pipeline"))
+    admin.dispose()
+    with pytest.raises(DatabaseUsageError, match="REASSIGN OWNED BY old_pipeline"):
+        Catalog(pg_url).db.grant_pipeline_role("old_pipeline")

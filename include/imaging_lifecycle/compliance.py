@@ -21,7 +21,7 @@ from imaging_lifecycle import overview, report_render
 from imaging_lifecycle.catalog.records import Sealed
 from imaging_lifecycle.services import Services
 
-__all__ = ["ZONE", "SCOPE", "make", "read", "month_before"]
+__all__ = ["ZONE", "SCOPE", "make", "read", "month_before", "hospital_tz"]
 
 ZONE = "audit"
 SCOPE = "reports"
@@ -29,11 +29,22 @@ SCOPE = "reports"
 KINDS = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 
 
-def month_before(day: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """The calendar month (UTC) before ``day``'s month."""
-    first = overview.utc(day).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def hospital_tz(svc: Services) -> str:
+    """The hospital's time zone: the detection calendar's (``monitoring.rules.calendar.timezone``)."""
+    from imaging_lifecycle import anomalies
+
+    return anomalies.resolve_rules(svc.policy.monitoring.rules)["calendar"]["timezone"]
+
+
+def month_before(day: dt.datetime, tz: str = "UTC") -> tuple[dt.datetime, dt.datetime]:
+    """The calendar month before ``day``'s month, in time zone ``tz``, as UTC instants."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(tz)
+    local = overview.utc(day).astimezone(zone)
+    first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     prev = (first - dt.timedelta(days=1)).replace(day=1)
-    return prev, first
+    return overview.utc(prev.replace(tzinfo=zone)), overview.utc(first.replace(tzinfo=zone))
 
 
 def _seal(svc: Services, report_id: str, kind: str, data: bytes) -> dict:

@@ -157,12 +157,24 @@ class Database:
         quote = self.engine.dialect.identifier_preparer.quote
         r = quote(role)
         with self.write(_lock_head=False) as c:
+            owned = c.execute(text(
+                "SELECT count(*) FROM pg_class k JOIN pg_roles o ON o.oid = k.relowner WHERE o.rolname = :r "
+                "UNION ALL SELECT count(*) FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner "
+                "WHERE o.rolname = :r UNION ALL SELECT count(*) FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner "
+                "WHERE o.rolname = :r UNION ALL SELECT count(*) FROM pg_database d JOIN pg_roles o "
+                "ON o.oid = d.datdba WHERE o.rolname = :r"), {"r": role}).scalars().all()
+            if any(owned):
+                # An older deployment made the pipeline's role the owner: it could disable the triggers.
+                raise DatabaseUsageError(
+                    f"role {role} owns database objects; as the owner run REASSIGN OWNED BY {role} TO "
+                    "<owner role> (and ALTER DATABASE ... OWNER TO <owner role>), then init again")
             c.execute(text(f"REVOKE ALL ON SCHEMA public FROM {r}"))
             c.execute(text(f"GRANT USAGE ON SCHEMA public TO {r}"))
             for table in metadata.sorted_tables:
                 t = quote(table.name)
                 c.execute(text(f"REVOKE ALL ON {t} FROM {r}"))
-                grant = "SELECT, INSERT" if table.name == audit_records.name else "SELECT, INSERT, UPDATE, DELETE"
+                grant = {audit_records.name: "SELECT, INSERT",  # append-only, by grant and by trigger
+                         audit_head.name: "SELECT, UPDATE"}.get(table.name, "SELECT, INSERT, UPDATE, DELETE")
                 c.execute(text(f"GRANT {grant} ON {t} TO {r}"))
             c.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {r}"))
 

@@ -49,7 +49,7 @@ def run(args) -> int:
     if args.action == "make":
         try:
             start, end = (_when(args.start), _when(args.end)) if args.start and args.end else \
-                compliance.month_before(dt.datetime.now(dt.timezone.utc))
+                compliance.month_before(dt.datetime.now(dt.timezone.utc), compliance.hospital_tz(svc))
         except ValueError:
             print("--start and --end must be ISO dates or times")
             return 2
