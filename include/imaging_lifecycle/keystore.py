@@ -459,10 +459,17 @@ class LocalKeyStore:
         return prefix + crypto.seal(master, json.dumps(state, separators=(",", ":")).encode(), aad=prefix)
 
     def _write(self, state: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         generation = self._gen if self._gen is not None and self.path.exists() else self._masters.current()[0]
         blob = self._seal(state, generation)
-        prefix = blob[:_PREFIX_SIZE]
+        self._install(blob)
+        st = os.stat(self.path)
+        self._gen = generation
+        self._cache = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, blob[:_PREFIX_SIZE]), state)
+        self.write_count += 1
+
+    def _install(self, blob: bytes) -> None:
+        """Put ``blob`` in place as the key store file: temporary file, fsync, rename, fsync of the folder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -483,10 +490,6 @@ class LocalKeyStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        st = os.stat(self.path)
-        self._gen = generation
-        self._cache = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, prefix), state)
-        self.write_count += 1
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -736,14 +739,7 @@ class LocalKeyStore:
             if self.path.exists() and not replace:
                 raise KeyStoreError(f"{self.path} exists; restore a DR export only over a lost key store")
             self._dirty = False
-            tmp = self.path.with_name(f".{self.path.name}.restore.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, blob)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            self._install(blob)
             self._cache = None
         return len(state["keks"])
 
