@@ -599,3 +599,17 @@ def test_multi_gigabyte_round_trip_bounded_memory():
     assert out["ct_size"] == out["expected_ct_size"] and out["pt_size"] == size
     assert out["maxrss_kb"] < 200 * 1024, f"peak RSS {out['maxrss_kb']} KiB"
     assert out["seconds"] < 60
+
+
+def test_the_object_stores_pki_is_private_and_renewed_before_it_expires(tmp_path):
+    """Files 0600 in a 0700 folder, the CA key thrown away; a certificate near its end is replaced."""
+    from imaging_lifecycle import seaweed
+
+    p = seaweed.pki(tmp_path / "pki", days=10)  # already inside the renewal margin
+    assert sorted(x.name for x in (tmp_path / "pki").iterdir()) == ["ca.crt", "weed.crt", "weed.key"]
+    assert all(x.stat().st_mode & 0o777 == 0o600 for x in (tmp_path / "pki").iterdir())
+    assert (tmp_path / "pki").stat().st_mode & 0o777 == 0o700
+    first = p.cert.read_bytes()
+    again = seaweed.pki(tmp_path / "pki")  # the next start: renewed, now for the full term
+    assert again.cert.read_bytes() != first and crypto.certificate_days_left(again.cert.read_bytes()) > 800
+    assert seaweed.pki(tmp_path / "pki").cert.read_bytes() == again.cert.read_bytes()  # kept while valid

@@ -843,3 +843,13 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, *
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM), _ec_key_pem(key)
+
+
+def certificate_days_left(cert_pem: bytes) -> float:
+    """Days until the certificate's ``notAfter`` (negative once expired)."""
+    import datetime as _dt
+
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return (cert.not_valid_after_utc - _dt.datetime.now(_dt.timezone.utc)).total_seconds() / 86400

@@ -70,18 +70,24 @@ class Pki:
     key: Path
 
 
-def pki(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Pki:
+#: A certificate with fewer days left than this is replaced (with a new CA) at the next start.
+RENEW_DAYS = 30
+
+
+def pki(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 825) -> Pki:
     """The CA and component certificate under ``directory`` (0700, files 0600), made on first use.
 
     The CA key is kept only to issue the one certificate and is then deleted, so nothing here can
-    mint another certificate later.
+    mint another certificate later; a certificate near its end is therefore replaced together with
+    a new CA, at a start (everything that verifies reads the CA file again when it starts).
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.chmod(0o700)
     out = Pki(directory / "ca.crt", directory / "weed.crt", directory / "weed.key")
-    if not (out.ca.exists() and out.cert.exists() and out.key.exists()):
-        ca_cert, ca_key = crypto.certificate_authority("imaging-lifecycle object-store CA")
-        cert, key = crypto.issue_certificate(ca_cert, ca_key, "imaging-lifecycle-weed", hosts=hosts)
+    complete = out.ca.exists() and out.cert.exists() and out.key.exists()
+    if not complete or crypto.certificate_days_left(out.cert.read_bytes()) < RENEW_DAYS:
+        ca_cert, ca_key = crypto.certificate_authority("imaging-lifecycle object-store CA", days=days + 1)
+        cert, key = crypto.issue_certificate(ca_cert, ca_key, "imaging-lifecycle-weed", hosts=hosts, days=days)
         for p in (out.ca, out.cert, out.key):
             p.unlink(missing_ok=True)
         write_private_file(out.key, key)
