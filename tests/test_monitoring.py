@@ -66,8 +66,11 @@ def test_sources_raise_one_incident_each_and_a_rerun_raises_none(mon):
     from imaging_lifecycle import incidents
 
     _emergency(mon)
-    mon.catalog.audit.append("ingest/close_batch/manual__1", "gate.run", outcome="failure",
-                             detail={"gate": "ingest", "failures": ["not_null"]})
+    from imaging_lifecycle.gates import Failure, GateResult, record
+
+    verdict = GateResult("ingest", False, 3, (Failure("expect_column_values_to_not_be_null", "sha256", 2),),
+                         {"0" * 32: ("sha256",), "1" * 32: ("sha256",)})
+    record(mon.catalog, verdict, actor="ingest/close_batch/manual__1")  # the verdict as the gates record it
     for i in range(mon.policy.monitoring.association_burst):
         mon.catalog.audit.append("system:receiver", "security.alert", outcome="minor_failure",
                                  detail={"reason": "CALLING_AE_NOT_ALLOWED", "calling_ae": "EVIL", "called_ae": "X",
@@ -76,6 +79,8 @@ def test_sources_raise_one_incident_each_and_a_rerun_raises_none(mon):
     out = incidents.detect(mon, now=now, actor=ACTOR)
     natures = sorted(i["nature"] for i in (mon.catalog.incident(x) for x in out["new"]))
     assert natures == ["emergency", "gate_failure", "rejected_associations"], natures
+    gate = next(i for i in mon.catalog.incidents() if i["nature"] == "gate_failure")
+    assert gate["scope"]["failed"] == 1 and gate["scope"]["held"] == 2 and gate["responsible_role"] == "operator"
     assert out["levels"]["emergency"] == 1
     inc = next(i for i in mon.catalog.incidents() if i["nature"] == "emergency")
     assert inc["user"] == "clinician" and inc["responsible_role"] == "data_security_officer"

@@ -31,7 +31,7 @@ from imaging_lifecycle import anomalies
 from imaging_lifecycle.catalog.audit import AuditRecord
 from imaging_lifecycle.services import Services
 
-__all__ = ["KIND_OF_ACTION", "access_events", "peer_groups", "raise_findings", "scan", "detect", "step",
+__all__ = ["gate_failed", "KIND_OF_ACTION", "access_events", "peer_groups", "raise_findings", "scan", "detect", "step",
            "may_respond", "NotResponsible", "LOOKBACK"]
 
 #: How far back the access history is read for one detection run (the longest rolling window).
@@ -119,6 +119,11 @@ def peer_groups(svc: Services) -> dict[str, str]:
     return groups
 
 
+def gate_failed(detail: dict) -> int:
+    """How many checks a recorded gate verdict failed (``gates.record``: ``failed`` and ``held`` are counts)."""
+    return int(detail.get("failed") or 0) or int(detail.get("held") or 0) or 1
+
+
 def _responsible(svc: Services, nature: str) -> str:
     table = svc.policy.monitoring.responsible
     return table.get(nature) or table.get("default") or "data_security_officer"
@@ -178,7 +183,7 @@ def scan(svc: Services, *, now: dt.datetime, since: dt.datetime, actor: str) -> 
         d = r.detail or {}
         if r.action == "gate.run" and r.outcome != "success":
             new.append(_raise(svc, f"gate:{r.seq}", "gate_failure", "major",
-                              {"gate": d.get("gate"), "failed": len(d.get("failures") or d.get("held") or []) or 1,
+                              {"gate": d.get("gate"), "failed": gate_failed(d), "held": int(d.get("held") or 0),
                                "run": r.actor, "seq": r.seq}, actor=actor))
         elif r.action == "copy.verify" and r.outcome != "success":
             new.append(_raise(svc, f"restore:{r.seq}", "backup_mismatch", "major",

@@ -83,7 +83,7 @@ def summary(svc: Services, *, now: dt.datetime | None = None, period_start: dt.d
         d = r.detail or {}
         if r.action == "gate.run" and r.outcome != "success":
             gate_failures.append({"gate": str(d.get("gate")), "at": iso(_at(r.ts)), "run": r.actor,
-                                  "failed": len(d.get("failures") or d.get("held") or []) or 1})
+                                  "failed": int(d.get("failed") or 0) or int(d.get("held") or 0) or 1})
         elif r.action == "copy.verify" and (d.get("zone") in (None, "backup") or "sample" in d):
             verify_at = iso(_at(r.ts))
             verify_ok += r.outcome == "success"
