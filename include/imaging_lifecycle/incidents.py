@@ -185,7 +185,7 @@ def scan(svc: Services, *, now: dt.datetime, since: dt.datetime, actor: str) -> 
             new.append(_raise(svc, f"gate:{r.seq}", "gate_failure", "major",
                               {"gate": d.get("gate"), "failed": gate_failed(d), "held": int(d.get("held") or 0),
                                "run": r.actor, "seq": r.seq}, actor=actor))
-        elif r.action == "copy.verify" and r.outcome != "success":
+        elif r.action == "copy.verify" and r.outcome != "success" and d.get("zone") == "backup":
             new.append(_raise(svc, f"restore:{r.seq}", "backup_mismatch", "major",
                               {"object": r.object_ref, "reason": d.get("reason"), "seq": r.seq}, actor=actor))
         elif r.action == "security.alert" and "calling_ae" in d:  # the receiver refused an association
