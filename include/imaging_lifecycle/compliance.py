@@ -18,6 +18,7 @@ import uuid
 from dataclasses import asdict
 
 from imaging_lifecycle import overview, report_render
+from imaging_lifecycle.catalog.audit import plain_utc
 from imaging_lifecycle.catalog.records import Sealed
 from imaging_lifecycle.services import Services
 
@@ -41,10 +42,10 @@ def month_before(day: dt.datetime, tz: str = "UTC") -> tuple[dt.datetime, dt.dat
     from zoneinfo import ZoneInfo
 
     zone = ZoneInfo(tz)
-    local = overview.utc(day).astimezone(zone)
+    local = plain_utc(day).astimezone(zone)
     first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     prev = (first - dt.timedelta(days=1)).replace(day=1)
-    return overview.utc(prev.replace(tzinfo=zone)), overview.utc(first.replace(tzinfo=zone))
+    return plain_utc(prev.replace(tzinfo=zone)), plain_utc(first.replace(tzinfo=zone))
 
 
 def _seal(svc: Services, report_id: str, kind: str, data: bytes) -> dict:
@@ -58,7 +59,7 @@ def _seal(svc: Services, report_id: str, kind: str, data: bytes) -> dict:
 def make(svc: Services, *, period_start: dt.datetime, period_end: dt.datetime, actor: str,
          now: dt.datetime | None = None) -> dict:
     """Render and store the report for ``[period_start, period_end)``; returns its id and counts (XCom-safe)."""
-    period_start, period_end = overview.utc(period_start), overview.utc(period_end)
+    period_start, period_end = plain_utc(period_start), plain_utc(period_end)
     if period_end <= period_start:
         raise ValueError("the report period must end after it starts")
     summary = overview.summary(svc, now=now or period_end, period_start=period_start, period_end=period_end)

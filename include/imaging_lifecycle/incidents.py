@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from imaging_lifecycle import anomalies
-from imaging_lifecycle.catalog.audit import AuditRecord
+from imaging_lifecycle.catalog.audit import AuditRecord, parse_ts, plain_utc
 from imaging_lifecycle.services import Services
 
 __all__ = ["gate_failed", "KIND_OF_ACTION", "access_events", "peer_groups", "raise_findings", "scan", "detect", "step",
@@ -52,7 +52,7 @@ KIND_OF_ACTION: dict[str, str] = {
 
 
 def _at(record: AuditRecord) -> dt.datetime:
-    return dt.datetime.strptime(record.ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    return parse_ts(record.ts)
 
 
 def _person(actor: str) -> bool:
@@ -220,7 +220,7 @@ def scan(svc: Services, *, now: dt.datetime, since: dt.datetime, actor: str) -> 
 
 def detect(svc: Services, *, now: dt.datetime, actor: str, scan_since: dt.datetime | None = None) -> dict:
     """One detection run: anomaly findings and the other sources, raised as incidents; the new ones returned."""
-    now = dt.datetime.fromtimestamp(now.timestamp(), dt.timezone.utc)  # a plain datetime (Airflow's is pendulum)
+    now = plain_utc(now)  # Airflow's is pendulum
     events = access_events(svc, since=now - LOOKBACK, until=now)
     findings = anomalies.detect(events, now=now, rules=svc.policy.monitoring.rules, peers=peer_groups(svc))
     new = raise_findings(svc, findings, actor=actor)

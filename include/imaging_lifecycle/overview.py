@@ -11,26 +11,17 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 
+from imaging_lifecycle.catalog.audit import parse_ts
+from imaging_lifecycle.catalog.audit import plain_utc as utc
 from imaging_lifecycle.services import Services
 
-__all__ = ["summary", "iso", "utc"]
+__all__ = ["summary", "iso"]
 
 UTC = dt.timezone.utc
 
 
-def utc(when: dt.datetime) -> dt.datetime:
-    """A plain ``datetime`` in UTC (Airflow hands out pendulum ``DateTime``; the catalog wants the stdlib type)."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("a timezone-aware datetime is needed")
-    return dt.datetime.fromtimestamp(when.timestamp(), UTC)
-
-
 def iso(when: dt.datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat(timespec="seconds") if when else None
-
-
-def _at(ts: str) -> dt.datetime:
-    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def _incident(i: dict) -> dict:
@@ -50,7 +41,7 @@ def _audit_status(svc: Services) -> dict:
     anchor_at = None
     if newest is not None:
         rec = svc.catalog.audit.records(after_seq=newest[0] - 1, limit=1)
-        anchor_at = iso(_at(rec[0].ts)) if rec else None
+        anchor_at = iso(parse_ts(rec[0].ts)) if rec else None
     return {"verified": bool(result.ok) and not found.problems, "records": int(result.count),
             "head_seq": int(result.head_seq or svc.catalog.audit.head()[0]),
             "verified_at": iso(dt.datetime.now(UTC)),
@@ -82,10 +73,10 @@ def summary(svc: Services, *, now: dt.datetime | None = None, period_start: dt.d
     for r in trail:
         d = r.detail or {}
         if r.action == "gate.run" and r.outcome != "success":
-            gate_failures.append({"gate": str(d.get("gate")), "at": iso(_at(r.ts)), "run": r.actor,
+            gate_failures.append({"gate": str(d.get("gate")), "at": iso(parse_ts(r.ts)), "run": r.actor,
                                   "failed": int(d.get("failed") or 0) or int(d.get("held") or 0) or 1})
         elif r.action == "copy.verify" and (d.get("zone") in (None, "backup") or "sample" in d):
-            verify_at = iso(_at(r.ts))
+            verify_at = iso(parse_ts(r.ts))
             verify_ok += r.outcome == "success"
             verify_failed += r.outcome != "success"
         elif r.action == "key.rotate":
@@ -103,7 +94,7 @@ def summary(svc: Services, *, now: dt.datetime | None = None, period_start: dt.d
             if r.outcome != "success":
                 outcomes["REFUSED"] += 1
         elif r.action == "access.emergency":
-            emergencies.append({"request_id": str(d.get("request")), "user": r.actor, "at": iso(_at(r.ts)),
+            emergencies.append({"request_id": str(d.get("request")), "user": r.actor, "at": iso(parse_ts(r.ts)),
                                 "hours": d.get("hours"), "reviewed": False})
         elif r.action == "access.emergency_review":
             reviewed.add(str(d.get("request")))

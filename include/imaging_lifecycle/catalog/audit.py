@@ -266,6 +266,18 @@ def chain_hash(prev_hash: str, content: dict) -> str:
     return hashlib.sha256((prev_hash + canonical_json(content)).encode("utf-8")).hexdigest()
 
 
+def plain_utc(when: dt.datetime) -> dt.datetime:
+    """A stdlib ``datetime`` in UTC (Airflow hands out pendulum ``DateTime``; the catalog wants the plain type)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("a timezone-aware datetime is needed")
+    return dt.datetime.fromtimestamp(when.timestamp(), dt.timezone.utc)
+
+
+def parse_ts(ts: str) -> dt.datetime:
+    """Inverse of :func:`format_ts`: a record's ``ts`` as an aware UTC datetime."""
+    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+
+
 def format_ts(when: dt.datetime) -> str:
     """UTC, millisecond precision, ``Z`` suffix: the canonical timestamp."""
     when = when.astimezone(dt.timezone.utc)
