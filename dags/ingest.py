@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from airflow.sdk import dag, get_current_context, task
 
-from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, INGESTED, actor, landing_asset, quiet_seconds
+from imaging_lifecycle.airflow_glue import (
+    DEFAULT_ARGS,
+    INGESTED,
+    actor,
+    landing_asset,
+    landing_ids_fired,
+    landing_queue,
+    quiet_seconds,
+)
 
 
 @dag(
@@ -17,13 +25,15 @@ from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, INGESTED, actor, landin
     doc_md=__doc__,
 )
 def ingest():
-    @task
+    @task(queue=landing_queue())
     def claim_batch() -> list[dict]:
-        """Move settled landing files into a batch; one {batch_id, chunk} per mapped task."""
+        """Stage settled landing files in S3 as a batch (on the landing host); one {batch_id, chunk} per chunk."""
         from imaging_lifecycle import ingest as stage
         from imaging_lifecycle.services import Services
 
-        return stage.claim_batch(Services.open().settings, quiet_seconds=quiet_seconds()).work()
+        context = get_current_context()
+        return stage.claim_batch(Services.open(), quiet_seconds=quiet_seconds(), actor=actor(context),
+                                 landing_ids=landing_ids_fired(context)).work()
 
     @task(max_active_tis_per_dagrun=2)
     def ingest_chunk(batch_id: str, chunk: int) -> dict:

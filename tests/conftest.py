@@ -233,6 +233,9 @@ def env(object_store_settings, tmp_path, catalog_url):
 
     settings = replace(object_store_settings, landing_dir=tmp_path / "landing", catalog_url=catalog_url)
     settings.landing_dir.mkdir()
+    from imaging_lifecycle import landing
+
+    landing.ensure_identity(settings.landing_dir)  # the test process is the landing host
     (settings.state_dir / "ingest").mkdir(exist_ok=True)
     for leftover in (settings.state_dir / "ingest").iterdir():  # each test starts with no staged batch
         if leftover.is_dir():
@@ -242,11 +245,12 @@ def env(object_store_settings, tmp_path, catalog_url):
 
 def ingest_now(settings) -> dict:
     """One ingest batch of whatever is in the landing folder, through the same functions the DAG runs."""
-    from imaging_lifecycle import ingest
+    from imaging_lifecycle import ingest, landing
     from imaging_lifecycle.services import Services
 
+    landing.ensure_identity(settings.landing_dir)  # the test is the landing host
     svc = Services.open(settings)
-    claim = ingest.claim_batch(settings, quiet_seconds=0)
+    claim = ingest.claim_batch(svc, quiet_seconds=0)
     results = [ingest.run_chunk(svc, claim.batch_id, c, actor="test/ingest") for c in claim.chunks]
     return ingest.close_batch(svc, results, actor="test/ingest") if claim.files else {}
 

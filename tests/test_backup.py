@@ -29,7 +29,7 @@ def services(settings):
 
 def stored_objects(settings, files: dict[str, Path], *, tier: int = 3) -> dict[str, str]:
     """Ingest real files and move them to STORED as the protect stage would; returns name -> catalog id."""
-    from imaging_lifecycle import ingest
+    from imaging_lifecycle import ingest, landing
     from imaging_lifecycle.catalog import Catalog
 
     for name, src in files.items():
@@ -37,7 +37,8 @@ def stored_objects(settings, files: dict[str, Path], *, tier: int = 3) -> dict[s
     from imaging_lifecycle.services import Services
 
     svc = Services.open(settings)
-    claim = ingest.claim_batch(settings, quiet_seconds=0)
+    landing.ensure_identity(settings.landing_dir)
+    claim = ingest.claim_batch(svc, quiet_seconds=0)
     results = [ingest.run_chunk(svc, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
     ingest.close_batch(svc, results, actor=ACTOR)
     cat = Catalog(settings.catalog_url)

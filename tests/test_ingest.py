@@ -80,7 +80,7 @@ def test_each_kind_of_bad_input_is_quarantined_with_its_reason_and_kept(env, dic
 
     assert summary["reasons"] == dict(Counter(expected.values()))
     assert os.path.exists("/etc/hostname")  # the link was removed, never its target
-    assert list(env.landing_dir.iterdir()) == []
+    assert [p.name for p in env.landing_dir.iterdir()] == [".landing-id"]  # its identity, nothing else
     cat = catalog(env)
     objs = cat.objects(batch_id=summary["batch_id"])
     assert sorted(o.quarantine_reason for o in objs) == sorted(expected.values())
@@ -111,7 +111,8 @@ def test_duplicates_are_skipped_and_conflicts_quarantined(env, dicom_file):
     assert "object.duplicate_skipped" in actions
 
 
-@pytest.mark.parametrize("point", ["ingest.after_upload", "ingest.after_store", "ingest.before_remove"])
+@pytest.mark.parametrize("point", ["ingest.claim_after_upload", "ingest.claim_after_record", "ingest.after_upload",
+                                   "ingest.after_store", "ingest.before_remove"])
 def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(env, dicom_file, point):
     for n in ("CT_small.dcm", "MR_small.dcm"):
         shutil.copy(dicom_file(n), env.landing_dir / n)
@@ -135,6 +136,10 @@ def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(
         assert [v.version_id for v in store.versions("archive", copies[0].key)] == [copies[0].version_id]
     assert not list(env.landing_dir.rglob("*.dcm"))
     assert not list((env.state_dir / "ingest").rglob("*.dcm"))
+    from imaging_lifecycle import landing
+
+    assert cat.staged_count() == 0  # nothing waits in the staging zone, and nothing is left there
+    assert list(store.versions("staging", f"staging/{landing.identity(env.landing_dir)}/")) == []
     assert cat.audit.verify().ok
 
 
@@ -176,7 +181,7 @@ def test_the_object_store_dying_mid_run_loses_nothing_and_the_retry_duplicates_n
         ds = dcmread(env.landing_dir / f"f{i}.dcm")
         ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{i}"
         ds.save_as(env.landing_dir / f"f{i}.dcm")
-    claim = ingest.claim_batch(env, quiet_seconds=0)
+    claim = ingest.claim_batch(Services.open(env), quiet_seconds=0)
     weed = embedded._recorded(env, "s3-primary")
     store = ObjectStore(env)
 

@@ -21,7 +21,16 @@ def test_ingest_dag_runs_in_process_with_dag_test(airflow_db, object_store_setti
     (tmp_path / "landing" / "junk.dcm").write_bytes(b"not dicom at all" * 10)
     from airflow.dag_processing.dagbag import DagBag
 
+    from imaging_lifecycle import landing
+
     dag = DagBag(dag_folder=str(PROJECT / "dags" / "ingest.py")).dags["ingest"]
+    # First as a worker that is not the landing host would run it (its folder has no landing identity):
+    # the run fails, never a success that leaves the files waiting.
+    dag.get_task("claim_batch").retries = 0  # Airflow would retry it (on the landing queue); once shows it
+    run = dag.test()
+    assert run.state == "failed"
+    assert len(list((tmp_path / "landing").rglob("*.dcm"))) == 5
+    landing.ensure_identity(tmp_path / "landing")  # now this is the landing host (the trigger would say so)
     run = dag.test()
     assert run.state == "success"
     from imaging_lifecycle.catalog import Catalog

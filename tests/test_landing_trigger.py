@@ -26,7 +26,10 @@ def test_fires_once_per_quiet_batch_never_while_files_are_written(tmp_path):
     (tmp_path / "b.part").write_bytes(b"in progress")  # ignored: still being written
     trig = LandingBatchTrigger(str(tmp_path), quiet_seconds=0.5, poll_seconds=0.1, refire_seconds=60)
     events = asyncio.run(_events(trig, 2.0))
-    assert events == [{"files": 1, "bytes": 10, "batch": events[0]["batch"]}]
+    from imaging_lifecycle import landing
+
+    # The triggerer runs on the landing host: the folder gets its identity, and each event names it.
+    assert events == [{"files": 1, "bytes": 10, "batch": events[0]["batch"], "landing": landing.identity(tmp_path)}]
     assert "a.dcm" not in str(events)  # counts only, never names
 
 

@@ -109,7 +109,7 @@ def test_objects_of_a_batch_that_has_not_passed_its_gate_are_not_taken(env, dico
     from imaging_lifecycle import ingest, protect
 
     shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "ct.dcm")
-    claim = ingest.claim_batch(env, quiet_seconds=0)
+    claim = ingest.claim_batch(Services.open(env), quiet_seconds=0)
     svc = Services.open(env)
     results = [ingest.run_chunk(svc, claim.batch_id, c, actor="test/protect") for c in claim.chunks]
     assert protect.pending_chunks(svc) == []  # stored and VALIDATED, but the gate has not run

@@ -30,6 +30,26 @@ def quiet_seconds() -> float:
     return float(os.environ.get("IL_INGEST_QUIET_SECONDS", "5"))
 
 
+def landing_queue() -> str:
+    """The Airflow queue of the one step that touches the landing folder (the claim).
+
+    Only the landing host's worker consumes it (``airflow celery worker -q default,landing``);
+    LocalExecutor ignores queues. ``IL_LANDING_QUEUE`` renames it.
+    """
+    return os.environ.get("IL_LANDING_QUEUE", "landing")
+
+
+def landing_ids_fired(context) -> set[str]:  # noqa: ANN001
+    """The landing folders whose trigger events started this run (empty for a manual run)."""
+    found: set[str] = set()
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            payload = (getattr(event, "extra", None) or {}).get("payload") or {}
+            if isinstance(payload, dict) and isinstance(payload.get("landing"), str):
+                found.add(payload["landing"])
+    return found
+
+
 def landing_asset() -> Asset:
     """The landing folder as an asset, watched by our trigger: one event per complete batch."""
     return Asset(

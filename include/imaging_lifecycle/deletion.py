@@ -34,7 +34,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from imaging_lifecycle import faults, keyseal
+from imaging_lifecycle import faults, keyseal, staging
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord
 from imaging_lifecycle.catalog.states import DELETED, DELETING, EXPIRABLE, EXPIRED
 from imaging_lifecycle.keystore import KekRef
@@ -331,18 +331,13 @@ def _purge(svc: Services, targets: list[Target]) -> None:
 
 
 def _remove_local(svc: Services, targets: list[Target]) -> None:
-    """Step 3: staged ingest files of these objects (their ``.id`` sidecar names the catalog id)."""
-    root = svc.settings.state_dir / "ingest"
-    ids = {t.obj.id for t in targets if t.kind == "object"}
-    if not ids or not root.is_dir():
+    """Step 3: a staged copy of these objects still waiting in the staging zone (an ingest that died
+    after storing the original, before dropping it), with its row."""
+    ids = sorted(t.obj.id for t in targets if t.kind == "object")
+    if not ids:
         return
-    for sidecar in root.glob("*/*.id"):
-        try:
-            if sidecar.read_text().strip() in ids:
-                sidecar.with_suffix(".dcm").unlink(missing_ok=True)
-                sidecar.unlink(missing_ok=True)
-        except FileNotFoundError:
-            continue
+    for staged in svc.catalog.staged_rows(ids):
+        staging.drop(svc, staged)
 
 
 def _verify(svc: Services, targets: list[Target]) -> None:

@@ -2,24 +2,28 @@
 
 One DAG run takes one batch:
 
-1. :func:`claim_batch` moves every settled landing file into
+1. :func:`claim_batch` runs on the landing host only (the ``landing`` queue;
+   see :class:`NotTheLandingHost`). It moves every settled landing file into
    ``<state>/ingest/<batch id>/<catalog id>.dcm`` (an atomic rename on one file
-   system). File names can carry identifiers, so from here on a file is only
-   its catalog id; the batch manifest (id → source) stays on local disk, and
-   XCom carries the batch id and chunk numbers only. Files arriving while a
-   batch runs wait for the next one. Files of an earlier batch that crashed
-   are claimed again, so nothing is stranded.
-2. :func:`run_chunk` (the mapped task, one per chunk) passes each file to
-   :func:`ingest_file`, which inspects it and either stores it (encrypted,
-   read back and verified) and registers it, or quarantines it with a reason
-   code. Only then is the staged file removed. Every step is idempotent per
-   file, so a rerun after a crash at any point neither loses nor duplicates
+   system), then stages each one, encrypted and verified, in the ``staging``
+   zone with a row in the catalog (:mod:`imaging_lifecycle.staging`), and only
+   then removes the local copy. File names can carry identifiers, so from here
+   on a file is only its catalog id; XCom carries the batch id and chunk numbers
+   only. Files arriving while a batch runs wait for the next one. Files of an
+   earlier batch whose run died, local or staged, are claimed again, so nothing
+   is stranded.
+2. :func:`run_chunk` (the mapped task, one per chunk, on any worker) passes
+   each staged file to :func:`ingest_file`, which fetches it into the host's
+   scratch folder, inspects it and either stores it (encrypted, read back and
+   verified) and registers it, or quarantines it with a reason code. Only then
+   is the staged copy dropped. Every step is idempotent per file, so a rerun
+   after a crash at any point, on any host, neither loses nor duplicates
    anything.
-3. :func:`close_batch` runs the ingest validation gate over the batch's
-   catalog rows; a failed gate marks the batch GATE_FAILED and stops it there.
+3. :func:`close_batch` checks that nothing of the batch is still staged, runs
+   the ingest validation gate over the batch's catalog rows (a failed gate marks
+   the batch GATE_FAILED and stops it there) and destroys the batch's staging KEK.
 
-Stage functions take the task's :class:`~imaging_lifecycle.services.Services`;
-:func:`claim_batch` needs only the settings (it touches local folders alone).
+Stage functions take the task's :class:`~imaging_lifecycle.services.Services`.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,26 +140,78 @@ def _claim_lock(root: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def claim_batch(settings: Settings, *, quiet_seconds: float, chunk_size: int = CHUNK_SIZE,
-                now: float | None = None) -> Claim:
-    """Move settled landing files (and leftovers of crashed batches) into a new batch folder.
+class NotTheLandingHost(RuntimeError):
+    """This host's landing folder is not the one whose files fired the run, or it has none.
 
-    Each file gets its catalog id here and is staged as ``<catalog id>.dcm``:
-    the id travels with the file in one rename, so a rerun reuses it and the
-    catalog can never get the same file twice. The manifest (id -> source) is
-    written and fsynced *before* anything moves. A claim takes at most
-    ``MAX_CHUNKS * chunk_size`` files (Airflow's mapped-task limit); the rest
-    changes the folder, so the trigger fires again for it.
+    The claim is the one step that touches a landing folder, so it must run where
+    that folder is (the Airflow queue ``landing``, consumed only by the landing
+    host's worker). Run anywhere else, it would find an empty folder and end a
+    run that leaves the real files waiting as a success; it fails instead, and
+    Airflow retries it (on the right host, once the queue routes it there).
     """
+
+
+def _check_landing_host(settings: Settings, expected: set[str] | None) -> str:
+    here = landing.identity(settings.landing_dir)
+    if here is None:
+        raise NotTheLandingHost(
+            "this host has no landing folder (no landing identity in IL_LANDING_DIR): the claim runs on the "
+            "landing host's queue ('landing'), or 'imaging-lifecycle init' makes this one a landing host")
+    if expected and here not in expected:
+        raise NotTheLandingHost(
+            f"this host's landing folder ({here[:9]}) is not the one whose files started this run "
+            f"({', '.join(sorted(e[:9] for e in expected))}): route the claim to that host's 'landing' queue")
+    return here
+
+
+#: Uploads to the staging zone at once during a claim (S3 I/O releases the GIL).
+STAGE_THREADS = 4
+
+
+def _stage_one(svc: Services, path: Path, oid: str, *, landing_id: str, scope_id: str):
+    """Stage one claimed local file: (sealed copy, None) or (None, reason code) if it must not be read."""
+    from imaging_lifecycle import staging
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, "UNREADABLE"
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        return None, "PATH_TRAVERSAL"  # never follow a link out of the folder
+    try:
+        return staging.put(svc, path, oid, landing_id=landing_id, scope_id=scope_id), None
+    except PermissionError:
+        return None, "UNREADABLE"
+
+
+def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | None = None,
+                chunk_size: int = CHUNK_SIZE, now: float | None = None, actor: str = "system:ingest/claim") -> Claim:
+    """Claim settled landing files (and leftovers of dead batches) as a new batch, staged in S3.
+
+    ``landing_ids``: the landing folders whose files started this run (from the trigger's event);
+    this host's must be among them (:class:`NotTheLandingHost`). Each file gets its catalog id
+    here: the id travels with the file in one local rename, so a rerun reuses it and the catalog
+    can never get the same file twice. The local manifest (id -> source) is written and fsynced
+    *before* anything moves; each file is then staged (encrypted, verified), all rows recorded in
+    one transaction, and only then the local copies removed. A claim takes at most
+    ``MAX_CHUNKS * chunk_size`` files (Airflow's mapped-task limit); the rest changes the folder,
+    so the trigger fires again for it.
+    """
+    from imaging_lifecycle import staging
+    from imaging_lifecycle.catalog import StagedFile
+
+    settings = svc.settings
+    here = _check_landing_host(settings, landing_ids)
     root = batches_root(settings)
     with _claim_lock(root):
+        staging.reap_orphans(svc, here)
         batch_id = new_batch_id()
         batch_dir = root / batch_id
         batch_dir.mkdir(mode=0o700)
         limit = MAX_CHUNKS * chunk_size
         plan: list[tuple[Path, str, str]] = []  # (source path, catalog id, source)
         old_dirs = sorted(p for p in root.iterdir() if p.is_dir() and p != batch_dir)
-        for old in old_dirs:  # leftovers of earlier batches whose run died
+        for old in old_dirs:  # leftovers of earlier claims that died before staging everything
             sources = _read_manifest(old)["files"]
             for f in sorted(old.glob("*.dcm")):
                 plan.append((f, f.stem, sources.get(f.stem, "landing")))
@@ -163,40 +221,36 @@ def claim_batch(settings: Settings, *, quiet_seconds: float, chunk_size: int = C
         _write_json(batch_dir / MANIFEST, {"chunk_size": chunk_size, "files": {oid: src for _, oid, src in plan}})
         for src, oid, _ in plan:
             _move(src, batch_dir / f"{oid}.dcm")
-            os.chmod(batch_dir / f"{oid}.dcm", 0o600)  # a sender's file, now ours alone
-        for old in old_dirs:
-            if not any(old.glob("*.dcm")):
-                (old / MANIFEST).unlink(missing_ok=True)
+            if not (batch_dir / f"{oid}.dcm").is_symlink():  # a link is quarantined unread, never followed
+                os.chmod(batch_dir / f"{oid}.dcm", 0o600)  # a sender's file, now ours alone
+        scope_id = staging.scope_for(batch_id)
+        files: list[StagedFile] = []
+        if plan:
+            svc.encrypted.kek_for(scope_id)  # one KEK for the batch, made before the uploads share it
+            with ThreadPoolExecutor(STAGE_THREADS) as pool:
+                staged = list(pool.map(lambda p: _stage_one(svc, batch_dir / f"{p[1]}.dcm", p[1],
+                                                            landing_id=here, scope_id=scope_id), plan))
+            faults.point("ingest.claim_after_upload")
+            for i, ((_, oid, source), (sealed, problem)) in enumerate(zip(plan, staged, strict=True)):
+                files.append(StagedFile(oid, batch_id, i // chunk_size, source, scope_id, sealed, problem, here))
+        first_free = (len(files) + chunk_size - 1) // chunk_size
+        svc.catalog.record_staged(batch_id, files, actor=actor)
+        adopted = svc.catalog.adopt_staged(batch_id, first_chunk=first_free, chunk_size=chunk_size,
+                                           limit=limit - len(files))
+        faults.point("ingest.claim_after_record")
+        for _, oid, _ in plan:
+            (batch_dir / f"{oid}.dcm").unlink(missing_ok=True)
+        for d in [*old_dirs, batch_dir]:
+            if not any(d.glob("*.dcm")):
+                (d / MANIFEST).unlink(missing_ok=True)
                 try:
-                    os.rmdir(old)  # fails, keeping it, if anything unexpected is left
+                    os.rmdir(d)  # fails, keeping it, if anything unexpected is left
                 except OSError:
                     pass
         landing.remove_empty_dirs(settings.landing_dir)
-        if not plan:
-            (batch_dir / MANIFEST).unlink()
-            os.rmdir(batch_dir)
-    n = len(plan)
-    return Claim(batch_id, n, list(range((n + chunk_size - 1) // chunk_size)))
-
-
-def chunk_files(settings: Settings, batch_id: str, chunk: int) -> list[tuple[Path, str]]:
-    """The (staged path, source) pairs of one chunk that are still to do."""
-    batch_dir = batches_root(settings) / batch_id
-    manifest = _read_manifest(batch_dir)
-    size = manifest["chunk_size"]
-    ids = sorted(manifest["files"])[chunk * size:(chunk + 1) * size]
-    return [(batch_dir / f"{i}.dcm", manifest["files"][i]) for i in ids if (batch_dir / f"{i}.dcm").exists()]
-
-
-def finish_batch(settings: Settings, batch_id: str) -> None:
-    """Drop the batch folder once every staged file is gone (each was stored or quarantined)."""
-    batch_dir = batches_root(settings) / batch_id
-    if batch_dir.exists() and not any(batch_dir.glob("*.dcm")):
-        (batch_dir / MANIFEST).unlink(missing_ok=True)
-        try:
-            os.rmdir(batch_dir)
-        except OSError:
-            pass
+    n = len(files) + adopted
+    chunks = first_free + (adopted + chunk_size - 1) // chunk_size
+    return Claim(batch_id, n, list(range(chunks)) if n else [])
 
 
 # -- one chunk: the mapped task --------------------------------------------------
@@ -225,23 +279,44 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
     return svc.encrypted.record(svc.catalog, oid, sealed, actor=actor)
 
 
-def _remove_staged(staged: Path) -> None:
+def _done(svc: Services, staged) -> None:  # noqa: ANN001
+    from imaging_lifecycle import staging
+
     faults.point("ingest.before_remove")
-    staged.unlink(missing_ok=True)
+    staging.drop(svc, staged)
 
 
-def ingest_file(svc: Services, staged: Path, source: str, batch_id: str, *, actor: str) -> str:
-    """Take one staged file into the catalog. Returns the outcome name (never a file name or UID)."""
+def ingest_file(svc: Services, staged, batch_id: str, *, actor: str) -> str:  # noqa: ANN001
+    """Take one staged file (a :class:`~imaging_lifecycle.catalog.StagedFile`) into the catalog.
+
+    Returns the outcome name (never a file name or UID). The plaintext exists on this host only
+    while this runs, in its 0700 scratch folder.
+    """
+    from imaging_lifecycle import staging
+
+    oid, source = staged.object_id, staged.source
+    if staged.problem:  # found on the landing host: a link or an unreadable file, nothing was staged
+        svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
+                             sha256=None, size=0, quarantine_reason=staged.problem)
+        _done(svc, staged)
+        return f"quarantined:{staged.problem}"
+    path = staging.fetch(svc, staged)
+    try:
+        return _ingest_fetched(svc, staged, path, batch_id, actor=actor)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: str) -> str:  # noqa: ANN001
     from imaging_lifecycle.catalog import states
 
-    oid = staged.stem  # given at claim time, carried in the staged name
-    insp = inspect(staged, staged.parent)
+    oid, source = staged.object_id, staged.source
+    insp = inspect(path, path.parent)
     if not insp.ok:
-        reg = svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
-                                   sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason)
-        if insp.reason != "PATH_TRAVERSAL":  # never follow a link out of the folder
-            _store(svc, oid, staged, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor)
-        _remove_staged(staged)
+        svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
+                             sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason)
+        _store(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor)
+        _done(svc, staged)
         return f"quarantined:{insp.reason}"
     reg = svc.catalog.register(
         actor=actor, source=source, object_id=oid, batch_id=batch_id, sha256=insp.sha256, size=insp.size,
@@ -251,32 +326,35 @@ def ingest_file(svc: Services, staged: Path, source: str, batch_id: str, *, acto
     obj = reg.object
     if reg.outcome == "duplicate" and obj.id != oid:
         # Same instance, same bytes, stored by an earlier file: nothing to keep.
-        _remove_staged(staged)
+        _done(svc, staged)
         return "duplicate"
     if reg.outcome == "conflict" or obj.state == states.QUARANTINED:
-        _store(svc, obj.id, staged, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor)
-        _remove_staged(staged)
+        _store(svc, obj.id, path, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor)
+        _done(svc, staged)
         return "quarantined:DUPLICATE_CONFLICT"
     if obj.state == states.RECEIVED:
-        copy = _store(svc, obj.id, staged, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor)
+        copy = _store(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor)
         faults.point("ingest.after_store")
         svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive",
                                ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
-    _remove_staged(staged)
+    _done(svc, staged)
     return "stored"
 
 
 def run_chunk(svc: Services, batch_id: str, chunk: int, *, actor: str) -> dict:
     """The mapped ingest task: every file of one chunk. Returns counts by outcome (XCom-safe)."""
     counts: dict[str, int] = {}
-    for staged, source in chunk_files(svc.settings, batch_id, chunk):
-        outcome = ingest_file(svc, staged, source, batch_id, actor=actor)
+    scopes: set[str] = set()
+    for staged in svc.catalog.staged(batch_id, chunk):
+        outcome = ingest_file(svc, staged, batch_id, actor=actor)
         counts[outcome] = counts.get(outcome, 0) + 1
-    return {"batch_id": batch_id, "chunk": chunk, "counts": counts}
+        scopes.add(staged.scope_id)
+    return {"batch_id": batch_id, "chunk": chunk, "counts": counts, "scopes": sorted(scopes)}
 
 
 def close_batch(svc: Services, results: list[dict], *, actor: str) -> dict:
     """Gate the batch; mark it INGESTED or GATE_FAILED. Raises GateFailed so nothing moves on."""
+    from imaging_lifecycle import staging
     from imaging_lifecycle.gates import GateFailed, enforce_recorded
     from imaging_lifecycle.gates.ingest import check, rows_for
 
@@ -285,10 +363,11 @@ def close_batch(svc: Services, results: list[dict], *, actor: str) -> dict:
     for r in results:
         for k, v in r["counts"].items():
             totals[k] = totals.get(k, 0) + int(v)
-    left = chunk_files_all(svc.settings, batch_id)
+    left = svc.catalog.staged_count(batch_id)
     if left:
         raise RuntimeError(f"batch {batch_id}: {left} staged file(s) not yet ingested; the retry picks them up")
-    finish_batch(svc.settings, batch_id)
+    staging.destroy_scopes(svc, [staging.scope_for(batch_id), *(s for r in results for s in r.get("scopes", ()))],
+                           actor=actor)
     summary = {"batch_id": batch_id, "stored": totals.get("stored", 0), "duplicates": totals.get("duplicate", 0),
                "quarantined": sum(v for k, v in totals.items() if k.startswith("quarantined:")),
                "reasons": {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("quarantined:")}}
@@ -309,8 +388,3 @@ def close_batch(svc: Services, results: list[dict], *, actor: str) -> dict:
 
 def _counts(summary: dict) -> dict:
     return {"stored": summary["stored"], "duplicates": summary["duplicates"], "quarantined": summary["quarantined"]}
-
-
-def chunk_files_all(settings: Settings, batch_id: str) -> int:
-    batch_dir = batches_root(settings) / batch_id
-    return sum(1 for _ in batch_dir.glob("*.dcm")) if batch_dir.exists() else 0

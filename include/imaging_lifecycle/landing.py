@@ -102,3 +102,44 @@ def remove_empty_dirs(landing: Path, *, keep_younger_than: float = 60.0) -> None
                 os.rmdir(dirpath)
             except OSError:
                 pass
+
+
+# -- which landing folder this is --------------------------------------------------
+
+#: A dot-file (so never taken for an arriving file) holding the landing folder's identity.
+IDENTITY_FILE = ".landing-id"
+
+
+def identity(landing: Path) -> str | None:
+    """The identity of the landing folder at ``landing``, or None if this host has none there.
+
+    A folder gets one when something that belongs on the landing host first uses it: the trigger
+    that watches it, the DICOM receiver, ``platform up``, ``init`` or the ``ingest`` command. A
+    worker on another host has an empty folder without one, which is how its claim knows it is
+    not where the files are.
+    """
+    try:
+        text = (Path(landing) / IDENTITY_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return text or None
+
+
+def ensure_identity(landing: Path) -> str:
+    """The folder's identity, made (``l`` + 24 hex digits, written once, atomically) if it has none."""
+    landing = Path(landing)
+    found = identity(landing)
+    if found:
+        return found
+    import secrets
+
+    landing.mkdir(parents=True, exist_ok=True)
+    tmp = landing / f".landing-id.{secrets.token_hex(4)}.tmp"
+    tmp.write_text("l" + secrets.token_hex(12) + "\n")
+    try:
+        os.link(tmp, landing / IDENTITY_FILE)  # the first writer wins; a racing one reads theirs
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return identity(landing) or ""

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 from imaging_lifecycle.catalog import states
 from imaging_lifecycle.dicomfile import UnreadableDicom, read_dataset, read_header
 from imaging_lifecycle.services import Services
+from imaging_lifecycle.staging import private_tmp
 
 RESEARCH_ZONE = "research"
 REID_PREFIX = "reid/"
@@ -53,19 +52,11 @@ def _archive_copy(svc: Services, obj):
     return live[-1] if live else None
 
 
-def _private_tmp(svc: Services, suffix: str) -> Path:
-    """A fresh random name in the state folder's 0700 ``tmp`` (the file itself is not created here)."""
-    tmpdir = svc.settings.state_dir / "tmp"
-    tmpdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(tmpdir, 0o700)
-    return tmpdir / f"{uuid.uuid4().hex}{suffix}"
-
-
 @contextmanager
 def plaintext_file(svc: Services, obj):
     """The object's original, decrypted and verified into a private temp file, removed afterwards."""
     # restore_to decrypts into an exclusive 0600 temp file and renames it here only once the content verified.
-    path = _private_tmp(svc, ".dcm")
+    path = private_tmp(svc.settings, ".dcm")
     try:
         svc.encrypted.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)
         yield path
@@ -226,7 +217,7 @@ def release_derivative(svc: Services, obj, result, policy, *, actor: str) -> Non
     """Write the gated derivative to a private temp file, store it in research, and store its pseudonym map."""
     from imaging_lifecycle.deid import write_dataset
 
-    out = _private_tmp(svc, ".deid.dcm")
+    out = private_tmp(svc.settings, ".deid.dcm")
     try:
         write_dataset(result.dataset, out)
         _store_derivative(svc, obj, out, result.dataset, policy, actor=actor)

@@ -170,6 +170,9 @@ def serve(config: ReceiverConfig, *, block: bool = True, catalog=None):  # noqa:
 
         catalog = Services.open().catalog
     config.landing.mkdir(parents=True, exist_ok=True)
+    from imaging_lifecycle import landing
+
+    landing.ensure_identity(config.landing)  # the receiver writes here: this is a landing host
     ae = build_ae(config)
     handlers = [(evt.EVT_C_STORE, handle_store, [config.landing]),
                 (evt.EVT_REJECTED, handle_rejected, [config, catalog])]

@@ -30,6 +30,7 @@ ZONES: dict[str, str] = {
     "backup": "second-site replica of archive ciphertext (object lock)",
     "audit": "compliance reports (ciphertext, one data key each)",
     "keystore-dr": "the key store's disaster-recovery export, sealed under the current master-key generation",
+    "staging": "originals claimed from a landing folder, waiting for their ingest chunk on any worker (ciphertext)",
 }
 #: Zones whose bucket lives on the backup endpoint (the second site).
 BACKUP_SITE_ZONES = frozenset({"backup", "audit-anchor", "keystore-dr"})  # apart from the primary

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from imaging_lifecycle.landing import snapshot
+from imaging_lifecycle.landing import ensure_identity, snapshot
 
 
 class LandingBatchTrigger(BaseEventTrigger):
@@ -27,8 +27,10 @@ class LandingBatchTrigger(BaseEventTrigger):
     If the same files are still there ``refire_seconds`` later (the run
     failed, or they have a future mtime), it fires again: files are never
     left waiting for an event that will not come.
-    The event carries only counts: never a file name, which could hold an
-    identifier.
+    The event carries only counts and the landing folder's identity (the
+    triggerer runs on the landing host, so it gives the folder one if it has
+    none): never a file name, which could hold an identifier. The claim checks
+    that identity, so a claim on another host fails instead of finding nothing.
     """
 
     def __init__(self, landing_dir: str, quiet_seconds: float = 10.0, poll_seconds: float = 1.0,
@@ -48,6 +50,7 @@ class LandingBatchTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         landing = Path(self.landing_dir)
+        landing_id = await asyncio.to_thread(ensure_identity, landing)
         last_digest, stable_since, fired_digest, fired_at = None, time.monotonic(), None, 0.0
         while True:
             snap = await asyncio.to_thread(snapshot, landing)
@@ -60,5 +63,6 @@ class LandingBatchTrigger(BaseEventTrigger):
                 and (snap.digest != fired_digest or now - fired_at >= self.refire_seconds)
             ):
                 fired_digest, fired_at = snap.digest, now
-                yield TriggerEvent({"files": snap.count, "bytes": snap.total_size, "batch": snap.digest[:16]})
+                yield TriggerEvent({"files": snap.count, "bytes": snap.total_size, "batch": snap.digest[:16],
+                                    "landing": landing_id})
             await asyncio.sleep(self.poll_seconds)

@@ -32,7 +32,8 @@ ObjectRecord, ...``); the modules behind it are:
   ``platform_policy`` (the policy fingerprint the platform runs under),
   ``access_requests`` (access requests, approval decisions, agreements),
   ``incidents`` (incidents and their timeline), ``summaries`` (read-only aggregates for the
-  operator's view and the compliance report; the report records).
+  operator's view and the compliance report; the report records), ``staging`` (originals staged in the
+  ``staging`` zone by a claim, waiting for their chunk on any worker).
 
 :class:`Catalog` below is just those mixins combined.
 """
@@ -63,6 +64,7 @@ from imaging_lifecycle.catalog.records import (
     Registration,
     UnknownObject,
 )
+from imaging_lifecycle.catalog.staging import StagedFile, StagingMixin  # noqa: F401
 from imaging_lifecycle.catalog.summaries import SummariesMixin
 
 __all__ = [
@@ -75,7 +77,7 @@ __all__ = [
 
 
 class Catalog(ObjectsMixin, CopiesMixin, BatchesMixin, DataKeysMixin, GrantsMixin, CertificatesMixin,
-              PlatformPolicyMixin, AccessRequestsMixin, IncidentsMixin, SummariesMixin, CatalogBase):
+              PlatformPolicyMixin, AccessRequestsMixin, IncidentsMixin, SummariesMixin, StagingMixin, CatalogBase):
     """The catalog database at ``url`` (``Services.open(settings).catalog`` opens the settings' one).
 
     Creates missing tables on construction. Every method that writes takes

@@ -88,6 +88,7 @@ ACTIONS: dict[str, int] = {
     "copy.delete": 110105,
     # batches and gates
     "batch.open": 110107,
+    "batch.claim": 110107,
     "batch.state": 110107,
     "gate.run": 110100,
     "policy.adopt": 110100,

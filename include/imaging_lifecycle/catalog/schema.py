@@ -360,3 +360,34 @@ certificates = Table(
     Column("body", Text, nullable=False),
     Column("issued_at", UTCDateTime(), nullable=False),
 )
+
+#: Originals claimed from a landing folder and waiting, encrypted in the ``staging`` zone, for their
+#: ingest chunk (``ingest.claim_batch`` writes a row, ``ingest.ingest_file`` deletes it once the
+#: original is stored or quarantined). Shared by every worker, so any host can run any chunk.
+#: ``problem`` is a reason code found on the landing host (a link, an unreadable file): no bytes
+#: were staged for such a row, and its chunk quarantines it with that reason.
+staged_files = Table(
+    "staged_files",
+    metadata,
+    Column("object_id", String(32), primary_key=True),
+    Column("batch_id", String(64), nullable=False, index=True),
+    Column("chunk", Integer, nullable=False),
+    Column("source", String(80), nullable=False),
+    Column("scope_id", String(96), nullable=False),  # the staging KEK's scope: staging:<first batch id>
+    Column("sealed", Text),  # the staged copy as a Sealed record in JSON (its DEK only wrapped)
+    Column("problem", String(32)),
+    Column("landing_id", String(40), nullable=False),
+    Column("staged_at", UTCDateTime(), nullable=False),
+)
+
+#: The key store's sealed state, when the key store lives in the catalog (``IL_KMIP_*`` set: the
+#: master-key generations live in the KMS). One row per key store ``name``; ``blob`` is the same
+#: sealed format as the file store's, ``write_id`` changes on every write.
+keystore_state = Table(
+    "keystore_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("blob", LargeBinary, nullable=False),
+    Column("write_id", String(32), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)

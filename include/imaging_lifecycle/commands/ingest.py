@@ -17,13 +17,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imaging_lifecycle import ingest
+    from imaging_lifecycle import ingest, landing
     from imaging_lifecycle.commands._identity import system
     from imaging_lifecycle.gates import GateFailed
     from imaging_lifecycle.services import Services
 
     svc = Services.open()
-    claim = ingest.claim_batch(svc.settings, quiet_seconds=args.quiet_seconds)
+    # Run here by hand, so this is the landing host: its folder gets an identity if it had none.
+    landing.ensure_identity(svc.settings.landing_dir)
+    claim = ingest.claim_batch(svc, quiet_seconds=args.quiet_seconds, actor=system("ingest"))
     if not claim.files:
         print(json.dumps({"batch_id": None, "files": 0}))
         return 0

@@ -1,0 +1,144 @@
+"""No per-host state in ingest: the claim stages originals in S3 on the landing host, any host ingests them.
+
+Real SeaweedFS, real catalogs (SQLite and PostgreSQL), real DICOM files. A "host" is its own state
+folder and landing folder; what hosts share is exactly what a deployment shares: the catalog, S3
+and the key store (here one key-store file both are pointed at, standing in for the secret provider).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from imaging_lifecycle import ingest, landing, staging
+from imaging_lifecycle.services import Services
+
+from conftest import catalog  # noqa: F401
+
+ACTOR = "test/staging"
+
+
+def _files(env, dicom_file, names=("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")):
+    for n in names:
+        shutil.copy(dicom_file(n), env.landing_dir / n)
+    return len(names)
+
+
+@pytest.fixture
+def hosts(env, tmp_path, monkeypatch):
+    """(landing host, second host): separate state and landing folders, one catalog, S3 and key store."""
+    monkeypatch.setenv("IL_KEYSTORE_PATH", str(tmp_path / "shared-keys" / "keystore.sealed"))
+    other = replace(env, state_dir=tmp_path / "host-b", landing_dir=tmp_path / "host-b" / "landing")
+    other.landing_dir.mkdir(parents=True)
+    return env, other
+
+
+def _staged_versions(settings):
+    svc = Services.open(settings)
+    return list(svc.store.versions("staging", f"staging/{landing.identity(settings.landing_dir)}/"))
+
+
+def test_a_claim_stages_each_file_encrypted_in_s3_and_keeps_nothing_on_the_host(hosts, dicom_file):
+    a, _ = hosts
+    n = _files(a, dicom_file)
+    svc = Services.open(a)
+    claim = ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR)
+    assert claim.files == n and claim.chunks == [0]
+    assert not list(a.landing_dir.rglob("*.dcm")) and not list((a.state_dir / "ingest").rglob("*.dcm"))
+    assert not [d for d in (a.state_dir / "ingest").iterdir() if d.is_dir()]  # no batch folder left
+    rows = svc.catalog.staged(claim.batch_id)
+    assert len(rows) == n and {r.scope_id for r in rows} == {staging.scope_for(claim.batch_id)}
+    versions = _staged_versions(a)
+    assert len(versions) == n
+    for v in versions:  # ciphertext: no DICOM preamble marker anywhere near the start
+        raw = svc.store.get("staging", v.key, v.version_id)
+        assert b"DICM" not in raw[:512]
+    claimed = [r for r in svc.catalog.audit.records() if r.action == "batch.claim"]
+    assert claimed[-1].detail["counts"]["staged"] == n
+
+
+def _staging_keks(svc, batch_id) -> set[str]:
+    from imaging_lifecycle.keystore import KekRef
+
+    return {KekRef.parse(r.sealed.kek_ref).kek_id for r in svc.catalog.staged(batch_id) if r.sealed}
+
+
+def test_any_host_ingests_what_the_landing_host_claimed_and_the_staging_key_is_destroyed(hosts, dicom_file):
+    a, b = hosts
+    n = _files(a, dicom_file)
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
+    (kek,) = _staging_keks(Services.open(a), claim.batch_id)
+    on_b = Services.open(b)
+    results = [ingest.run_chunk(on_b, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
+    summary = ingest.close_batch(on_b, results, actor=ACTOR)
+    assert summary["stored"] == n and summary["gate"]["success"]
+    cat = catalog(a)
+    assert {o.state for o in cat.objects(batch_id=claim.batch_id)} == {"VALIDATED"}
+    assert cat.staged_count() == 0 and _staged_versions(a) == []
+    assert on_b.keystore.is_destroyed(kek)  # the batch's staging KEK is gone: any missed copy is unreadable
+    destroyed = [r for r in cat.audit.records() if r.action == "key.destroy"]
+    assert destroyed and destroyed[-1].detail["reason"] == "STAGING_DONE"
+    assert not list((b.state_dir / "tmp").glob("*")) if (b.state_dir / "tmp").exists() else True
+    assert cat.audit.verify().ok
+
+
+def test_a_claim_on_a_host_without_the_files_fails_instead_of_claiming_nothing(hosts, dicom_file):
+    """The issue's stranded-files run: a worker with its own empty landing folder must not end in success."""
+    a, b = hosts
+    _files(a, dicom_file)
+    a_id = landing.identity(a.landing_dir)
+    with pytest.raises(ingest.NotTheLandingHost, match="no landing folder"):
+        ingest.claim_batch(Services.open(b), quiet_seconds=0, landing_ids={a_id}, actor=ACTOR)
+    landing.ensure_identity(b.landing_dir)  # even a second landing host is not the one whose files fired
+    with pytest.raises(ingest.NotTheLandingHost, match="not the one whose files started this run"):
+        ingest.claim_batch(Services.open(b), quiet_seconds=0, landing_ids={a_id}, actor=ACTOR)
+    assert len(list(a.landing_dir.glob("*.dcm"))) == 3  # nothing moved, nothing lost
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, landing_ids={a_id}, actor=ACTOR)
+    assert claim.files == 3
+
+
+def test_files_of_a_batch_whose_run_died_are_taken_by_the_next_claim(hosts, dicom_file):
+    a, b = hosts
+    _files(a, dicom_file, ("CT_small.dcm", "MR_small.dcm"))
+    dead = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)  # its chunks never run
+    keks = _staging_keks(Services.open(a), dead.batch_id)
+    _files(a, dicom_file, ("rtplan.dcm",))
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, chunk_size=1, actor=ACTOR)
+    assert claim.files == 3 and claim.chunks == [0, 1, 2]
+    keks |= _staging_keks(Services.open(a), claim.batch_id)
+    assert len(keks) == 2
+    on_b = Services.open(b)
+    results = [ingest.run_chunk(on_b, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
+    assert ingest.close_batch(on_b, results, actor=ACTOR)["stored"] == 3
+    assert on_b.catalog.staged(dead.batch_id) == [] and on_b.catalog.staged_count() == 0
+    assert all(on_b.keystore.is_destroyed(k) for k in keks)
+
+
+def test_a_staged_copy_without_a_row_is_purged_by_the_next_claim(hosts, dicom_file):
+    """Between forgetting a row and purging its copy a worker can die: the next claim reaps the orphan."""
+    a, _ = hosts
+    _files(a, dicom_file, ("CT_small.dcm",))
+    svc = Services.open(a)
+    claim = ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR)
+    (row,) = svc.catalog.staged(claim.batch_id)
+    svc.catalog.unstage(row.object_id)  # the first half of staging.drop, then the "crash"
+    assert len(_staged_versions(a)) == 1
+    again = ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR)
+    assert again.files == 0 and _staged_versions(a) == []
+
+
+def test_a_link_in_the_landing_folder_is_quarantined_unread_from_any_host(hosts, dicom_file, tmp_path):
+    a, b = hosts
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not for the archive")
+    secret.chmod(0o644)
+    (a.landing_dir / "link.dcm").symlink_to(secret)
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
+    (row,) = Services.open(a).catalog.staged(claim.batch_id)
+    assert row.problem == "PATH_TRAVERSAL" and row.sealed is None and _staged_versions(a) == []
+    on_b = Services.open(b)
+    summary = ingest.close_batch(on_b, [ingest.run_chunk(on_b, claim.batch_id, 0, actor=ACTOR)], actor=ACTOR)
+    assert summary["reasons"] == {"PATH_TRAVERSAL": 1}
+    assert secret.read_text() == "not for the archive" and secret.stat().st_mode & 0o777 == 0o644
