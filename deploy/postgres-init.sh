@@ -5,9 +5,12 @@
 # read and write on the catalog's tables and only SELECT and INSERT on the audit trail, so it can
 # neither truncate nor alter that table nor disable its append-only triggers.
 set -euo pipefail
-# Passwords go in as psql variables (:'name' quotes them), never pasted into the SQL text.
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" \
-     -v airflow_pw="$AIRFLOW_DB_PASSWORD" -v owner_pw="$CATALOG_OWNER_PASSWORD" -v catalog_pw="$CATALOG_DB_PASSWORD" <<'SQL'
+# Passwords go in as psql variables (:'name' quotes them), never pasted into the SQL text, and psql
+# reads them from its environment (\getenv, psql 15+), so no password is on its command line.
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" <<'SQL'
+\getenv airflow_pw AIRFLOW_DB_PASSWORD
+\getenv owner_pw CATALOG_OWNER_PASSWORD
+\getenv catalog_pw CATALOG_DB_PASSWORD
 CREATE USER airflow WITH PASSWORD :'airflow_pw';
 CREATE DATABASE airflow OWNER airflow;
 CREATE USER catalog_owner WITH PASSWORD :'owner_pw';
