@@ -56,19 +56,22 @@ bench: install
 # Real clients the tests use: Debian's chromium (driven by Playwright; no browser download) and
 # dcmtk's storescu (a real DICOM sender, also over TLS); poppler's pdftoppm renders the compliance
 # report's PDF; PostgreSQL's server binaries run the catalog and audit suites on PostgreSQL too
-# (each test starts nothing system-wide: a private server under a temporary folder). Installed
+# (each test starts nothing system-wide: a private server under a temporary folder); PostgreSQL
+# and redis-server also run the platform's celery mode (platform up --executor celery). Installed
 # where apt is available.
 test-tools:
 	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's$$missing for the tests ..."; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null 2>&1 || true; \
 	fi
 	@command -v chromium >/dev/null 2>&1 && echo "chromium: $$(command -v chromium)" || echo "chromium not available: the browser step is skipped"
 	@command -v storescu >/dev/null 2>&1 && echo "storescu: $$(command -v storescu)" || echo "dcmtk not available: the storescu tests skip"
+	@command -v redis-server >/dev/null 2>&1 && echo "redis-server: $$(command -v redis-server)" || echo "redis-server not available: the celery platform tests skip"
 
 # docker-compose.yml is checked statically: no Docker engine runs on these machines.
 # Debian's docker-compose can validate it without an engine; the test suite also

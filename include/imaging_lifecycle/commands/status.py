@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 HELP = "report whether the object stores, the catalog and Airflow are up (exit 0 only if all are)"
@@ -15,11 +16,18 @@ def add_arguments(parser) -> None:
 def check() -> dict[str, dict]:
     from sqlalchemy import create_engine, text
 
+    from imaging_lifecycle import embedded
     from imaging_lifecycle.embedded import airflow_health
     from imaging_lifecycle.settings import load_settings
     from imaging_lifecycle.storage import ping
 
     settings = load_settings()
+    celery = embedded.recorded_executor(settings) == "celery"
+    if celery and "IL_CATALOG_URL" not in os.environ and embedded.catalog_url_file(settings).exists():
+        from dataclasses import replace
+
+        # The celery mode's catalog is its PostgreSQL (the pipeline's role), not the SQLite default.
+        settings = replace(settings, catalog_url=embedded.catalog_url_file(settings).read_text().strip())
     out: dict[str, dict] = {}
     for name, ep in (("object-store-primary", settings.primary), ("object-store-backup", settings.backup)):
         if ep is None:
@@ -39,6 +47,15 @@ def check() -> dict[str, dict]:
         out["catalog"] = {"up": True, "detail": settings.catalog_url.split("@")[-1]}
     except Exception as exc:
         out["catalog"] = {"up": False, "detail": type(exc).__name__}
+    if celery:  # the production shape: the broker and each worker (over the broker) too
+        port = embedded.port(settings, "redis")
+        up = embedded.redis_ping(settings)
+        out["broker"] = {"up": up, "detail": f"redis 127.0.0.1:{port}" + ("" if up else ": no answer to AUTH+PING")}
+        broker = embedded.backends(settings).broker
+        for name in embedded.WORKERS:
+            up = embedded.celery_ping(broker, name)
+            out[name] = {
+                "up": up, "detail": f"celery@{name}: " + ("answers ping" if up else "no answer")}
     health = airflow_health(settings)
     if health is None:
         out["airflow"] = {"up": False, "detail": f"{settings.airflow_url}: no answer"}
