@@ -57,6 +57,17 @@ generations until they expire. A master key injected through ``IL_MASTER_KEY``
 has one generation only: ``reseal`` refuses, and a KMS must do the rotation.
 Python cannot wipe ``bytes`` from memory.
 
+Shared by several hosts: the blob in the catalog, the master key in a KMS
+-------------------------------------------------------------------------
+Where the sealed blob lives is separate from the logic above: ``SealedFile``
+(the file, its flock, fsyncs, mode checks and signature cache) or
+``CatalogSealedState`` (one row of the catalog's ``keystore_state`` table, with
+the same blob format and the same transaction semantics: a lock across hosts,
+a re-read inside it, one write at the end). With ``IL_KMIP_*`` set,
+``open_default_keystore`` takes the catalog row and ``kms.KmipMasterKeys``:
+generations are KMIP keys, and ``reseal`` destroys the old ones *in the KMS*,
+so a database backup holding an older row opens on no host afterwards.
+
 Rotation, resumable and idempotent per DEK
 ------------------------------------------
 1. ``new = store.rotate(scope)`` once; the DAG records ``new`` in its run
@@ -94,14 +105,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import sqlalchemy as sa
+
 from imaging_lifecycle import crypto
-from imaging_lifecycle.crypto import CryptoError, KeyUnavailable
+from imaging_lifecycle.crypto import KeyUnavailable
+
+# The error types live in ``kms`` (below this module: its master keys raise them); these are the same classes.
+from imaging_lifecycle.kms import KeyDestroyed, KeyNotFound, KeyStoreError
 from imaging_lifecycle.settings import Settings
 
 __all__ = [
     "KekRef",
     "KeyStore",
     "LocalKeyStore",
+    "SealedKeyStore",
+    "SealedFile",
+    "CatalogSealedState",
     "KeyStoreError",
     "KeyStoreUnreadable",
     "KeyUnavailable",
@@ -131,20 +150,8 @@ _STATE_FORMAT = 1
 _MAX_SCOPE_ID = 512
 
 
-class KeyStoreError(CryptoError):
-    """The key store cannot do what was asked (bad file, bad argument, refused operation)."""
-
-
 class KeyStoreUnreadable(KeyStoreError):
     """The key store file cannot be opened: wrong master key, corruption, or not a key store."""
-
-
-class KeyNotFound(KeyUnavailable):
-    """No KEK (or no such version) with that id or scope."""
-
-
-class KeyDestroyed(KeyUnavailable):
-    """The KEK version was destroyed (crypto-shredded); what it wrapped is gone for good."""
 
 
 class StaleKeyVersion(KeyUnavailable):
@@ -231,7 +238,7 @@ def _prefix(blob: bytes) -> tuple[bytes, int] | None:
     return None
 
 
-def _decode_file(blob: bytes, masters: MasterKeys, path: Path) -> tuple[int, dict]:
+def _decode_file(blob: bytes, masters: MasterKeys, path: Path | str) -> tuple[int, dict]:
     """(master generation, state) of a key store file's bytes."""
     found = _prefix(blob)
     if found is None:
@@ -406,38 +413,37 @@ def _masters(master: bytes | MasterKeys) -> MasterKeys:
     return FixedMasterKey(master) if isinstance(master, (bytes, bytearray)) else master
 
 
-class LocalKeyStore:
-    """``KeyStore`` in one sealed 0600 file, safe for several processes at once.
+# -- where the sealed blob lives ---------------------------------------------------------------------
+#
+# The key store's logic (below) needs four things of the place its sealed blob lives: read the committed
+# blob cheaply when unchanged (a signature), an exclusive lock across every process and host that
+# writes it, one write at the end of a locked transaction, and the removal of leftovers after a re-seal.
 
-    ``transaction()`` holds the inter-process lock and writes once at the end;
-    every mutating method opens its own transaction when none is active.
+
+class SealedFile:
+    """The embedded default: one 0600 file, ``flock`` on a lock file beside it, atomic rename, fsyncs.
+
+    The signature of a read is the file's identity (device, inode, size, mtime) plus its header
+    (which holds a random write id), so an unchanged file costs one ``fstat`` and a 36-byte read.
     """
 
-    def __init__(self, path: str | os.PathLike, master_key: bytes | MasterKeys) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._masters = _masters(master_key)
-        #: The generation the last read file was sealed under (a new file: the current one).
-        self._gen: int | None = None
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._tlock = threading.RLock()
-        self._cache: tuple[tuple, dict] | None = None  # (file signature, state)
-        self._txn: dict | None = None
-        self._dirty = False
-        #: Number of times this instance rewrote the file (observability, tests).
-        self.write_count = 0
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
 
     def __repr__(self) -> str:
-        return f"LocalKeyStore({str(self.path)!r})"
+        return f"SealedFile({str(self.path)!r})"
 
-    # -- file I/O ---------------------------------------------------------
-
-    def _load(self) -> dict:
-        """Current committed state, from cache while the file is unchanged."""
+    def read(self, known: object) -> tuple[object, bytes | None] | None:
+        """None if there is no key store; ``(sig, None)`` if its signature is ``known``; else ``(sig, blob)``."""
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:
-            self._cache = None
-            return _empty_state()
+            return None
         with fh:
             st = os.fstat(fh.fileno())
             if st.st_mode & 0o077:
@@ -446,29 +452,28 @@ class LocalKeyStore:
                 )
             prefix = fh.read(_PREFIX_SIZE)
             sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, prefix)
-            if self._cache is not None and self._cache[0] == sig:
-                return self._cache[1]
-            blob = prefix + fh.read()
-        self._gen, state = _decode_file(blob, self._masters, self.path)
-        self._cache = (sig, state)
-        return state
+            if sig == known:
+                return sig, None
+            return sig, prefix + fh.read()
 
-    def _seal(self, state: dict, generation: int) -> bytes:
-        master = self._masters.get(generation)
-        prefix = FILE_MAGIC + generation.to_bytes(_GEN_SIZE, "big") + os.urandom(_WRITE_ID_SIZE)
-        return prefix + crypto.seal(master, json.dumps(state, separators=(",", ":")).encode(), aad=prefix)
+    def exists(self) -> bool:
+        return self.path.exists()
 
-    def _write(self, state: dict) -> None:
-        generation = self._gen if self._gen is not None and self.path.exists() else self._masters.current()[0]
-        blob = self._seal(state, generation)
-        self._install(blob)
-        st = os.stat(self.path)
-        self._gen = generation
-        self._cache = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, blob[:_PREFIX_SIZE]), state)
-        self.write_count += 1
+    def blob(self) -> bytes:
+        return self.path.read_bytes() if self.path.exists() else b""
 
-    def _install(self, blob: bytes) -> None:
-        """Put ``blob`` in place as the key store file: temporary file, fsync, rename, fsync of the folder."""
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock_fd)  # releases the flock
+
+    def write(self, blob: bytes) -> object:
+        """Put ``blob`` in place: temporary file, fsync, rename, fsync of the folder; returns its signature."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -490,35 +495,303 @@ class LocalKeyStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, blob[:_PREFIX_SIZE]
+
+    def sweep_leftovers(self) -> None:
+        """Shred temporary files a crashed write left (they hold the content under an old generation)."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            _shred_file(stale)
+
+
+#: The shape of the catalog's ``keystore_state`` table (``catalog/schema.py`` defines it and the catalog's
+#: ``ensure_schema`` creates it). Repeated here because the key store sits below the catalog layer and
+#: may not import it; ``tests/test_kms.py`` checks the two definitions agree.
+_STATE_TABLE_NAME = "keystore_state"
+_state_metadata = sa.MetaData()
+_state_table = sa.Table(
+    _STATE_TABLE_NAME,
+    _state_metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("write_id", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),  # naive UTC, as the catalog's UTCDateTime stores it
+)
+_KS_WRITE = "il_keystore_write"
+#: PostgreSQL advisory lock keys: the catalog's schema creator (``catalog/db.py``), and ours per row.
+_PG_SCHEMA_LOCK = 727001
+_PG_ROW_LOCK = 727002
+_SQLITE_BUSY_TIMEOUT = 60.0
+
+
+def _write_id(blob: bytes) -> str:
+    """The random write id of a sealed blob's header, as hex (what the ``write_id`` column holds)."""
+    if blob[: len(FILE_MAGIC)] == FILE_MAGIC and len(blob) >= _PREFIX_SIZE:
+        return blob[len(FILE_MAGIC) + _GEN_SIZE:_PREFIX_SIZE].hex()
+    if blob[: len(FILE_MAGIC_V1)] == FILE_MAGIC_V1 and len(blob) >= _PREFIX_SIZE_V1:
+        return blob[len(FILE_MAGIC_V1):_PREFIX_SIZE_V1].hex()
+    import hashlib
+
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _sqlite_wal(cur) -> None:  # noqa: ANN001 (a sqlite3 cursor)
+    """Switch a SQLite database to WAL, once. Several processes opening a brand-new database at once can
+    get "database is locked" from the switch itself (SQLite does not wait on the busy timeout there):
+    retry for a while rather than fail the first key store write of a fresh platform."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+class CatalogSealedState:
+    """The sealed key store as one row of the catalog's ``keystore_state`` table, shared by every host.
+
+    Same blob format as the file (so DR exports, ``restore_from`` and ``reseal`` are unchanged).
+    A transaction serializes writers across hosts: PostgreSQL takes a per-name advisory lock (it also
+    covers the first write, when there is no row yet to lock) and then the row with ``SELECT ... FOR
+    UPDATE``; SQLite ``BEGIN IMMEDIATE``. Inside, the row is re-read and written once at the end, and
+    the commit happens when the lock is released. A read outside a transaction is one ``SELECT`` of the
+    write id (the blob is fetched only when it changed).
+
+    The catalog URL may hold a password: it never appears in a repr or a message. On SQLite the row
+    shares the database's single write lock with the catalog: a key store write made inside an open
+    catalog write transaction on SQLite waits for that transaction (use PostgreSQL for several hosts).
+    """
+
+    def __init__(self, catalog_url: str, name: str = "default") -> None:
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise ValueError("a key store name is a non-empty str of at most 64 characters")
+        self._url = catalog_url
+        self.name = name
+        self.path = None  # not a file (for callers that show where the key store lives)
+        self._engine: sa.Engine | None = None
+        self._pid = os.getpid()
+        self._conn: sa.Connection | None = None  # the locked transaction's connection
+        self._table_ok = False
+
+    @property
+    def label(self) -> str:
+        return f"catalog key store {self.name!r}"
+
+    def __repr__(self) -> str:
+        return f"CatalogSealedState({self.name!r})"
+
+    # -- the engine -------------------------------------------------------
+
+    def _make_engine(self) -> sa.Engine:
+        url = sa.engine.make_url(self._url)
+        if url.get_backend_name() != "sqlite":
+            return sa.create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, hide_parameters=True, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # noqa: ANN001 (the catalog's own SQLite settings, catalog/db.py)
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT * 1000)}")
+            _sqlite_wal(cur)
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_KS_WRITE) else "BEGIN")
+
+        return engine
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = self._make_engine()
+        elif os.getpid() != self._pid:  # after a fork: drop the parent's pooled connections, unclosed
+            self._engine.dispose(close=False)
+        self._pid = os.getpid()
+        return self._engine
+
+    @property
+    def _pg(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _ensure_table(self) -> None:
+        """Create ``keystore_state`` if the catalog has not yet (the catalog's ``ensure_schema`` normally has)."""
+        if self._table_ok:
+            return
+        with self.engine.connect() as c:
+            present = sa.inspect(c).has_table(_STATE_TABLE_NAME)
+        if not present:
+            try:
+                with self.engine.connect() as c:
+                    c.execution_options(**{_KS_WRITE: True})
+                    with c.begin():
+                        if self._pg:
+                            c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
+                        _state_table.create(c, checkfirst=True)
+            except sa.exc.SQLAlchemyError as exc:
+                raise KeyStoreError(f"the catalog has no {_STATE_TABLE_NAME} table and it cannot be created here "
+                                    f"({type(exc).__name__}): run 'imaging-lifecycle init' as the owner") from None
+        self._table_ok = True
+
+    # -- the location interface -------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        self._ensure_table()
+        with self.engine.connect() as c:
+            yield c
+
+    def read(self, known: object) -> tuple[object, bytes | None] | None:
+        t = _state_table
+        with self._reading() as c:
+            write_id = c.execute(sa.select(t.c.write_id).where(t.c.name == self.name)).scalar()
+            if write_id is None:
+                return None
+            if write_id == known:
+                return write_id, None
+            row = c.execute(sa.select(t.c.write_id, t.c.blob).where(t.c.name == self.name)).first()
+        if row is None:  # deleted in between (by hand): as if lost
+            return None
+        return row.write_id, bytes(row.blob)
+
+    def exists(self) -> bool:
+        return self.read(None) is not None
+
+    def blob(self) -> bytes:
+        found = self.read(None)
+        return found[1] if found is not None else b""
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        if self._conn is not None:
+            raise KeyStoreError("the catalog key store's lock is already held by this instance")
+        self._ensure_table()
+        t = _state_table
+        with self.engine.connect() as c:
+            c.execution_options(**{_KS_WRITE: True})  # SQLite: BEGIN IMMEDIATE (the write lock, first)
+            with c.begin():
+                if self._pg:
+                    c.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"),
+                              {"k": _PG_ROW_LOCK, "n": self.name})
+                    c.execute(sa.select(t.c.write_id).where(t.c.name == self.name).with_for_update())
+                self._conn = c
+                try:
+                    yield
+                finally:
+                    self._conn = None
+
+    def write(self, blob: bytes) -> object:
+        """Stage ``blob`` in the locked transaction (committed when the lock is released); its signature."""
+        c = self._conn
+        if c is None:
+            raise KeyStoreError("the catalog key store is written only inside its locked transaction")
+        t = _state_table
+        values = {"blob": bytes(blob), "write_id": _write_id(blob),
+                  "updated_at": datetime.now(timezone.utc).replace(tzinfo=None)}
+        if c.execute(sa.update(t).where(t.c.name == self.name).values(**values)).rowcount == 0:
+            c.execute(sa.insert(t).values(name=self.name, **values))
+        return values["write_id"]
+
+    def sweep_leftovers(self) -> None:
+        """Nothing to shred here: older row versions (dead tuples, WAL, backups) are sealed under the
+        generations that ``reseal`` just destroyed in the KMS, which is what makes them unreadable."""
+
+
+class LocalKeyStore:
+    """``KeyStore`` in one sealed blob, safe for several processes (and, in the catalog, several hosts) at once.
+
+    ``path`` is the file (``SealedFile``) or a blob location such as ``CatalogSealedState``.
+    ``transaction()`` holds the location's exclusive lock and writes once at the end;
+    every mutating method opens its own transaction when none is active.
+    """
+
+    def __init__(self, path: str | os.PathLike | SealedFile | CatalogSealedState,
+                 master_key: bytes | MasterKeys) -> None:
+        self.location = SealedFile(path) if isinstance(path, str | os.PathLike) else path
+        #: The key store file (None when the blob lives in the catalog).
+        self.path: Path | None = self.location.path
+        self._masters = _masters(master_key)
+        #: The generation the last read blob was sealed under (a new one: the current one).
+        self._gen: int | None = None
+        self._tlock = threading.RLock()
+        self._cache: tuple[object, dict] | None = None  # (blob signature, state)
+        self._txn: dict | None = None
+        self._dirty = False
+        #: Number of times this instance rewrote the blob (observability, tests).
+        self.write_count = 0
+
+    def __repr__(self) -> str:
+        return f"LocalKeyStore({self.location.label!r})"
+
+    # -- blob I/O ---------------------------------------------------------
+
+    def _load(self) -> dict:
+        """Current committed state, from cache while the blob is unchanged."""
+        found = self.location.read(self._cache[0] if self._cache is not None else None)
+        if found is None:
+            self._cache = None
+            return _empty_state()
+        sig, blob = found
+        if blob is None:  # unchanged since the cached read
+            return self._cache[1]  # type: ignore[index]
+        self._gen, state = _decode_file(blob, self._masters, self.location.label)
+        self._cache = (sig, state)
+        return state
+
+    def _seal(self, state: dict, generation: int) -> bytes:
+        master = self._masters.get(generation)
+        prefix = FILE_MAGIC + generation.to_bytes(_GEN_SIZE, "big") + os.urandom(_WRITE_ID_SIZE)
+        return prefix + crypto.seal(master, json.dumps(state, separators=(",", ":")).encode(), aad=prefix)
+
+    def _write(self, state: dict) -> None:
+        generation = self._gen if self._gen is not None and self.location.exists() else self._masters.current()[0]
+        blob = self._seal(state, generation)
+        sig = self.location.write(blob)
+        self._gen = generation
+        self._cache = (sig, state)
+        self.write_count += 1
+
+    def _install(self, blob: bytes) -> None:
+        """Put ``blob`` in place as the key store (inside a transaction)."""
+        self.location.write(blob)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Group mutations: one exclusive lock, one re-read, one write (if anything changed).
 
-        An exception inside discards every change made in the block.
+        An exception inside (or a failed commit of the catalog row) discards every change made in the block.
         """
         with self._tlock:
             if self._txn is not None:  # nested: join the outer transaction
                 yield
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                self._txn = self._load()
-                self._dirty = False
-                try:
-                    yield
-                    if self._dirty:
-                        self._write(self._txn)
-                except BaseException:
-                    self._cache = None  # the cached dict may hold uncommitted changes
-                    raise
-                finally:
-                    self._txn = None
+                with self.location.locked():
+                    self._txn = self._load()
                     self._dirty = False
-            finally:
-                os.close(lock_fd)  # releases the flock
+                    try:
+                        yield
+                        if self._dirty:
+                            self._write(self._txn)
+                    finally:
+                        self._txn = None
+                        self._dirty = False
+            except BaseException:
+                self._cache = None  # the cached dict may hold uncommitted changes
+                raise
 
     @contextlib.contextmanager
     def _mutate(self) -> Iterator[dict]:
@@ -712,8 +985,7 @@ class LocalKeyStore:
                 self._dirty = True  # the same content, written under the new generation
             with self.transaction():  # the lock again: no other process is writing a temporary file now
                 retired = self._masters.retire(below=generation)
-                for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a write a crash left
-                    _shred_file(stale)
+                self.location.sweep_leftovers()  # e.g. a temporary file a crashed write left
                 if self._txn.pop("unsealed_destructions", None):
                     self._dirty = True
             return {"generation": generation, "retired": retired}
@@ -721,7 +993,7 @@ class LocalKeyStore:
     def sealed_bytes(self) -> bytes:
         """The file as it is on disk (for a DR export: it is already sealed under the current generation)."""
         with self.transaction():
-            return self.path.read_bytes() if self.path.exists() else b""
+            return self.location.blob()
 
     def restore_from(self, blob: bytes, *, replace: bool = False) -> int:
         """Install a DR export as the key store, after proving it opens; returns the number of KEKs in it.
@@ -736,8 +1008,8 @@ class LocalKeyStore:
             raise KeyStoreUnreadable(f"the export is sealed under master-key generation {generation}, not the "
                                      f"current {current}: only the latest export may be restored")
         with self.transaction():
-            if self.path.exists() and not replace:
-                raise KeyStoreError(f"{self.path} exists; restore a DR export only over a lost key store")
+            if self.location.exists() and not replace:
+                raise KeyStoreError(f"{self.location.label} exists; restore a DR export only over a lost key store")
             self._dirty = False
             self._install(blob)
             self._cache = None
@@ -760,6 +1032,10 @@ class LocalKeyStore:
             except BaseException:
                 self._masters, self._gen = old, old_gen
                 raise
+
+
+#: The key store's logic is the same wherever its blob lives; ``LocalKeyStore`` is its historical name.
+SealedKeyStore = LocalKeyStore
 
 
 def load_master_key(settings: Settings | None = None) -> bytes:
@@ -794,7 +1070,25 @@ def master_keys(settings: Settings, keystore_path: Path | None = None) -> Master
     return MasterKeyFiles(Path(keystore_path).parent, f"{Path(keystore_path).name}.master")
 
 
+#: The catalog row of the default key store when it lives in the catalog.
+CATALOG_KEYSTORE_NAME = "default"
+
+
 def open_default_keystore(settings: Settings) -> LocalKeyStore:
-    """The embedded key store: ``IL_KEYSTORE_PATH`` or ``<state>/secrets/keystore.sealed``."""
+    """The platform's key store.
+
+    With a KMS (``settings.kmip``, from ``IL_KMIP_*``): the sealed blob in the catalog's
+    ``keystore_state`` table and the master-key generations in the KMS, so every host that shares
+    the catalog and the KMS shares the KEKs. Otherwise the embedded file: ``IL_KEYSTORE_PATH`` or
+    ``<state>/secrets/keystore.sealed``, its master key from ``IL_MASTER_KEY`` or the 0600 files.
+    """
+    if settings.kmip is not None:
+        if os.environ.get(MASTER_KEY_ENV):
+            raise KeyStoreError(f"both {MASTER_KEY_ENV} and IL_KMIP_* are set: the master key comes from "
+                                "one place; unset one of them")
+        from imaging_lifecycle.kms import KmipClient, KmipMasterKeys
+
+        return LocalKeyStore(CatalogSealedState(settings.catalog_url, CATALOG_KEYSTORE_NAME),
+                             KmipMasterKeys(KmipClient(settings.kmip)))
     path = Path(os.environ.get(KEYSTORE_PATH_ENV) or settings.secrets_dir / "keystore.sealed")
     return LocalKeyStore(path, master_keys(settings, path))

@@ -1,9 +1,15 @@
-"""Local secrets of the embedded platform: random keys kept in 0600 files.
+"""Secrets of the platform (the HMAC keys behind pseudonyms and UID digests, the anchor's signing key).
 
-Production deployments inject these through the environment
-(``IL_SECRET_<NAME>`` as base64) or a KMS; the embedded default generates
-each secret once, on first use, into ``<state>/secrets/<name>.key`` so a
-fresh machine needs no hand-made keys and no default password ever exists.
+Where a secret comes from, first match wins:
+
+1. the environment, ``IL_SECRET_<NAME>`` as base64 (a secret provider or an Airflow secrets backend
+   writes it there);
+2. the KMS, when ``IL_KMIP_*`` is set (``settings.kmip``): a KMIP SecretData named
+   ``<namespace>/secret/<name>``, registered on first use, so every host that asks the same KMS gets
+   the same bytes (``kms.kmip_secret``). Read once per process and kept in memory;
+3. the embedded default: generated once, on first use, into ``<state>/secrets/<name>.key`` (0600),
+   so a fresh machine needs no hand-made keys and no default password ever exists. Each host then
+   has its own, which is right for one host only.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import secrets
 from pathlib import Path
 
 from imaging_lifecycle.settings import Settings, load_settings
+
+#: Secrets read from a KMS in this process: (endpoint, namespace, name, size) -> bytes.
+_KMIP_CACHE: dict[tuple, bytes] = {}
 
 
 class SecretError(RuntimeError):
@@ -62,6 +71,8 @@ def load_or_create_secret(name: str, nbytes: int = 32, settings: Settings | None
             raise SecretError(f"IL_SECRET_{name.upper()} holds {len(value)} bytes, expected {nbytes}")
         return value
     settings = settings or load_settings()
+    if settings.kmip is not None:
+        return _from_kms(name, nbytes, settings)
     path = settings.secrets_dir / f"{name}.key"
     if not path.exists():
         _write_private(path, secrets.token_bytes(nbytes))
@@ -72,3 +83,16 @@ def load_or_create_secret(name: str, nbytes: int = 32, settings: Settings | None
     if len(data) != nbytes:
         raise SecretError(f"{path} holds {len(data)} bytes, expected {nbytes}")
     return data
+
+
+def _from_kms(name: str, nbytes: int, settings: Settings) -> bytes:
+    ep = settings.kmip
+    key = (ep.host, ep.port, ep.namespace, name, nbytes)
+    if key not in _KMIP_CACHE:
+        from imaging_lifecycle.kms import KmipClient, KmsError, kmip_secret
+
+        try:
+            _KMIP_CACHE[key] = kmip_secret(name, nbytes, KmipClient(ep))
+        except KmsError as exc:
+            raise SecretError(f"secret {name!r}: {exc}") from None
+    return _KMIP_CACHE[key]

@@ -46,6 +46,11 @@ DEFAULT_PORTS: dict[str, int] = {
     "s3_backup": 8334,
     "dicom": 11112,
     "dicom_tls": 2762,  # DICOM TLS (PS3.15 Annex B), its own port
+    # The celery mode's own services (``platform up --executor celery``); not 5432/6379/5696, so a
+    # machine's own servers never clash, and their last two digits match no other platform port.
+    "postgres": 15432,
+    "redis": 16379,
+    "kmip": 15696,
 }
 
 #: Connect arguments of the embedded platform's SQLite Airflow database (Airflow imports this dict by
@@ -77,6 +82,55 @@ class S3Endpoint:
     ca_file: str | None = None
 
 
+# -- KMIP (issue #14 item 5): the key store's master key and the HMAC keys from a KMS ----------------
+
+#: ``IL_KMIP_*``: all five or none (a partial set is refused: a worker silently falling back to its own
+#: local keys would pseudonymise and seal differently from the other hosts).
+KMIP_ENV = {"host": "IL_KMIP_HOST", "port": "IL_KMIP_PORT", "cert_file": "IL_KMIP_CERT",
+            "key_file": "IL_KMIP_KEY", "ca_file": "IL_KMIP_CA"}
+#: Optional: the prefix of every KMIP object name, so several platforms (production, a test) can share one KMS.
+KMIP_NAMESPACE_ENV = "IL_KMIP_NAMESPACE"
+
+
+@dataclass(frozen=True)
+class KmipEndpoint:
+    """A KMIP server reached over mutual TLS: our client certificate and key, and the CA that signs the server.
+
+    Holds paths only (the key file's content never enters settings, reprs or logs).
+    """
+
+    host: str
+    port: int
+    cert_file: str
+    key_file: str
+    ca_file: str
+    #: Prefix of the object names this platform makes in the KMS (``<namespace>/keystore-master/<gen>``).
+    namespace: str = "imaging-lifecycle"
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _kmip_from_env() -> KmipEndpoint | None:
+    values = {field_: os.environ.get(var, "").strip() for field_, var in KMIP_ENV.items()}
+    if not any(values.values()):
+        return None
+    missing = [KMIP_ENV[f] for f, v in values.items() if not v]
+    if missing:
+        raise SettingsError(f"KMIP is configured only in part: set {', '.join(missing)} too "
+                            f"(all of {', '.join(KMIP_ENV.values())}, or none)")
+    try:
+        port = int(values["port"])
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise SettingsError("IL_KMIP_PORT must be a TCP port number (1-65535)")
+    namespace = os.environ.get(KMIP_NAMESPACE_ENV, "").strip() or "imaging-lifecycle"
+    if len(namespace) > 100 or not all(c.isalnum() or c in "-_./" for c in namespace):
+        raise SettingsError(f"{KMIP_NAMESPACE_ENV} may hold letters, digits and -_./ only (at most 100)")
+    return KmipEndpoint(values["host"], port, values["cert_file"], values["key_file"], values["ca_file"], namespace)
+
+
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
@@ -90,6 +144,9 @@ class Settings:
     policy_file: Path | None = None
     #: ``IL_TEST_CLOCK=1``: a sweep may be run at a future "now" (tests only; the platform never sets it).
     test_clock: bool = False
+    #: The KMS (``IL_KMIP_*``): when set, the key store's master key and the HMAC keys come from it
+    #: and the sealed key store lives in the catalog, so several hosts share them. None: local files.
+    kmip: KmipEndpoint | None = None
 
     def port(self, name: str) -> int:
         return DEFAULT_PORTS[name] + self.port_offset
@@ -190,7 +247,7 @@ def admin_settings(settings: Settings) -> Settings:
 def load_settings() -> Settings:
     state_dir = Path(os.environ.get("IL_STATE_DIR", PROJECT_ROOT / ".state")).resolve()
     landing = Path(os.environ.get("IL_LANDING_DIR", state_dir / "landing")).resolve()
-    catalog_url = os.environ.get("IL_CATALOG_URL", f"sqlite:///{state_dir / 'catalog.sqlite'}")
+    catalog_url = os.environ.get("IL_CATALOG_URL") or _state_catalog_url(state_dir)
     offset = int(os.environ.get("IL_PORT_OFFSET", "0"))
     primary = _conn_from_env(CONN_PRIMARY) or _conn_from_state(
         state_dir, "primary", DEFAULT_PORTS["s3_primary"] + offset
@@ -206,4 +263,32 @@ def load_settings() -> Settings:
         port_offset=offset,
         policy_file=Path(os.environ["IL_POLICY_FILE"]).resolve() if os.environ.get("IL_POLICY_FILE") else None,
         test_clock=os.environ.get(TEST_CLOCK_ENV) == "1",
+        kmip=_kmip_from_env() or _kmip_from_state(state_dir),
     )
+
+
+def embedded_catalog_url_file(state_dir: Path) -> Path:
+    """The celery mode's catalog URL (the pipeline role on the platform's PostgreSQL), 0600."""
+    return state_dir / "secrets" / "catalog.url"
+
+
+def embedded_kmip_file(state_dir: Path) -> Path:
+    """The celery mode's KMIP client settings (the ``IL_KMIP_*`` values as JSON), 0600."""
+    return state_dir / "secrets" / "kmip-client.json"
+
+
+def _state_catalog_url(state_dir: Path) -> str:
+    """The embedded platform's catalog: its PostgreSQL in the celery mode, else the SQLite file."""
+    path = embedded_catalog_url_file(state_dir)
+    if path.exists():
+        return path.read_text().strip()
+    return f"sqlite:///{state_dir / 'catalog.sqlite'}"
+
+
+def _kmip_from_state(state_dir: Path) -> KmipEndpoint | None:
+    path = embedded_kmip_file(state_dir)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    return KmipEndpoint(doc["IL_KMIP_HOST"], int(doc["IL_KMIP_PORT"]), doc["IL_KMIP_CERT"], doc["IL_KMIP_KEY"],
+                        doc["IL_KMIP_CA"], doc.get("IL_KMIP_NAMESPACE") or "imaging-lifecycle")
