@@ -7,5 +7,6 @@ RUN pip install --no-cache-dir -r /opt/imaging-lifecycle/requirements.txt -c /op
  && pip install --no-cache-dir --no-deps /opt/imaging-lifecycle
 # Folders the named volumes mount over, owned by the image's user so the volumes start out as ours.
 RUN mkdir -p /opt/imaging-lifecycle/s3/data /opt/imaging-lifecycle/s3/pki /opt/imaging-lifecycle/ca \
-        /opt/imaging-lifecycle/state /opt/imaging-lifecycle/landing \
- && chmod 0700 /opt/imaging-lifecycle/s3/data /opt/imaging-lifecycle/s3/pki /opt/imaging-lifecycle/state
+        /opt/imaging-lifecycle/state /opt/imaging-lifecycle/landing /opt/imaging-lifecycle/kms /opt/imaging-lifecycle/kmip \
+ && chmod 0700 /opt/imaging-lifecycle/s3/data /opt/imaging-lifecycle/s3/pki /opt/imaging-lifecycle/state \
+        /opt/imaging-lifecycle/kms /opt/imaging-lifecycle/kmip

@@ -234,7 +234,8 @@ def test_no_password_is_literal_in_compose_and_redis_and_postgres_take_theirs_fr
         env = svc.get("environment") or {}
         for key, value in (env.items() if isinstance(env, dict) else []):
             if re.search(r"PASSWORD|SECRET|_KEY$|FERNET|BROKER_URL|SQL_ALCHEMY_CONN|RESULT_BACKEND|CATALOG_URL", key):
-                assert "${" in str(value) or value in ("catalog",), (svc_name, key)
+                # a ${VAR} from .env, or the path of a file mounted read-only (the KMS client's key)
+                assert "${" in str(value) or value in ("catalog",) or str(value).startswith("/opt/"), (svc_name, key)
         # no password on any command line: neither in command/entrypoint nor in a healthcheck's argv
         for part in ("command", "entrypoint"):
             assert not re.search(r"PASSWORD|SECRET|requirepass", json.dumps(svc.get(part) or [])), (svc_name, part)
@@ -270,10 +271,16 @@ def test_only_the_landing_worker_the_triggerer_and_the_receiver_mount_the_landin
         if name != "dicom-receiver":
             assert not any(":/opt/imaging-lifecycle/state" in v for v in _volumes(compose, svc)
                            if not v.startswith(".")), name
-    # What every worker must share comes from .env, not from a volume.
+    # What every worker must share comes from the KMS (KMIP), not from a volume or a per-container key.
     env = compose["x-airflow-common"]["environment"]
-    for key in ("IL_MASTER_KEY", "IL_SECRET_REF_HMAC", "IL_SECRET_DEID_HMAC", "IL_SECRET_AUDIT_SIGNING"):
-        assert env[key].startswith(f"${{{key}:?"), key
+    assert {"IL_KMIP_HOST", "IL_KMIP_PORT", "IL_KMIP_CERT", "IL_KMIP_KEY", "IL_KMIP_CA"} <= set(env)
+    assert not {"IL_MASTER_KEY", "IL_SECRET_REF_HMAC", "IL_SECRET_DEID_HMAC"} & set(env)  # no per-container keys
+    kms = services["kms"]
+    assert kms["command"][:3] == ["imaging-lifecycle", "kms", "serve"]
+    assert not any(v.startswith("kms-data:") for n, svc in services.items() if n != "kms"
+                   for v in svc.get("volumes", []))  # the KMS's own CA key and database stay with it
+    for name in ("airflow-worker", "airflow-worker-landing", "dicom-receiver"):
+        assert any(v.startswith("kms-client:") and v.endswith(":ro") for v in _volumes(compose, services[name])), name
 
 
 def test_the_redis_start_script_keeps_the_password_off_every_command_line():

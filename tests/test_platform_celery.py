@@ -132,7 +132,9 @@ def test_mapped_tasks_run_on_both_hosts_each_with_its_own_state_and_the_shared_t
             assert seen["state_dir"] == str(w2) and seen["landing_dir"] == str(w2 / "landing")
             assert seen["landing_entries"] == []
             assert seen["s3_verify"] == str(w2 / "ca.crt")
-            assert seen["has_hmac_keys"] and not seen["has_jwt_secret"]
+            # Its keys come from the KMS, reached with a client certificate in its own folder: no key in its env.
+            assert seen["kmip_cert"].startswith(str(w2 / "kmip"))
+            assert seen["secrets_in_env"] == [] and not seen["has_jwt_secret"]
 
 
 def test_user_airflow_settings_win_except_the_ones_the_platform_controls(celery_platform, monkeypatch):
@@ -162,10 +164,10 @@ def test_user_airflow_settings_win_except_the_ones_the_platform_controls(celery_
 
 
 def test_postgresql_refuses_a_local_user_without_the_password(celery_platform):
-    from imaging_lifecycle.embedded import PG_AIRFLOW_DB, PG_CATALOG_DB, port
+    from imaging_lifecycle.embedded import PG_AIRFLOW_DB, PG_CATALOG_DB
 
     p = celery_platform
-    pg_port = str(port(p.settings(), "postgres"))
+    pg_port = str(p.settings().port("postgres"))
     psql = shutil.which("psql")
     for role, db in (("postgres", "postgres"), ("il_airflow", PG_AIRFLOW_DB), ("il_catalog_owner", PG_CATALOG_DB),
                      ("il_pipeline", PG_CATALOG_DB)):
@@ -188,10 +190,9 @@ def test_postgresql_refuses_a_local_user_without_the_password(celery_platform):
 
 
 def test_redis_refuses_a_local_user_without_the_password(celery_platform):
-    from imaging_lifecycle.embedded import port
 
     p = celery_platform
-    cli = [shutil.which("redis-cli"), "-h", "127.0.0.1", "-p", str(port(p.settings(), "redis"))]
+    cli = [shutil.which("redis-cli"), "-h", "127.0.0.1", "-p", str(p.settings().port("redis"))]
     for cmd in (["PING"], ["CONFIG", "GET", "requirepass"], ["KEYS", "*"]):
         r = as_nobody([*cli, *cmd])
         assert "NOAUTH" in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
@@ -216,10 +217,9 @@ def test_secrets_are_private_files_never_on_a_command_line_and_every_port_is_loo
         assert not any(s in cmdline for s in secrets.values()), cmdline[:200]
     pids = {proc.pid for proc in procs}
     listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
-    from imaging_lifecycle.embedded import port
 
     ports = {c.laddr.port for c in listening}
-    assert {port(p.settings(), "postgres"), port(p.settings(), "redis")} <= ports
+    assert {p.settings().port("postgres"), p.settings().port("redis")} <= ports
     assert all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening
     st = (p.state / "pg").stat()
     assert st.st_mode & 0o077 == 0  # PostgreSQL's own folder: its user's alone
@@ -238,7 +238,6 @@ def test_second_up_reuses_everything_and_the_state_folder_keeps_its_executor(cel
 
 
 def test_down_stops_every_process_workers_redis_and_postgres_included(celery_platform):
-    from imaging_lifecycle.embedded import port
 
     p = celery_platform
     assert _processes(p)
@@ -246,6 +245,6 @@ def test_down_stops_every_process_workers_redis_and_postgres_included(celery_pla
     assert "stopped" in r.stdout
     assert _processes(p) == []
     left = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN
-            and c.laddr.port in (port(p.settings(), "postgres"), port(p.settings(), "redis"), 8080 + 600)]
+            and c.laddr.port in (p.settings().port("postgres"), p.settings().port("redis"), 8080 + 600)]
     assert left == [], left
     assert "database system is shut down" in (p.state / "logs" / "postgres.log").read_text()

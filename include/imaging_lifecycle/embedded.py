@@ -75,7 +75,6 @@ EXECUTORS = ("local", "celery")
 #: machine's own PostgreSQL or Redis never clashes; their last two digits differ from every other
 #: platform port's (the S3 sites' auxiliary ports are 9400-9423 and 19400-19423), so offsets in
 #: steps of 100 never collide.
-CELERY_PORTS = {"postgres": 15432, "redis": 16379}
 #: The two Celery workers: name -> queues (the landing queue is added to the landing host's).
 WORKERS = ("worker-1", "worker-2")
 LANDING_WORKER = "worker-1"
@@ -138,15 +137,6 @@ def host_name() -> str:
     import socket
 
     return os.environ.get(HOST_NAME_ENV) or socket.getfqdn()
-
-
-def port(settings: Settings, name: str) -> int:
-    """A platform port: ``settings.DEFAULT_PORTS`` or, for the celery mode's, :data:`CELERY_PORTS`, plus the offset."""
-    from imaging_lifecycle.settings import DEFAULT_PORTS
-
-    if name in DEFAULT_PORTS:
-        return settings.port(name)
-    return CELERY_PORTS[name] + settings.port_offset
 
 
 # -- the executor --------------------------------------------------------------------
@@ -324,7 +314,7 @@ class Backends:
 
 
 def _pg_url(settings: Settings, role: str, password: str, db: str, driver: str = "psycopg2") -> str:
-    return f"postgresql+{driver}://{role}:{password}@127.0.0.1:{port(settings, 'postgres')}/{db}"
+    return f"postgresql+{driver}://{role}:{password}@127.0.0.1:{settings.port('postgres')}/{db}"
 
 
 def backends(settings: Settings) -> Backends:
@@ -334,15 +324,17 @@ def backends(settings: Settings) -> Backends:
         airflow_db=airflow_db,
         airflow_db_async=_pg_url(settings, PG_AIRFLOW_ROLE, sec[PG_AIRFLOW_ROLE], PG_AIRFLOW_DB, "asyncpg"),
         result_backend="db+" + airflow_db,
-        broker=f"redis://:{sec['redis']}@127.0.0.1:{port(settings, 'redis')}/0",
+        broker=f"redis://:{sec['redis']}@127.0.0.1:{settings.port('redis')}/0",
         catalog_owner=_pg_url(settings, PG_CATALOG_OWNER, sec[PG_CATALOG_OWNER], PG_CATALOG_DB),
         catalog_pipeline=_pg_url(settings, PG_PIPELINE_ROLE, sec[PG_PIPELINE_ROLE], PG_CATALOG_DB),
     )
 
 
 def catalog_url_file(settings: Settings) -> Path:
-    """The pipeline's catalog URL of the celery mode (0600), for commands run beside the platform."""
-    return settings.secrets_dir / "catalog.url"
+    """The pipeline's catalog URL of the celery mode (0600); ``load_settings`` reads it when IL_CATALOG_URL is unset."""
+    from imaging_lifecycle.settings import embedded_catalog_url_file
+
+    return embedded_catalog_url_file(settings.state_dir)
 
 
 def _pg_user():
@@ -427,7 +419,7 @@ def _init_pg_cluster(settings: Settings, sec: dict[str, str]) -> Path:
 
 def _pg_service(settings: Settings) -> Service:
     data = _pg_dir(settings) / "data"
-    argv = _as_pg([str(_pg_bin() / "postgres"), "-D", str(data), "-p", str(port(settings, "postgres")),
+    argv = _as_pg([str(_pg_bin() / "postgres"), "-D", str(data), "-p", str(settings.port("postgres")),
                    "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
                    "-c", "password_encryption=scram-sha-256", "-c", "max_connections=200"])
     return Service("postgres", argv, lambda: _pg_ready(settings), {}, _pg_dir(settings))
@@ -436,12 +428,12 @@ def _pg_service(settings: Settings) -> Service:
 def _pg_connect(settings: Settings, user: str, password: str, dbname: str = "postgres"):
     import psycopg2
 
-    return psycopg2.connect(host="127.0.0.1", port=port(settings, "postgres"), user=user, password=password,
+    return psycopg2.connect(host="127.0.0.1", port=settings.port("postgres"), user=user, password=password,
                             dbname=dbname, connect_timeout=3)
 
 
 def _pg_ready(settings: Settings) -> bool:
-    if not _port_open(port(settings, "postgres")):
+    if not _port_open(settings.port("postgres")):
         return False
     try:
         _pg_connect(settings, PG_SUPERUSER, backend_secrets(settings)[PG_SUPERUSER]).close()
@@ -498,6 +490,33 @@ def _provision_pg(settings: Settings) -> None:
             conn.close()
 
 
+def _kms_files(settings: Settings):
+    from imaging_lifecycle import kms
+
+    return kms.prepare_kmip_server(settings.state_dir / "kmip", settings.port("kmip"))
+
+
+def _kms_service(settings: Settings) -> Service:
+    """A PyKMIP server standing in for the hospital's KMS: the key store's master-key generations and the
+    HMAC and signing keys live there, so every host gets the same ones and a destroyed generation is gone.
+    Mutual TLS on 127.0.0.1; its CA, certificates and database in ``<state>/kmip`` (0700)."""
+    files = _kms_files(settings)
+    return Service("kms", files.argv, lambda: _port_open(settings.port("kmip")), {}, files.config_file.parent)
+
+
+def _record_kmip_client(settings: Settings) -> None:
+    """``secrets/kmip-client.json``: how this host's processes reach the KMS (``load_settings`` reads it)."""
+    from imaging_lifecycle.settings import embedded_kmip_file
+
+    text = json.dumps(_kms_files(settings).client_env(), sort_keys=True)
+    path = embedded_kmip_file(settings.state_dir)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        write_private_file(tmp, text.encode())
+        os.replace(tmp, path)
+
+
 def _redis_service(settings: Settings) -> Service:
     """Redis with its ``requirepass`` in a 0600 config file (never on a command line), on 127.0.0.1 only."""
     sec = backend_secrets(settings)
@@ -506,7 +525,7 @@ def _redis_service(settings: Settings) -> Service:
     conf = settings.secrets_dir / "redis.conf"
     text = "\n".join([
         "# imaging-lifecycle: the Celery broker (generated by platform up; rewritten on every start)",
-        "bind 127.0.0.1", f"port {port(settings, 'redis')}", "protected-mode yes", "unixsocket \"\"",
+        "bind 127.0.0.1", f"port {settings.port('redis')}", "protected-mode yes", "unixsocket \"\"",
         f"requirepass {sec['redis']}", f"dir {data}", "dbfilename broker.rdb", "save 60 100",
         "appendonly no", "daemonize no", "logfile \"\"", "enable-debug-command no",
         "enable-module-command no", "",
@@ -525,7 +544,7 @@ def redis_ping(settings: Settings, password: str | None = None) -> bool:
     import redis
 
     try:
-        client = redis.Redis(host="127.0.0.1", port=port(settings, "redis"),
+        client = redis.Redis(host="127.0.0.1", port=settings.port("redis"),
                              password=password if password is not None else backend_secrets(settings)["redis"],
                              socket_timeout=2, socket_connect_timeout=2)
         try:
@@ -545,9 +564,10 @@ def start_backends(settings: Settings) -> Backends:
     sec = backend_secrets(settings)
     _open_state_to_postgres(settings)
     _init_pg_cluster(settings, sec)
-    for svc in (_pg_service(settings), _redis_service(settings)):
+    for svc in (_pg_service(settings), _redis_service(settings), _kms_service(settings)):
         proc = _recorded(settings, svc.name) or _start(settings, svc)
         _wait(svc.ready, 60, svc.name, proc)
+    _record_kmip_client(settings)
     _provision_pg(settings)
     found = backends(settings)
     path = catalog_url_file(settings)
@@ -714,40 +734,28 @@ def host_dir(settings: Settings, name: str) -> Path:
     return settings.state_dir / "hosts" / name
 
 
-def shared_secret_env(settings: Settings) -> dict[str, str]:
-    """The secrets a worker on another host needs, as environment variables.
+def shared_secret_env(settings: Settings, name: str = "worker-2") -> dict[str, str]:
+    """What a worker on another host needs to reach the shared secrets: the KMS, as ``IL_KMIP_*``.
 
-    TODO(key store): a KMIP key server is being built; once it exists this returns only how to
-    reach it (its address, the client certificate's path in the worker's own folder) and the
-    secrets below come from it. Until then, every ``load_or_create_secret`` name as
-    ``IL_SECRET_<NAME>`` base64 (``secretfiles`` reads the variable before any file): the two HMAC
-    keys ``deid-hmac`` and ``ref-hmac``, and ``audit-signing`` (``anchor.SIGNING_SECRET``: the
-    hourly anchor runs on any worker, and an anchor signed with a key made on another host is one
-    ``audit verify`` cannot trust). Not shared: the key store (KEKs and the master key, a file on
-    the landing host). Its path here points where nothing can be created, so a task needing a KEK
-    fails loudly on the other host (NotADirectoryError naming ``keystore-not-shared-yet``) instead
-    of making a second, private key store there: data encrypted under a key no other host has.
+    The key store's master-key generations, the two HMAC keys (``deid-hmac``, ``ref-hmac``) and the
+    anchors' signing key (``audit-signing``) all come from the KMS, and the sealed key store from the
+    catalog, so every host has the same ones and none is on any host's disk. The client certificate,
+    its key and the KMS's CA are copied into the worker's own folder (0600), as a deployment installs
+    them on each host.
     """
-    import base64
-
-    from imaging_lifecycle import crypto
-    from imaging_lifecycle.secretfiles import load_or_create_secret
-
-    env = {f"IL_SECRET_{name.upper().replace('-', '_')}":
-           base64.b64encode(load_or_create_secret(name, size, settings=settings)).decode()
-           for name, size in (("deid-hmac", 32), ("ref-hmac", 32), ("audit-signing", crypto.SIGNING_KEY_SIZE))}
-    env["IL_KEYSTORE_PATH"] = str(_no_keystore(settings) / "keystore.sealed")
+    files = _kms_files(settings)
+    env = files.client_env()
+    folder = host_dir(settings, name) / "kmip"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for var in ("IL_KMIP_CERT", "IL_KMIP_KEY", "IL_KMIP_CA"):
+        src = Path(env[var])
+        dst = folder / src.name
+        data = src.read_bytes()
+        if not dst.exists() or dst.read_bytes() != data:
+            dst.unlink(missing_ok=True)
+            write_private_file(dst, data)
+        env[var] = str(dst)
     return env
-
-
-def _no_keystore(settings: Settings) -> Path:
-    """A regular file standing where a key store folder would be (see :func:`shared_secret_env`)."""
-    path = host_dir(settings, "worker-2") / "keystore-not-shared-yet"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("The key store is not shared with this host yet (a key server will be); see "
-                        "imaging_lifecycle.embedded.shared_secret_env.\n")
-    return path
 
 
 def worker_env(settings: Settings, creds: dict, executor_env: dict[str, str], name: str) -> dict[str, str]:
@@ -789,7 +797,7 @@ def worker_env(settings: Settings, creds: dict, executor_env: dict[str, str], na
         "IL_PORT_OFFSET": str(settings.port_offset),
         HOST_NAME_ENV: name,
         "GX_ANALYTICS_ENABLED": "False",
-        **shared_secret_env(settings),
+        **shared_secret_env(settings, name),
     }
     if settings.policy_file:  # one policy per platform: the same file, copied to this host
         policy = home / "policy.yaml"
@@ -1029,6 +1037,7 @@ def up(settings: Settings | None = None, *, executor: str | None = None,
         from dataclasses import replace
 
         found = start_backends(settings)
+        settings = replace(settings, kmip=_kms_files(settings).endpoint)  # as load_settings now reads it
         # The catalog's owner creates its tables and records the policy; the pipeline's role is
         # then granted what it needs and no more, and every process of the platform connects as it.
         owner = Services.open(replace(settings, catalog_url=found.catalog_owner))
@@ -1042,7 +1051,7 @@ def up(settings: Settings | None = None, *, executor: str | None = None,
         Services.open(settings).guard("platform_start", actor="system:platform")
     _record_executor(settings, executor)  # the catalog now lives in this executor's backend
     svcs = [s for s in services(settings, creds, executor, found)
-            if not s.name.startswith("s3-") and s.name not in ("postgres", "redis")]
+            if not s.name.startswith("s3-") and s.name not in ("postgres", "redis", "kms")]
     env = {**os.environ, **airflow_env(settings, creds, executor, found)}
     if not all(_recorded(settings, s.name) for s in svcs if s.name.startswith("airflow-")):
         echo("migrating the Airflow metadata database ...")

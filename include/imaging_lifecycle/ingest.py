@@ -46,7 +46,8 @@ from imaging_lifecycle.inspection import inspect
 from imaging_lifecycle.services import Services
 from imaging_lifecycle.settings import Settings
 
-CHUNK_SIZE = 100
+#: Files per mapped ingest task (``IL_INGEST_CHUNK_SIZE`` overrides it, for tuning and tests).
+CHUNK_SIZE = int(os.environ.get("IL_INGEST_CHUNK_SIZE") or 100)
 MANIFEST = "manifest.json"
 MAX_CHUNKS = 1000  # Airflow maps at most 1024 task instances
 

@@ -48,7 +48,7 @@ def check() -> dict[str, dict]:
     except Exception as exc:
         out["catalog"] = {"up": False, "detail": type(exc).__name__}
     if celery:  # the production shape: the broker and each worker (over the broker) too
-        port = embedded.port(settings, "redis")
+        port = settings.port("redis")
         up = embedded.redis_ping(settings)
         out["broker"] = {"up": up, "detail": f"redis 127.0.0.1:{port}" + ("" if up else ": no answer to AUTH+PING")}
         broker = embedded.backends(settings).broker
