@@ -42,6 +42,9 @@ def hospital(airflow_db, object_store_settings, tmp_path, monkeypatch):
     # Buckets of its own: the sweeper anchors its deletions, and anchors belong to one platform's chain.
     monkeypatch.setenv("IL_BUCKET_PREFIX", f"il-h{os.urandom(4).hex()}-")
     (tmp_path / "landing").mkdir()
+    from imaging_lifecycle import landing
+
+    landing.ensure_identity(tmp_path / "landing")  # this process is the landing host (dag.test runs the claim here)
     from imaging_lifecycle.services import Services
 
     svc = Services.open()
