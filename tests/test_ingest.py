@@ -127,6 +127,8 @@ def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(
     cat = catalog(env)
     objs = [o for o in cat.objects() if o.quarantine_reason is None]
     assert len(objs) == 2 and {o.state for o in objs} == {"VALIDATED"}
+    # Registered by the batch that died, they were gated by the rerun's: protect takes them.
+    assert {cat.get_batch(o.batch_id).state for o in objs} == {"INGESTED"}
     from imaging_lifecycle.storage import ObjectStore
 
     store = ObjectStore(env)

@@ -46,6 +46,7 @@ from imaging_lifecycle.catalog.states import (
     REQUIRED_FIELDS,
     STATE_ACTIONS,
     TRANSITIONS,
+    VALIDATED,
 )
 
 #: Audit outcome of entering a state when the caller names none. A
@@ -174,6 +175,16 @@ class ObjectsMixin(CatalogBase):
             if object_id is not None:
                 row = conn.execute(select(objects).where(objects.c.id == object_id)).first()
                 if row is not None:
+                    if (values["batch_id"] is not None and row.batch_id != values["batch_id"]
+                            and row.state in (RECEIVED, VALIDATED, QUARANTINED)):
+                        # Registered by a batch whose run died before its gate, and claimed again by this
+                        # one: it belongs to the batch that gates it now, else nothing would ever gate it.
+                        self.open_batch(values["batch_id"], actor=actor, session=conn)
+                        conn.execute(update(objects).where(objects.c.id == object_id)
+                                     .values(batch_id=values["batch_id"], updated_at=_now()))
+                        self.audit.append(actor, "batch.state", object_ref=object_id, session=conn,
+                                          detail={"batch": values["batch_id"], "from_batch": row.batch_id})
+                        row = conn.execute(select(objects).where(objects.c.id == object_id)).one()
                     return Registration(ObjectRecord(**row._mapping), "existing")
             if values["batch_id"] is not None:
                 self.open_batch(values["batch_id"], actor=actor, session=conn)
