@@ -2,6 +2,8 @@
 FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:0 requirements.txt constraints.txt pyproject.toml /opt/imaging-lifecycle/
 COPY --chown=airflow:0 include /opt/imaging-lifecycle/include
+# Airflow's airflow_local_settings hook: the scheduler and Celery workers preload what tasks import.
+COPY --chown=airflow:0 deploy/airflow_local_settings.py /opt/airflow/config/airflow_local_settings.py
 # The same lock as make install: Celery, Redis, asyncpg and the PostgreSQL driver are in it.
 RUN pip install --no-cache-dir -r /opt/imaging-lifecycle/requirements.txt -c /opt/imaging-lifecycle/constraints.txt \
  && pip install --no-cache-dir --no-deps /opt/imaging-lifecycle

@@ -30,7 +30,7 @@ from imaging_lifecycle import faults
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord, states
 from imaging_lifecycle.crypto import AssociatedData, IntegrityError, KeyUnavailable
 from imaging_lifecycle.encrypted_store import EncryptedStore, Sealed
-from imaging_lifecycle.services import Services
+from imaging_lifecycle.services import Services, io_map
 from imaging_lifecycle.storage import ObjectStore, StorageError
 
 __all__ = [
@@ -199,39 +199,48 @@ def replicate(
     counts = {"backed_up": 0, "reused": 0, "adopted": 0, "uploaded": 0, "skipped": 0, "leftovers_purged": 0,
               "leftovers_locked": 0}
     failed: dict[str, str] = {}
-    for oid in ids:
+
+    def one(oid: str) -> tuple[str, str, dict]:
+        """(oid, "skipped" | "ok:<how>" | a failure reason, this object's leftover counts)."""
+        mine = {"leftovers_purged": 0, "leftovers_locked": 0}
         obj = catalog.get(oid)
         if obj.state != states.STORED:
-            counts["skipped"] += 1
-            continue
+            return oid, "skipped", mine
         src = _source_copy(catalog, obj)
         if src is None or src.ciphertext_sha256 is None:
-            failed[oid] = "NO_ARCHIVE_COPY"
-            continue
+            return oid, "NO_ARCHIVE_COPY", mine
         try:
-            how, copy = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=counts,
+            how, copy = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=mine,
                                        until=_retain_until(obj, now, retain_until_for, retention_days))
         except StorageError:
-            failed[oid] = "STORAGE_ERROR"
-            continue
+            return oid, "STORAGE_ERROR", mine
         if copy is None:
-            failed[oid] = how
             catalog.audit.append(actor, "copy.verify", object_ref=oid, outcome="failure",
                                  detail={"zone": BACKUP_ZONE, "check": "ciphertext", "reason": how})
-            continue
+            return oid, how, mine
         if encrypted is not None:
             try:
                 encrypted.verify(sealed_for(catalog, copy, obj), oid)
             except tuple(FAILURE_REASONS) as exc:
                 reason = _reason(exc)
                 catalog.record_copy_check(copy.id, ok=False, actor=actor, detail={"check": "decrypt", "reason": reason})
-                failed[oid] = reason
-                continue
+                return oid, reason, mine
         with catalog.transaction() as conn:
             catalog.transition(oid, states.BACKED_UP, actor=actor, detail={"copy": copy.id, "how": how},
                                session=conn)
-        counts[how] += 1
-        counts["backed_up"] += 1
+        return oid, f"ok:{how}", mine
+
+    # Several objects at once: each copy is S3 round trips on two sites, which release the GIL.
+    for oid, outcome, mine in io_map(one, ids):
+        for k, v in mine.items():
+            counts[k] += v
+        if outcome == "skipped":
+            counts["skipped"] += 1
+        elif outcome.startswith("ok:"):
+            counts[outcome[3:]] += 1
+            counts["backed_up"] += 1
+        else:
+            failed[oid] = outcome
     result = {**counts, "failed": len(failed), "failed_ids": sorted(failed), "lock_mode": mode}
     if failed:
         raise BackupFailed(f"backup failed for {len(failed)} object(s): {', '.join(sorted(failed))}", result)

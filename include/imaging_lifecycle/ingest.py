@@ -169,7 +169,7 @@ def _check_landing_host(settings: Settings, expected: set[str] | None) -> str:
 STAGE_THREADS = 4
 
 
-def _stage_one(svc: Services, path: Path, oid: str, *, landing_id: str, scope_id: str):
+def _stage_one(svc: Services, path: Path, oid: str, *, landing_id: str, scope_id: str, fresh: bool):
     """Stage one claimed local file: (sealed copy, None) or (None, reason code) if it must not be read."""
     from imaging_lifecycle import staging
 
@@ -180,7 +180,7 @@ def _stage_one(svc: Services, path: Path, oid: str, *, landing_id: str, scope_id
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
         return None, "PATH_TRAVERSAL"  # never follow a link out of the folder
     try:
-        return staging.put(svc, path, oid, landing_id=landing_id, scope_id=scope_id), None
+        return staging.put(svc, path, oid, landing_id=landing_id, scope_id=scope_id, fresh=fresh), None
     except PermissionError:
         return None, "UNREADABLE"
 
@@ -211,13 +211,16 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
         batch_dir.mkdir(mode=0o700)
         limit = MAX_CHUNKS * chunk_size
         plan: list[tuple[Path, str, str]] = []  # (source path, catalog id, source)
+        fresh: set[str] = set()  # catalog ids given now: nothing was ever staged under them
         old_dirs = sorted(p for p in root.iterdir() if p.is_dir() and p != batch_dir)
         for old in old_dirs:  # leftovers of earlier claims that died before staging everything
             sources = _read_manifest(old)["files"]
             for f in sorted(old.glob("*.dcm")):
                 plan.append((f, f.stem, sources.get(f.stem, "landing")))
         for f in landing.settled_files(settings.landing_dir, quiet_seconds, now):
-            plan.append((f, uuid.uuid4().hex, _source_of(f, settings.landing_dir)))
+            oid = uuid.uuid4().hex
+            fresh.add(oid)
+            plan.append((f, oid, _source_of(f, settings.landing_dir)))
         plan = plan[:limit]
         _write_json(batch_dir / MANIFEST, {"chunk_size": chunk_size, "files": {oid: src for _, oid, src in plan}})
         for src, oid, _ in plan:
@@ -229,8 +232,8 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
         if plan:
             svc.encrypted.kek_for(scope_id)  # one KEK for the batch, made before the uploads share it
             with ThreadPoolExecutor(STAGE_THREADS) as pool:
-                staged = list(pool.map(lambda p: _stage_one(svc, batch_dir / f"{p[1]}.dcm", p[1],
-                                                            landing_id=here, scope_id=scope_id), plan))
+                staged = list(pool.map(lambda p: _stage_one(svc, batch_dir / f"{p[1]}.dcm", p[1], landing_id=here,
+                                                            scope_id=scope_id, fresh=p[1] in fresh), plan))
             faults.point("ingest.claim_after_upload")
             for i, ((_, oid, source), (sealed, problem)) in enumerate(zip(plan, staged, strict=True)):
                 files.append(StagedFile(oid, batch_id, i // chunk_size, source, scope_id, sealed, problem, here))
@@ -257,19 +260,22 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
 # -- one chunk: the mapped task --------------------------------------------------
 
 
-def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str):
+def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str, fresh: bool = False):
     """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
 
     A copy already recorded for this object and zone is reused. Versions left
     under the key by an earlier attempt that died before recording are purged
-    first, so a rerun leaves exactly one version.
+    first, so a rerun leaves exactly one version. ``fresh``: this very call
+    registered the object (registration comes before any upload), so no earlier
+    attempt can have left a copy or a version: both lookups are skipped.
     """
-    for copy in svc.catalog.copies(oid):
-        if copy.zone == zone:
-            return copy
+    if not fresh:
+        for copy in svc.catalog.copies(oid):
+            if copy.zone == zone:
+                return copy
     key = f"{'objects' if zone == 'archive' else zone}/{oid}"
     store = svc.encrypted.store
-    leftovers = [(v.key, v.version_id) for v in store.versions(zone, key) if v.key == key]
+    leftovers = [] if fresh else [(v.key, v.version_id) for v in store.versions(zone, key) if v.key == key]
     if leftovers:
         store.purge(zone, leftovers)
     # Not yet classified, so bound to the policy's most sensitive tier (fail closed);
@@ -314,9 +320,9 @@ def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: 
     oid, source = staged.object_id, staged.source
     insp = inspect(path, path.parent)
     if not insp.ok:
-        svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
-                             sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason)
-        _store(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor)
+        reg = svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
+                                   sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason)
+        _store(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor, fresh=reg.created)
         _done(svc, staged)
         return f"quarantined:{insp.reason}"
     reg = svc.catalog.register(
@@ -330,11 +336,13 @@ def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: 
         _done(svc, staged)
         return "duplicate"
     if reg.outcome == "conflict" or obj.state == states.QUARANTINED:
-        _store(svc, obj.id, path, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor)
+        _store(svc, obj.id, path, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor,
+               fresh=reg.created and obj.id == oid)
         _done(svc, staged)
         return "quarantined:DUPLICATE_CONFLICT"
     if obj.state == states.RECEIVED:
-        copy = _store(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor)
+        copy = _store(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor,
+                      fresh=reg.created and obj.id == oid)
         faults.point("ingest.after_store")
         svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive",
                                ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
@@ -345,11 +353,10 @@ def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: 
 def run_chunk(svc: Services, batch_id: str, chunk: int, *, actor: str) -> dict:
     """The mapped ingest task: every file of one chunk. Returns counts by outcome (XCom-safe)."""
     counts: dict[str, int] = {}
-    scopes: set[str] = set()
-    for staged in svc.catalog.staged(batch_id, chunk):
-        outcome = ingest_file(svc, staged, batch_id, actor=actor)
+    files = svc.catalog.staged(batch_id, chunk)
+    for outcome in svc.map(lambda staged: ingest_file(svc, staged, batch_id, actor=actor), files):
         counts[outcome] = counts.get(outcome, 0) + 1
-        scopes.add(staged.scope_id)
+    scopes = {staged.scope_id for staged in files}
     return {"batch_id": batch_id, "chunk": chunk, "counts": counts, "scopes": sorted(scopes)}
 
 
@@ -372,7 +379,11 @@ def close_batch(svc: Services, results: list[dict], *, actor: str) -> dict:
     summary = {"batch_id": batch_id, "stored": totals.get("stored", 0), "duplicates": totals.get("duplicate", 0),
                "quarantined": sum(v for k, v in totals.items() if k.startswith("quarantined:")),
                "reasons": {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("quarantined:")}}
-    if svc.catalog.get_batch(batch_id) is None:  # only duplicates: nothing registered, nothing to gate
+    from imaging_lifecycle.catalog import UnknownObject
+
+    try:
+        svc.catalog.get_batch(batch_id)
+    except UnknownObject:  # only duplicates: nothing registered, nothing to gate
         return {**summary, "gate": None}
     rows = rows_for(svc.catalog, batch_id)
     if not rows:  # everything was quarantined: nothing moves on, and nothing needs gating

@@ -98,13 +98,13 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
     svc.guard("store", actor=actor)
     policy = svc.policy
     now = now or dt.datetime.now(dt.timezone.utc)
-    stored = 0
-    for oid in ids:
+
+    def one(oid: str) -> int:
         obj = svc.catalog.get(oid)
         # NEEDS_REVIEW holds back the derivative, never the original: it is stored all the same.
         if held(obj) or obj.state not in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW,
                                           states.PROTECTED):
-            continue
+            return 0
         copy = _archive_copy(svc, obj)
         sealed = svc.catalog.sealed(copy, obj.sha256, obj.size)
         if sealed.tier != obj.tier:
@@ -114,8 +114,9 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
             svc.catalog.transition(oid, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
                                    key_id=copy.key_id)
         svc.catalog.transition(oid, states.STORED, actor=actor, zone="archive", retention_deadline=deadline)
-        stored += 1
-    return {"stored": stored}
+        return 1
+
+    return {"stored": sum(svc.map(one, ids))}
 
 
 def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
@@ -203,12 +204,18 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         return counts
     verdict = record(svc.catalog, suite.check([(o.id, orig, r.dataset) for o, orig, r in made], policy),
                      actor=actor)
-    for obj, _original, result in made:
+    for obj, _original, _result in made:
         if not verdict.passed(obj.id):
             hold(obj.id, "DEID_GATE", {"reason": "DEID_GATE", "checks": sorted(set(verdict.failed.get(obj.id, ())))})
-            continue
+
+    def release(item) -> None:  # noqa: ANN001 (several objects at once: storing them is S3-bound)
+        obj, _original, result = item
         release_derivative(svc, obj, result, policy, actor=actor)
         svc.catalog.transition(obj.id, states.DEIDENTIFIED, actor=actor)
+
+    passed = [m for m in made if verdict.passed(m[0].id)]
+    svc.map(release, passed)
+    for _ in passed:
         count("deidentified")
     return counts
 

@@ -55,10 +55,13 @@ def private_tmp(settings: Settings, suffix: str) -> Path:
     return tmpdir / f"{uuid.uuid4().hex}{suffix}"
 
 
-def put(svc: Services, src: Path, object_id: str, *, landing_id: str, scope_id: str) -> Sealed:
-    """Encrypt ``src`` into the staging zone, verified; versions of an interrupted earlier try go first."""
+def put(svc: Services, src: Path, object_id: str, *, landing_id: str, scope_id: str, fresh: bool = False) -> Sealed:
+    """Encrypt ``src`` into the staging zone, verified; versions of an interrupted earlier try go first.
+
+    ``fresh``: the file was claimed for the first time (its catalog id is new), so nothing can be
+    under its key yet and the listing is skipped."""
     key = key_for(landing_id, object_id)
-    leftovers = [(v.key, v.version_id) for v in svc.store.versions(ZONE, key) if v.key == key]
+    leftovers = [] if fresh else [(v.key, v.version_id) for v in svc.store.versions(ZONE, key) if v.key == key]
     if leftovers:
         svc.store.purge(ZONE, leftovers)
     return svc.encrypted.put(src, catalog_id=object_id, zone=ZONE, tier=svc.policy.highest_tier,
@@ -76,13 +79,11 @@ def fetch(svc: Services, staged: StagedFile) -> Path:
 
 
 def drop(svc: Services, staged: StagedFile) -> None:
-    """Forget the row, then purge every version of the staged copy (a crash between: the reaper's)."""
+    """Forget the row, then delete the staged version it named (a crash between, or any other version an
+    interrupted claim left under the key: the reaper's, since no row names the key any more)."""
     svc.catalog.unstage(staged.object_id)
     if staged.sealed is not None:
-        key = staged.sealed.key
-        versions = [(v.key, v.version_id) for v in svc.store.versions(ZONE, key) if v.key == key]
-        if versions:
-            svc.store.purge(ZONE, versions)
+        svc.store.purge(ZONE, [(staged.sealed.key, staged.sealed.version_id)])
 
 
 def reap_orphans(svc: Services, landing_id: str) -> int:
