@@ -87,8 +87,8 @@ def _nothing_left_on_any_host(p: CeleryPlatform, svc) -> None:
 
     settings = svc.settings
     other = host_dir(settings, "worker-2")
-    for folder in (settings.landing_dir, other / "landing", settings.state_dir / "ingest", other / "ingest"):
-        assert not [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")], folder
+    for folder in (settings.landing_dir, other / "landing"):  # the claim's own folder (.claimed) included
+        assert not [f for f in folder.rglob("*") if f.is_file() and f.name not in (".landing-id", ".lock")], folder
     for folder in (settings.state_dir / "tmp", other / "tmp"):  # the hosts' plaintext scratch folders
         assert not (folder.exists() and any(folder.iterdir())), folder
     assert svc.catalog.staged_count() == 0

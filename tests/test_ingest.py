@@ -80,7 +80,9 @@ def test_each_kind_of_bad_input_is_quarantined_with_its_reason_and_kept(env, dic
 
     assert summary["reasons"] == dict(Counter(expected.values()))
     assert os.path.exists("/etc/hostname")  # the link was removed, never its target
-    assert [p.name for p in env.landing_dir.iterdir()] == [".landing-id"]  # its identity, nothing else
+    # its identity and the claim's own (empty) folder, nothing else
+    assert sorted(p.name for p in env.landing_dir.iterdir()) == [".claimed", ".landing-id"]
+    assert not [p for p in (env.landing_dir / ".claimed").iterdir() if p.is_dir()]
     cat = catalog(env)
     objs = cat.objects(batch_id=summary["batch_id"])
     assert sorted(o.quarantine_reason for o in objs) == sorted(expected.values())
@@ -137,7 +139,6 @@ def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(
         assert len(copies) == 1
         assert [v.version_id for v in store.versions("archive", copies[0].key)] == [copies[0].version_id]
     assert not list(env.landing_dir.rglob("*.dcm"))
-    assert not list((env.state_dir / "ingest").rglob("*.dcm"))
     from imaging_lifecycle import landing
 
     assert cat.staged_count() == 0  # nothing waits in the staging zone, and nothing is left there
@@ -211,7 +212,7 @@ def test_the_object_store_dying_mid_run_loses_nothing_and_the_retry_duplicates_n
         copies = cat.copies(o.id)
         assert len(copies) == 1
         assert [v.version_id for v in store.versions("archive", copies[0].key)] == [copies[0].version_id]
-    assert not list((env.state_dir / "ingest").rglob("*.dcm"))
+    assert not list(ingest.batches_root(env).rglob("*.dcm"))
 
 
 def test_a_batch_id_never_reads_as_a_dicom_date(env, dicom_file, monkeypatch):

@@ -46,8 +46,9 @@ def test_a_claim_stages_each_file_encrypted_in_s3_and_keeps_nothing_on_the_host(
     svc = Services.open(a)
     claim = ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR)
     assert claim.files == n and claim.chunks == [0]
-    assert not list(a.landing_dir.rglob("*.dcm")) and not list((a.state_dir / "ingest").rglob("*.dcm"))
-    assert not [d for d in (a.state_dir / "ingest").iterdir() if d.is_dir()]  # no batch folder left
+    assert not list(a.landing_dir.rglob("*.dcm")) and not list(ingest.batches_root(a).rglob("*.dcm"))
+    assert not [d for d in ingest.batches_root(a).iterdir() if d.is_dir()]  # no batch folder left
+    assert ingest.batches_root(a).parent == a.landing_dir  # claimed files never left the landing volume
     rows = svc.catalog.staged(claim.batch_id)
     assert len(rows) == n and {r.scope_id for r in rows} == {staging.scope_for(claim.batch_id)}
     versions = _staged_versions(a)
@@ -113,6 +114,8 @@ def test_files_of_a_batch_whose_run_died_are_taken_by_the_next_claim(hosts, dico
     results = [ingest.run_chunk(on_b, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
     assert ingest.close_batch(on_b, results, actor=ACTOR)["stored"] == 3
     assert on_b.catalog.staged(dead.batch_id) == [] and on_b.catalog.staged_count() == 0
+    claimed = [r for r in on_b.catalog.audit.records() if r.action == "batch.claim"]
+    assert claimed[-1].detail["counts"] == {"staged": 1, "adopted": 2, "problems": 0}  # the adoption is audited
     assert all(on_b.keystore.is_destroyed(k) for k in keks)
 
 
@@ -142,3 +145,17 @@ def test_a_link_in_the_landing_folder_is_quarantined_unread_from_any_host(hosts,
     summary = ingest.close_batch(on_b, [ingest.run_chunk(on_b, claim.batch_id, 0, actor=ACTOR)], actor=ACTOR)
     assert summary["reasons"] == {"PATH_TRAVERSAL": 1}
     assert secret.read_text() == "not for the archive" and secret.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_staged_copy_gone_missing_is_quarantined_with_its_reason_not_retried_forever(hosts, dicom_file):
+    a, b = hosts
+    _files(a, dicom_file, ("CT_small.dcm", "MR_small.dcm"))
+    svc = Services.open(a)
+    claim = ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR)
+    lost, kept = svc.catalog.staged(claim.batch_id)
+    svc.store.purge("staging", [(lost.sealed.key, lost.sealed.version_id)])  # never expected: shown, not hidden
+    on_b = Services.open(b)
+    summary = ingest.close_batch(on_b, [ingest.run_chunk(on_b, claim.batch_id, 0, actor=ACTOR)], actor=ACTOR)
+    assert summary["stored"] == 1 and summary["reasons"] == {"STAGED_COPY_MISSING": 1}
+    assert on_b.catalog.get(lost.object_id).quarantine_reason == "STAGED_COPY_MISSING"
+    assert on_b.catalog.staged_count() == 0

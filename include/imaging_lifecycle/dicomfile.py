@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ class _DropPydicomRecords(logging.Filter):
         return False
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET_DEPTH = 0
+_QUIET_SAVED: warnings.catch_warnings | None = None
+
+
 @contextlib.contextmanager
 def quiet_pydicom() -> Iterator[None]:
     """Silence pydicom while we handle patient data: its warnings quote element values.
@@ -50,13 +56,27 @@ def quiet_pydicom() -> Iterator[None]:
     Both its ``warnings.warn`` calls and its log records (logger ``pydicom``)
     are dropped for the duration; our own code reports reason codes instead.
     """
+    global _QUIET_DEPTH, _QUIET_SAVED
     flt = _DropPydicomRecords()
     _PYDICOM_LOG.addFilter(flt)
-    try:
-        with warnings.catch_warnings():
+    # warnings' filters are one global list: with several threads in here at once (a stage works on a
+    # few objects at a time), a per-call catch_warnings would restore the unfiltered list when the
+    # first thread leaves, while another still reads patient data. The first in sets "ignore", the
+    # last out restores.
+    with _QUIET_LOCK:
+        if _QUIET_DEPTH == 0:
+            _QUIET_SAVED = warnings.catch_warnings()
+            _QUIET_SAVED.__enter__()
             warnings.simplefilter("ignore")
-            yield
+        _QUIET_DEPTH += 1
+    try:
+        yield
     finally:
+        with _QUIET_LOCK:
+            _QUIET_DEPTH -= 1
+            if _QUIET_DEPTH == 0 and _QUIET_SAVED is not None:
+                _QUIET_SAVED.__exit__(None, None, None)
+                _QUIET_SAVED = None
         _PYDICOM_LOG.removeFilter(flt)
 
 

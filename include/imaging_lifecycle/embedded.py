@@ -712,6 +712,9 @@ def airflow_env(settings: Settings, creds: dict, executor: str = "local",
             # What a task instance records as its host (the REST API's ``hostname``): IL_HOST_NAME.
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "imaging_lifecycle.embedded.host_name",
             "IL_CATALOG_URL": found.catalog_pipeline,
+            # Every process of this host reaches the KMS explicitly, never by a state file it might miss:
+            # a process without it would quietly seal and pseudonymise with local keys no other host has.
+            **_kms_files(settings).client_env(),
         })
     return {k: v for k, v in env.items()
             if not (k.startswith("AIRFLOW__") and k not in PLATFORM_CONTROLLED and _user_set(k))}
@@ -786,6 +789,8 @@ def worker_env(settings: Settings, creds: dict, executor_env: dict[str, str], na
     env = {
         **{k: os.environ[k] for k in _SYSTEM_ENV if k in os.environ},
         **{k: os.environ[k] for k in _SHARED_IL_ENV if k in os.environ},
+        # Keys a deployment injects (IL_SECRET_<NAME>) win over the KMS: every host must get the same ones.
+        **{k: v for k, v in os.environ.items() if k.startswith("IL_SECRET_")},
         "HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
         **airflow_cfg,

@@ -63,8 +63,16 @@ class Claim:
         return [{"batch_id": self.batch_id, "chunk": c} for c in self.chunks]
 
 
+#: Inside the landing folder (a dot-folder, so never taken for arriving files): claiming is then an
+#: atomic rename on one file system, the claimed files stay on the landing volume until staged, and
+#: the claim lock is the landing folder's own, shared by every process that claims from it.
+CLAIMED_DIR = ".claimed"
+#: Files the claim could not read (permissions): kept here, beside their quarantine record, not deleted.
+UNREADABLE_DIR = ".unreadable"
+
+
 def batches_root(settings: Settings) -> Path:
-    return settings.state_dir / "ingest"
+    return settings.landing_dir / CLAIMED_DIR
 
 
 def _source_of(path: Path, landing_dir: Path) -> str:
@@ -238,12 +246,18 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
             for i, ((_, oid, source), (sealed, problem)) in enumerate(zip(plan, staged, strict=True)):
                 files.append(StagedFile(oid, batch_id, i // chunk_size, source, scope_id, sealed, problem, here))
         first_free = (len(files) + chunk_size - 1) // chunk_size
-        svc.catalog.record_staged(batch_id, files, actor=actor)
         adopted = svc.catalog.adopt_staged(batch_id, first_chunk=first_free, chunk_size=chunk_size,
-                                           limit=limit - len(files))
+                                           limit=limit - len(files), exclude={oid for _, oid, _ in plan} - fresh)
+        svc.catalog.record_staged(batch_id, files, actor=actor, adopted=adopted)
         faults.point("ingest.claim_after_record")
+        unreadable = {f.object_id for f in files if f.problem == "UNREADABLE"}
         for _, oid, _ in plan:
-            (batch_dir / f"{oid}.dcm").unlink(missing_ok=True)
+            if oid in unreadable:  # nothing was staged: keep the file for whoever fixes its permissions
+                keep = settings.landing_dir / UNREADABLE_DIR
+                keep.mkdir(mode=0o700, exist_ok=True)
+                _move(batch_dir / f"{oid}.dcm", keep / f"{oid}.dcm")
+            else:
+                (batch_dir / f"{oid}.dcm").unlink(missing_ok=True)
         for d in [*old_dirs, batch_dir]:
             if not any(d.glob("*.dcm")):
                 (d / MANIFEST).unlink(missing_ok=True)
@@ -302,12 +316,17 @@ def ingest_file(svc: Services, staged, batch_id: str, *, actor: str) -> str:  # 
     from imaging_lifecycle import staging
 
     oid, source = staged.object_id, staged.source
-    if staged.problem:  # found on the landing host: a link or an unreadable file, nothing was staged
+    problem = staged.problem
+    if not problem:
+        try:
+            path = staging.fetch(svc, staged)
+        except staging.StagedCopyMissing:
+            problem = "STAGED_COPY_MISSING"  # never expected; recorded and raised as an incident, not retried
+    if problem:  # found on the landing host (a link, an unreadable file) or here: nothing to store
         svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
-                             sha256=None, size=0, quarantine_reason=staged.problem)
+                             sha256=None, size=0, quarantine_reason=problem)
         _done(svc, staged)
-        return f"quarantined:{staged.problem}"
-    path = staging.fetch(svc, staged)
+        return f"quarantined:{problem}"
     try:
         return _ingest_fetched(svc, staged, path, batch_id, actor=actor)
     finally:

@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "PATH_TRAVERSAL": "the name or link points outside the landing folder",
     "DUPLICATE_CONFLICT": "same SOP Instance UID as a stored object but different content",
     "TOO_LARGE": "larger than the configured ingest limit",
+    "STAGED_COPY_MISSING": "its encrypted copy in the staging zone was gone when its chunk ran (never expected)",
 }
 
 REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")

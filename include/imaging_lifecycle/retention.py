@@ -31,7 +31,7 @@ from imaging_lifecycle.services import Services
 #: Local folders (relative to the state dir) where plaintext may sit; the landing folder is added.
 LOCAL_PLAINTEXT_DIRS = ("ingest", "tmp")
 #: File names in those folders that are bookkeeping, not content.
-_BOOKKEEPING_SUFFIXES = (".id", ".idtmp", ".json", ".tmp")
+_BOOKKEEPING_SUFFIXES = (".id", ".idtmp", ".json", ".tmp", ".lock", "-id")  # "-id": the landing identity
 CACHE_ZONE = "cache"
 
 

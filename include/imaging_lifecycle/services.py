@@ -136,6 +136,10 @@ class Services:
         """:func:`io_map`, with every collaborator built first so the threads share one of each."""
         for name in ("policy", "catalog", "store", "keystore", "encrypted"):
             getattr(self, name)
+        if self.settings.kmip is not None and self.settings.catalog_url.startswith("sqlite"):
+            # The key store is a row of this same SQLite file: one thread's catalog write would wait on
+            # another's key store write for the whole busy timeout. Several hosts use PostgreSQL anyway.
+            threads = 1
         return io_map(fn, items, threads=threads)
 
     # -- the policy the platform runs under --------------------------------------

@@ -50,7 +50,7 @@ class LandingBatchTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         landing = Path(self.landing_dir)
-        landing_id = await asyncio.to_thread(ensure_identity, landing)
+        await asyncio.to_thread(ensure_identity, landing)
         last_digest, stable_since, fired_digest, fired_at = None, time.monotonic(), None, 0.0
         while True:
             snap = await asyncio.to_thread(snapshot, landing)
@@ -63,6 +63,7 @@ class LandingBatchTrigger(BaseEventTrigger):
                 and (snap.digest != fired_digest or now - fired_at >= self.refire_seconds)
             ):
                 fired_digest, fired_at = snap.digest, now
+                landing_id = await asyncio.to_thread(ensure_identity, landing)  # read again: the folder may be new
                 yield TriggerEvent({"files": snap.count, "bytes": snap.total_size, "batch": snap.digest[:16],
                                     "landing": landing_id})
             await asyncio.sleep(self.poll_seconds)

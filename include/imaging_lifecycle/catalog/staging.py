@@ -75,14 +75,17 @@ class StagingMixin(CatalogBase):
                               detail={"counts": {"staged": len(files), "adopted": adopted,
                                                  "problems": sum(1 for f in files if f.problem)}})
 
-    def adopt_staged(self, batch_id: str, *, first_chunk: int, chunk_size: int, limit: int) -> int:
+    def adopt_staged(self, batch_id: str, *, first_chunk: int, chunk_size: int, limit: int,
+                     exclude: set[str] | frozenset[str] = frozenset()) -> int:
         """Move up to ``limit`` rows left by earlier batches (their run died or failed) into ``batch_id``,
         numbering their chunks from ``first_chunk``. Returns how many moved."""
         _label("batch_id", batch_id)
+        t = staged_files.c
         with self.db.write(_lock_head=False) as conn:
-            ids = conn.execute(select(staged_files.c.object_id).where(staged_files.c.batch_id != batch_id)
-                               .order_by(staged_files.c.staged_at, staged_files.c.object_id)
-                               .limit(limit)).scalars().all()
+            q = select(t.object_id).where(t.batch_id != batch_id)
+            if exclude:  # files this claim is staging again itself (an interrupted claim's local leftovers)
+                q = q.where(t.object_id.not_in(sorted(exclude)))
+            ids = conn.execute(q.order_by(t.staged_at, t.object_id).limit(limit)).scalars().all()
             for i, oid in enumerate(ids):
                 conn.execute(update(staged_files).where(staged_files.c.object_id == oid)
                              .values(batch_id=batch_id, chunk=first_chunk + i // chunk_size))
