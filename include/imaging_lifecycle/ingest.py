@@ -4,7 +4,7 @@ One DAG run takes one batch:
 
 1. :func:`claim_batch` runs on the landing host only (the ``landing`` queue;
    see :class:`NotTheLandingHost`). It moves every settled landing file into
-   ``<state>/ingest/<batch id>/<catalog id>.dcm`` (an atomic rename on one file
+   ``<landing>/.claimed/<batch id>/<catalog id>.dcm`` (an atomic rename on one file
    system), then stages each one, encrypted and verified, in the ``staging``
    zone with a row in the catalog (:mod:`imaging_lifecycle.staging`), and only
    then removes the local copy. File names can carry identifiers, so from here
