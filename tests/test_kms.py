@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import multiprocessing
 import os
 import socket
@@ -426,3 +427,24 @@ def test_the_server_folder_is_private(kmip_server):
     for name in ("ca.key", "server.key", "client.key", "kmip.sqlite", "server.conf"):
         assert (folder / name).stat().st_mode & 0o777 == 0o600, name
     assert kmip_server.client_env()["IL_KMIP_PORT"] == str(kmip_server.endpoint.port)
+
+
+def test_two_hosts_with_only_the_kms_derive_the_same_pseudonym_and_uid_digest(tmp_path, endpoint):
+    """The issue's check, through the KMS: each host a process of its own, no IL_SECRET_* anywhere."""
+    from test_shared_secrets import HOST as DERIVE  # pseudonymise CT_small.dcm, digest its Study UID
+
+    seen = []
+    for name in ("host-a", "host-b"):
+        state = tmp_path / name
+        state.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IL_SECRET_", "IL_KMIP_"))}
+        env.update({"IL_STATE_DIR": str(state), "PYTHONWARNINGS": "ignore", "IL_KMIP_HOST": endpoint.host,
+                    "IL_KMIP_PORT": str(endpoint.port), "IL_KMIP_CERT": endpoint.cert_file,
+                    "IL_KMIP_KEY": endpoint.key_file, "IL_KMIP_CA": endpoint.ca_file,
+                    "IL_KMIP_NAMESPACE": endpoint.namespace})
+        r = subprocess.run([sys.executable, "-c", DERIVE, f"sqlite:///{state / 'catalog.sqlite'}"], env=env,
+                           capture_output=True, text=True, timeout=120, cwd=PROJECT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        seen.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        assert not list(state.rglob("*hmac*"))  # from the KMS, never a host's own file
+    assert seen[0] == seen[1] and seen[0]["patient"] and seen[0]["digest"]
