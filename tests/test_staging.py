@@ -159,3 +159,40 @@ def test_a_staged_copy_gone_missing_is_quarantined_with_its_reason_not_retried_f
     assert summary["stored"] == 1 and summary["reasons"] == {"STAGED_COPY_MISSING": 1}
     assert on_b.catalog.get(lost.object_id).quarantine_reason == "STAGED_COPY_MISSING"
     assert on_b.catalog.staged_count() == 0
+
+
+def test_two_runs_on_one_staged_file_store_it_once(hosts, dicom_file):
+    """A second claim may adopt a row whose first run is still working (the CLI beside the DAG): both
+    then ingest the same file at once. One copy is recorded, the other upload is purged, and a run that
+    lost the race fails at most once: its retry finds the work done."""
+    import threading
+
+    from imaging_lifecycle.catalog import IllegalTransition
+
+    a, b = hosts
+    _files(a, dicom_file, ("CT_small.dcm",))
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
+    (row,) = Services.open(a).catalog.staged(claim.batch_id)
+    errors: list[BaseException] = []
+    go = threading.Barrier(2)
+
+    def run(settings):
+        go.wait()
+        try:
+            ingest.ingest_file(Services.open(settings), row, claim.batch_id, actor=ACTOR)
+        except IllegalTransition as exc:  # the other run moved it to VALIDATED first
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    svc = Services.open(b)
+    for staged in svc.catalog.staged(claim.batch_id):  # the retry of a run that lost the race
+        ingest.ingest_file(svc, staged, claim.batch_id, actor=ACTOR)
+    obj = svc.catalog.get(row.object_id)
+    assert obj.state == "VALIDATED" and len(errors) <= 1
+    (copy,) = [c for c in svc.catalog.copies(obj.id) if c.zone == "archive"]
+    assert [v.version_id for v in svc.store.versions("archive", copy.key) if v.key == copy.key] == [copy.version_id]
+    assert svc.catalog.staged_count() == 0 and _staged_versions(a) == []

@@ -277,11 +277,13 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
 def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str, fresh: bool = False):
     """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
 
-    A copy already recorded for this object and zone is reused. Versions left
-    under the key by an earlier attempt that died before recording are purged
-    first, so a rerun leaves exactly one version. ``fresh``: this very call
-    registered the object (registration comes before any upload), so no earlier
-    attempt can have left a copy or a version: both lookups are skipped.
+    A copy already recorded for this object and zone is reused. The new copy is
+    recorded under the catalog's write lock only if no other run recorded one
+    meanwhile (else ours is purged and theirs returned); versions an earlier
+    attempt uploaded but never recorded are purged once ours is recorded, so a
+    rerun leaves exactly one version. ``fresh``: this very call registered the
+    object (registration comes before any upload), so no earlier attempt can
+    have left a copy or a version: the lookups are skipped.
     """
     if not fresh:
         for copy in svc.catalog.copies(oid):
@@ -289,15 +291,27 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
                 return copy
     key = f"{'objects' if zone == 'archive' else zone}/{oid}"
     store = svc.encrypted.store
-    leftovers = [] if fresh else [(v.key, v.version_id) for v in store.versions(zone, key) if v.key == key]
-    if leftovers:
-        store.purge(zone, leftovers)
     # Not yet classified, so bound to the policy's most sensitive tier (fail closed);
     # protect re-encrypts the original with its real tier.
     sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=svc.policy.highest_tier,
                                scope_id=scope_id, key=key)
     faults.point("ingest.after_upload")
-    return svc.encrypted.record(svc.catalog, oid, sealed, actor=actor)
+    with svc.catalog.transaction() as conn:  # the catalog's write lock: one recorder at a time
+        theirs = [c for c in svc.catalog.copies_of([oid], session=conn)[oid] if c.zone == zone]
+        if not theirs:
+            copy = svc.encrypted.record(svc.catalog, oid, sealed, actor=actor, session=conn)
+    if theirs:
+        # Another run stored this file first (two claims' runs on one staged file): keep theirs, drop ours.
+        store.purge(zone, [(key, sealed.version_id)])
+        return theirs[0]
+    if not fresh:
+        # Versions an earlier attempt uploaded and never recorded, purged only now that ours is recorded:
+        # purging before our upload could hit a concurrent run's version just before it records it.
+        leftovers = [(v.key, v.version_id) for v in store.versions(zone, key)
+                     if v.key == key and v.version_id != copy.version_id]
+        if leftovers:
+            store.purge(zone, leftovers)
+    return copy
 
 
 def _done(svc: Services, staged) -> None:  # noqa: ANN001
