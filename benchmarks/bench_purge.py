@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The sweep runs at a future "now" (copies made now, expired later): the test clock, as the suite's.
+os.environ["IL_TEST_CLOCK"] = "1"
 from _platform import object_stores  # noqa: E402
 
 N = int(os.environ.get("BENCH_PURGE_N", "5000"))

@@ -137,6 +137,8 @@ def _report(results: dict, plots: list[str]) -> str:
         for k, v in r["figures"].items():
             if isinstance(v, dict):
                 lines += [f"{k}:", "", "| | |", "|---|---|", *[f"| {a} | {b} |" for a, b in v.items()], ""]
+        if not r["figures"] and r.get("output"):  # a benchmark that prints a table of its own
+            lines += ["```", *r["output"], "```", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -160,7 +162,8 @@ def main() -> int:
         print(f"({name}: {seconds} s, exit {r.returncode})", flush=True)
         failed += r.returncode != 0
         figures = _figures(r.stdout)
-        entry = {"corpus": CORPUS.get(name, ""), "exit": r.returncode, "seconds": seconds, "figures": figures}
+        entry = {"corpus": CORPUS.get(name, ""), "exit": r.returncode, "seconds": seconds, "figures": figures,
+                 "output": r.stdout.strip().splitlines()[-40:]}
         entry["goals"] = [{"figure": f, "op": op, "target": tgt, "value": figures.get(f),
                            "met": _met(figures.get(f), op, tgt)} for f, op, tgt in GOALS.get(name, [])]
         results["benchmarks"][name] = entry
