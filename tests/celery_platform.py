@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -155,17 +154,9 @@ class CeleryPlatform:
             return json.loads(r.read() or b"null")
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 1.0):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = predicate()
-                if last:
-                    return last
-            except (urllib.error.URLError, OSError, KeyError) as exc:
-                last = exc
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        from conftest import wait_for
+
+        return wait_for(predicate, timeout, what, interval, errors=(urllib.error.URLError, OSError, KeyError))
 
 
 def as_nobody(argv: list[str], env: dict[str, str] | None = None, timeout: float = 30):

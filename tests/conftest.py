@@ -167,6 +167,23 @@ def platform_run(tmp_path_factory):
     assert plat.ours(p.settings()) == [], "processes of the test platform survived 'platform down'"
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0, errors=(Exception,)):
+    """``predicate()``'s first truthy value within ``timeout`` s; its exceptions (``errors``) count as not yet."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except errors as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
 class AirflowAPI:
     """The real Airflow REST API of a running platform (v2), with a token for the generated admin."""
 
@@ -202,19 +219,7 @@ class AirflowAPI:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances?limit=500")["task_instances"]
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 1.0):
-        import time
-
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = predicate()
-                if last:
-                    return last
-            except Exception as exc:  # the API may be briefly busy on SQLite
-                last = exc
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        return wait_for(predicate, timeout, what, interval)  # the API may be briefly busy on SQLite
 
 
 @pytest.fixture(scope="session")

@@ -275,14 +275,14 @@ def test_concurrent_writers_on_two_processes_lose_nothing(tmp_path, catalog_url,
         assert len(s.locate(f"{endpoint.namespace}/{kms.MASTER_NAME}/1")) == 1
 
 
-def test_concurrent_first_use_of_a_master_key_converges(endpoint):
-    """Without any lock around them, two creators of generation 1 end with one key, the same for both."""
+def _first_use_by_four_processes(make) -> set[str]:
+    """The SHA-256 of what ``make()`` returns in each of four processes started at the same instant."""
     ctx = multiprocessing.get_context("fork")
     barrier, out = ctx.Barrier(4), ctx.Queue()
 
     def first_use():
         barrier.wait()
-        out.put(hashlib.sha256(KmipMasterKeys(KmipClient(endpoint)).current()[1]).hexdigest())
+        out.put(hashlib.sha256(make()).hexdigest())
 
     procs = [ctx.Process(target=first_use) for _ in range(4)]
     for p in procs:
@@ -290,7 +290,12 @@ def test_concurrent_first_use_of_a_master_key_converges(endpoint):
     digests = {out.get(timeout=120) for _ in procs}
     for p in procs:
         p.join(timeout=60)
-    assert len(digests) == 1
+    return digests
+
+
+def test_concurrent_first_use_of_a_master_key_converges(endpoint):
+    """Without any lock around them, two creators of generation 1 end with one key, the same for both."""
+    assert len(_first_use_by_four_processes(lambda: KmipMasterKeys(KmipClient(endpoint)).current()[1])) == 1
     with KmipClient(endpoint).session() as s:
         assert len(s.locate(f"{endpoint.namespace}/{kms.MASTER_NAME}/1")) == 1
 
@@ -336,20 +341,7 @@ def test_hmac_keys_are_the_same_on_every_host_and_the_environment_still_wins(tmp
 
 
 def test_concurrent_first_use_of_a_secret_converges(endpoint):
-    ctx = multiprocessing.get_context("fork")
-    barrier, out = ctx.Barrier(4), ctx.Queue()
-
-    def first_use():
-        barrier.wait()
-        out.put(hashlib.sha256(kms.kmip_secret("ref-hmac", 32, KmipClient(endpoint))).hexdigest())
-
-    procs = [ctx.Process(target=first_use) for _ in range(4)]
-    for p in procs:
-        p.start()
-    digests = {out.get(timeout=120) for _ in procs}
-    for p in procs:
-        p.join(timeout=60)
-    assert len(digests) == 1
+    assert len(_first_use_by_four_processes(lambda: kms.kmip_secret("ref-hmac", 32, KmipClient(endpoint)))) == 1
     with KmipClient(endpoint).session() as s:
         assert len(s.locate(f"{endpoint.namespace}/secret/ref-hmac")) == 1
 
