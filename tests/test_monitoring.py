@@ -247,7 +247,10 @@ def test_every_access_path_in_the_trail_becomes_history_and_a_spike_raises_an_in
             a.append("clinician", "grant.read", object_ref=oid, session=s)
     out = incidents.detect(mon, now=dt.datetime.now(UTC) + dt.timedelta(seconds=1), actor=ACTOR)
     raised = [mon.catalog.incident(i) for i in out["new"]]
-    assert {i["nature"] for i in raised} >= {"spike_hour"} and {i["user"] for i in raised} == {"clinician"}
+    # The audit stamps real wall-clock time, so when this runs at night the off-hours rule also (rightly) flags
+    # both users' work: only the spike rules' subjects are asserted, or the test depends on the hour it runs.
+    spikes = [i for i in raised if i["nature"].startswith("spike")]
+    assert {i["nature"] for i in raised} >= {"spike_hour"} and {i["user"] for i in spikes} == {"clinician"}
     spike = next(i for i in raised if i["nature"] == "spike_hour")
     assert spike["scope"]["count"] >= 400 and spike["level"] == "major"
 
