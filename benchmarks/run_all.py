@@ -30,6 +30,7 @@ CORPUS = {
     "deid": "pydicom's and the project's real test files",
     "ingest": "BENCH_INGEST_N small synthetic CT files",
     "purge": "BENCH_PURGE_N expired 1 KB cache copies",
+    "profile": "BENCH_PROFILE_N synthetic CT slices of 512 KB, the stages in one process",
 }
 
 #: The issue's goals, on the figures they are read from: (figure, comparison, target).

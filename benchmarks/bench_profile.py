@@ -1,0 +1,235 @@
+"""Where a file's time goes: the pipeline's stages in one process, counted per file and sampled by py-spy.
+
+The stage functions the DAG tasks call (``ingest.claim_batch``, ``run_chunk``, ``close_batch``;
+``protect.pending_chunks``, ``classify_objects``, ``classified_gate``, ``deidentify_objects``,
+``store_objects``, ``closing_gate``, ``backup_objects``), in the DAGs' order and chunking, for N CT
+slices of 512 KB, against the real embedded S3 sites and a SQLite catalog. What Airflow adds (task
+start-up, scheduling gaps) is ``bench_pipeline``'s part; this is the work itself.
+
+Per stage, per file: wall seconds, S3 requests by method, catalog commits, DICOM parses, encryption
+and decryption passes, and py-spy's samples by kind of work (crypto, S3 I/O, catalog, DICOM,
+GX, the rest), taken with one I/O thread (``IL_IO_THREADS=1``) so that every sample belongs to the
+work and no thread waits on another. The baseline, in the same run: the same bytes PUT raw to both
+sites, one thread.
+
+``python benchmarks/bench_profile.py`` runs itself under py-spy when py-spy is installed (else it
+counts only). Writes ``bench/profile.json``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N = int(os.environ.get("BENCH_PROFILE_N", "1000"))
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "bench" / "profile.json"
+ACTOR = "system:bench/profile"
+
+#: The stage a py-spy stack belongs to: the first of these function names found, leaf to root.
+STAGE_OF_FUNCTION = {
+    "_stage_one": "ingest.claim", "claim_batch": "ingest.claim", "run_chunk": "ingest.chunk",
+    "close_batch": "ingest.gate", "pending_chunks": "protect.pending", "classify_objects": "protect.classify",
+    "classified_gate": "protect.classified_gate", "deidentify_objects": "protect.deidentify",
+    "store_objects": "protect.store", "closing_gate": "protect.closing_gate", "backup_objects": "protect.backup",
+}
+
+#: The kind of work of a frame, by the file it runs in (first match, leaf to root).
+KIND_OF_FILE = [
+    ("crypto", ("imaging_lifecycle/crypto.py", "/cryptography/", "hashlib")),
+    ("S3 I/O", ("/minio/", "/urllib3/", "http/client.py", "/ssl.py", "/socket.py", "/certifi/")),
+    ("catalog", ("/sqlalchemy/", "/sqlite3/", "imaging_lifecycle/catalog/", "/psycopg2/")),
+    ("GX gate", ("/great_expectations/", "/pandas/", "/numpy/", "/pydantic/", "/marshmallow/")),
+    ("DICOM", ("/pydicom/", "imaging_lifecycle/dicomfile.py", "imaging_lifecycle/deid/")),
+]
+
+
+def kind_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for kind, needles in KIND_OF_FILE:
+            if any(n in frame for n in needles):
+                return kind
+    return "other"
+
+
+def stage_of(frames: list[str]) -> str | None:
+    for frame in reversed(frames):
+        name = frame.split(" (", 1)[0]
+        if name in STAGE_OF_FUNCTION:
+            return STAGE_OF_FUNCTION[name]
+    return None
+
+
+def read_samples(path: Path) -> dict[str, collections.Counter]:
+    """py-spy's raw (collapsed) stacks -> samples per stage per kind. Idle worker threads are left out."""
+    out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        stage = stage_of(frames)
+        if stage is None:
+            continue
+        leaf = frames[-1]
+        waiting = any(w in leaf for w in ("threading.py", "queue.py", "concurrent/futures"))
+        out[stage]["waiting on threads" if waiting else kind_of(frames)] += int(count)
+    return out
+
+
+class Counters:
+    """Counts what the stages do, per stage: S3 requests by method, commits, parses, crypto passes."""
+
+    def __init__(self):
+        self.stage = "setup"
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.counts[self.stage][what] += n
+
+    def install(self) -> None:
+        import minio.api
+        import pydicom.filereader
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        from imaging_lifecycle import crypto
+
+        url_open = minio.api.Minio._url_open
+
+        def counted_url_open(client, method, *a, **kw):  # noqa: ANN001, ANN202
+            self.add(f"S3 {method}")
+            return url_open(client, method, *a, **kw)
+
+        minio.api.Minio._url_open = counted_url_open
+        read_partial = pydicom.filereader.read_partial
+
+        def counted_read_partial(*a, **kw):  # noqa: ANN202
+            self.add("DICOM parses")
+            return read_partial(*a, **kw)
+
+        pydicom.filereader.read_partial = counted_read_partial
+        event.listen(Engine, "commit", lambda conn: self.add("catalog commits"))
+        for cls, what in ((crypto.EncryptingReader, "encryptions"), (crypto.DecryptingReader, "decryptions")):
+            init = cls.__init__
+
+            def counted_init(reader, *a, _init=init, _what=what, **kw):  # noqa: ANN001, ANN202
+                self.add(_what)
+                _init(reader, *a, **kw)
+
+            cls.__init__ = counted_init
+
+
+def run_stages(n: int) -> dict:
+    """The measured run (inside py-spy when there is one)."""
+    sys.path.insert(0, str(HERE))
+    from bench_pipeline import corpus, raw_upload_seconds
+
+    from _platform import object_stores
+
+    with object_stores(offset=int(os.environ.get("BENCH_PROFILE_PORT_OFFSET", "350"))) as settings:
+        from imaging_lifecycle import ingest, landing, protect
+        from imaging_lifecycle.services import Services
+
+        counters = Counters()
+        counters.install()
+        landing.ensure_identity(settings.landing_dir)
+        svc = Services.open(settings)
+        blobs = corpus(n)
+        baseline = raw_upload_seconds(settings, blobs)
+        counters.counts.clear()
+        for i, b in enumerate(blobs):
+            (settings.landing_dir / f"s{i:05d}.dcm").write_bytes(b)
+        wall: dict[str, float] = {}
+
+        def stage(name: str, fn):  # noqa: ANN001, ANN202
+            counters.stage = name
+            t = time.perf_counter()
+            result = fn()
+            wall[name] = wall.get(name, 0.0) + time.perf_counter() - t
+            return result
+
+        claim = stage("ingest.claim", lambda: ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR))
+        results = [stage("ingest.chunk", lambda c=c: ingest.run_chunk(svc, claim.batch_id, c, actor=ACTOR))
+                   for c in claim.chunks]
+        stage("ingest.gate", lambda: ingest.close_batch(svc, results, actor=ACTOR))
+        chunks = stage("protect.pending", lambda: protect.pending_chunks(svc))
+        for step, fn in (("protect.classify", protect.classify_objects), ("protect.classified_gate", None),
+                         ("protect.deidentify", protect.deidentify_objects), ("protect.store", protect.store_objects),
+                         ("protect.closing_gate", None), ("protect.backup", None)):
+            if fn is not None:
+                for ids in chunks:
+                    stage(step, lambda ids=ids, fn=fn: fn(svc, ids, actor=ACTOR))
+            elif step == "protect.backup":
+                stage(step, lambda: protect.backup_objects(svc, [i for c in chunks for i in c], actor=ACTOR))
+            else:
+                gate = protect.classified_gate if step == "protect.classified_gate" else protect.closing_gate
+                stage(step, lambda gate=gate: gate(svc, chunks, actor=ACTOR))
+        backed_up = len(svc.catalog.objects(state="BACKED_UP"))
+        total = sum(wall.values())
+        return {
+            "files": n, "backed_up": backed_up, "MB": round(sum(map(len, blobs)) / 1e6, 1),
+            "work_s": round(total, 1), "files_per_s": round(n / total, 2),
+            "baseline_raw_upload_both_sites_s": round(baseline, 1),
+            "ratio_work_vs_raw_upload": round(baseline / total, 3),
+            "wall_ms_per_file": {k: round(1000 * v / n, 1) for k, v in wall.items()},
+            "per_file": {k: {what: round(c / n, 2) for what, c in sorted(v.items())}
+                         for k, v in counters.counts.items()},
+        }
+
+
+def table(out: dict) -> list[str]:
+    """The breakdown as text: per stage, ms per file, what it did per file, and where its samples went."""
+    kinds = ["S3 I/O", "crypto", "catalog", "DICOM", "GX gate", "other", "waiting on threads"]
+    lines = [f"{'stage':24} {'ms/file':>8}  per file", "-" * 100]
+    samples = out.get("samples") or {}
+    for st, ms in out["wall_ms_per_file"].items():
+        did = ", ".join(f"{v:g} {k}" for k, v in out["per_file"].get(st, {}).items())
+        lines.append(f"{st:24} {ms:8.1f}  {did}")
+        s = samples.get(st)
+        if s:
+            tot = sum(s.values())
+            lines.append(f"{'':24} {'':8}  samples: " + ", ".join(
+                f"{k} {100 * s.get(k, 0) / tot:.0f}%" for k in kinds if s.get(k)))
+    if samples:
+        every = collections.Counter()
+        for s in samples.values():
+            every.update(s)
+        tot = sum(every.values())
+        lines += ["-" * 100, "all stages, samples: " + ", ".join(
+            f"{k} {100 * every.get(k, 0) / tot:.0f}%" for k in kinds if every.get(k))]
+    return lines
+
+
+def main() -> dict:
+    if os.environ.get("BENCH_PROFILE_INNER"):
+        OUT.with_suffix(".inner.json").write_text(json.dumps(run_stages(N)))
+        return {}
+    env = {**os.environ, "BENCH_PROFILE_INNER": "1", "IL_IO_THREADS": "1", "GX_ANALYTICS_ENABLED": "False"}
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    raw = Path(tempfile.mkdtemp(prefix="il-bench-profile-")) / "stacks.txt"
+    cmd = [sys.executable, __file__]
+    if spy:
+        cmd = [spy, "record", "--idle", "--threads", "-r", "50", "--format", "raw", "-o", str(raw), "--", *cmd]
+    subprocess.run(cmd, env=env, check=True, capture_output=bool(spy))
+    inner = OUT.with_suffix(".inner.json")
+    out = json.loads(inner.read_text())
+    inner.unlink()
+    if spy and raw.exists():
+        out["samples"] = {k: dict(v) for k, v in read_samples(raw).items()}
+    out["profiler"] = "py-spy 50 Hz, all threads, idle included" if spy else "none (py-spy not installed)"
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(out, indent=1))
+    print("\n".join(table(out)))
+    return out
+
+
+if __name__ == "__main__":
+    result = main()
+    if result:
+        print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
