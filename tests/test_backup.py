@@ -161,6 +161,48 @@ def test_a_damaged_backup_fails_verification_flags_the_object_and_is_audited(env
     assert json.loads(r.stdout.splitlines()[0])["mismatched_ids"] == [bad]
 
 
+def _repoint(cat, copy, **values) -> None:
+    from sqlalchemy import update
+
+    from imaging_lifecycle.catalog.schema import copies
+
+    with cat.engine.begin() as conn:
+        conn.execute(update(copies).where(copies.c.id == copy.id).values(**values))
+
+
+def test_a_backup_copies_only_the_recorded_bytes_that_decrypt_and_reads_nothing_back(env, dicom_file):
+    """The backup site's copy is proven by its checksum, not by a read-back: so the bytes are checked before.
+
+    An attacker on the primary site writes altered bytes over an archive copy (a new version the catalog
+    row points at), then bytes that match the recorded hash but are another object's ciphertext. Neither
+    reaches the backup site, each failure is audited, the objects stay STORED; an intact one is copied.
+    """
+    from imaging_lifecycle.backup import BackupFailed, replicate
+
+    ids = stored_objects(env, {n: dicom_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")})
+    cat, store, encrypted = services(env)
+    altered, swapped, intact = ids["CT_small.dcm"], ids["MR_small.dcm"], ids["rtplan.dcm"]
+    (a,) = [c for c in cat.copies(altered) if c.zone == "archive"]
+    raw = bytearray(store.get("archive", a.key, a.version_id))
+    raw[len(raw) // 2] ^= 0x01
+    _repoint(cat, a, version_id=store.put("archive", a.key, bytes(raw)).version_id)
+    (s,) = [c for c in cat.copies(swapped) if c.zone == "archive"]
+    (i,) = [c for c in cat.copies(intact) if c.zone == "archive"]
+    other = store.get("archive", i.key, i.version_id)  # a real ciphertext, of another object and key
+    _repoint(cat, s, version_id=store.put("archive", s.key, other).version_id,
+             ciphertext_sha256=hashlib.sha256(other).hexdigest())
+    with pytest.raises(BackupFailed) as err:
+        replicate(cat, store, [altered, swapped, intact], actor=ACTOR, retention_days=1, encrypted=encrypted)
+    assert err.value.result["backed_up"] == 1
+    assert cat.get(intact).state == "BACKED_UP"
+    for oid, reason in ((altered, "SOURCE_MISMATCH"), (swapped, "INTEGRITY")):
+        assert cat.get(oid).state == "STORED"
+        assert not [c for c in cat.copies(oid) if c.zone == "backup"]
+        assert not [v for v in store.versions("backup", f"objects/{oid}")], "nothing reached the backup site"
+        check = [r for r in cat.audit.records(object_ref=oid, last=5) if r.action == "copy.verify"][-1]
+        assert check.outcome == "failure" and check.detail["reason"] == reason
+
+
 def test_sampling_checks_every_backup_exactly_once_per_cycle():
     from imaging_lifecycle.backup import is_due
     from imaging_lifecycle.catalog import CopyRecord

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import os
 import uuid
 
 import pytest
@@ -145,3 +147,22 @@ def test_the_pipeline_identity_cannot_bypass_a_lock_change_it_or_administer_buck
     admin = ObjectStore(admin_settings(store.settings)).client("backup")
     admin._execute("DELETE", b, key, headers=bypass, query_params={"versionId": r.version_id})
     assert not store.exists("backup", key, r.version_id)
+
+
+def test_an_upload_whose_bytes_differ_from_its_checksum_is_refused_and_nothing_is_stored(store):
+    """What lets encrypt-and-store and backup skip the read-back: the site itself checks the hash."""
+    import hashlib
+
+    from imaging_lifecycle.storage import StorageError
+
+    assert store.proves_checksums("archive") and store.proves_checksums("backup")  # probed on both sites
+    key, data = _key(), os.urandom(4096)
+    with pytest.raises(StorageError) as refused:
+        store.put("archive", key, data, sha256=hashlib.sha256(data + b"x").hexdigest())
+    assert refused.value.code == "BadDigest"
+    assert not list(store.versions("archive", key))  # refused means nothing stored, not a bad version
+    r = store.put("archive", key, data, sha256=hashlib.sha256(data).hexdigest())
+    assert store.get("archive", key, r.version_id) == data
+    with pytest.raises(ValueError, match="single-part"):
+        store.put("archive", key, io.BytesIO(data), -1, sha256=hashlib.sha256(data).hexdigest())
+    assert not list(store.versions("archive", "_probe/"))  # the probe stored nothing either

@@ -31,7 +31,7 @@ from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord, states
 from imaging_lifecycle.crypto import AssociatedData, IntegrityError, KeyUnavailable
 from imaging_lifecycle.encrypted_store import EncryptedStore, Sealed
 from imaging_lifecycle.services import Services, io_map
-from imaging_lifecycle.storage import ObjectStore, StorageError
+from imaging_lifecycle.storage import PART_SIZE, ObjectStore, StorageError
 
 __all__ = [
     "BACKUP_ZONE", "SOURCE_ZONE", "FLAG", "LOCK_MODES", "LOCK_MODE_ENV", "ReplicaSealed", "BackupFailed",
@@ -123,9 +123,8 @@ def _now() -> dt.datetime:
 
 def _source_copy(catalog: Catalog, obj: ObjectRecord) -> CopyRecord | None:
     """The archive copy the object's state refers to (its key id), else the newest archive copy."""
-    live = [c for c in catalog.copies(obj.id) if c.zone == SOURCE_ZONE]
-    mine = [c for c in live if c.key_id == obj.key_id]
-    return (mine or live or [None])[-1]
+    found = catalog.content_copies(obj, (SOURCE_ZONE,))
+    return found[0] if found else None
 
 
 def _sha256_of(store: ObjectStore, zone: str, key: str, version_id: str | None) -> str:
@@ -209,16 +208,21 @@ def replicate(
         src = _source_copy(catalog, obj)
         if src is None or src.ciphertext_sha256 is None:
             return oid, "NO_ARCHIVE_COPY", mine
+        check = None
+        if encrypted is not None:
+            def check(data: bytes, src=src, obj=obj) -> None:  # noqa: ANN001
+                encrypted.verify_blob(sealed_for(catalog, src, obj), oid, data)
         try:
-            how, copy = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=mine,
-                                       until=_retain_until(obj, now, retain_until_for, retention_days))
+            how, copy, decrypted = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=mine,
+                                                  until=_retain_until(obj, now, retain_until_for, retention_days),
+                                                  check=check)
         except StorageError:
             return oid, "STORAGE_ERROR", mine
         if copy is None:
             catalog.audit.append(actor, "copy.verify", object_ref=oid, outcome="failure",
                                  detail={"zone": BACKUP_ZONE, "check": "ciphertext", "reason": how})
             return oid, how, mine
-        if encrypted is not None:
+        if encrypted is not None and not decrypted:
             try:
                 encrypted.verify(sealed_for(catalog, copy, obj), oid)
             except tuple(FAILURE_REASONS) as exc:
@@ -248,8 +252,10 @@ def replicate(
 
 
 def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src: CopyRecord, *, actor: str,
-                   mode: str, until: dt.datetime, counts: dict) -> tuple[str, CopyRecord | None]:
-    """``(how, copy)``: how is reused/adopted/uploaded, or a failure reason code with copy None."""
+                   mode: str, until: dt.datetime, counts: dict,
+                   check: Callable[[bytes], None] | None = None) -> tuple[str, CopyRecord | None, bool]:
+    """``(how, copy, decrypted)``: how is reused/adopted/uploaded, or a failure reason code with copy None;
+    ``decrypted``: ``check`` (a full decrypt) already ran over exactly the bytes the backup site holds."""
     want = src.ciphertext_sha256
     every = catalog.copies(obj.id, include_deleted=True)
     recorded = {c.version_id for c in every if c.zone == BACKUP_ZONE}
@@ -257,7 +263,7 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
         if c.zone == BACKUP_ZONE and c.deleted_at is None and c.ciphertext_sha256 == want:
             try:
                 if _sha256_of(store, BACKUP_ZONE, c.key, c.version_id) == want:
-                    return "reused", c
+                    return "reused", c, False
             except FileNotFoundError:
                 pass
     key = src.key
@@ -277,28 +283,50 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
             catalog.audit.append(actor, "security.alert", object_ref=obj.id, outcome="minor_failure",
                                  detail={"reason": "UNRECORDED_LOCKED_VERSION", "zone": BACKUP_ZONE,
                                          "versions": len(failures)})
-    how = "adopted"
+    how, decrypted = "adopted", False
     if adopt is None:
         how = "uploaded"
         length = store.size(SOURCE_ZONE, src.key, src.version_id)
-        with store.open(SOURCE_ZONE, src.key, src.version_id) as resp:
-            reader = _Hashing(resp)
-            put = store.put(BACKUP_ZONE, key, reader, length, retain_until=until, lock_mode=mode)
-        if reader.h.hexdigest() != want:
-            store.purge(BACKUP_ZONE, [(key, put.version_id)])
-            return "SOURCE_MISMATCH", None
-        adopt = put.version_id
-        faults.point("backup.uploaded")
-        if _sha256_of(store, BACKUP_ZONE, key, adopt) != want:
-            store.purge(BACKUP_ZONE, [(key, adopt)])
-            return "CIPHERTEXT_MISMATCH", None
+        if length < PART_SIZE and store.proves_checksums(BACKUP_ZONE):
+            # Small (a slice): the archive's bytes in memory, checked against the catalog's hash and
+            # decrypted with the catalog's key, then uploaded with that hash: the backup site refuses
+            # any other bytes, so its copy is proven without reading it back.
+            data = store.get(SOURCE_ZONE, src.key, src.version_id)
+            if hashlib.sha256(data).hexdigest() != want:
+                return "SOURCE_MISMATCH", None, False
+            if check is not None:
+                try:
+                    check(data)
+                except tuple(FAILURE_REASONS) as exc:
+                    return _reason(exc), None, False
+                decrypted = True
+            try:
+                put = store.put(BACKUP_ZONE, key, data, retain_until=until, lock_mode=mode, sha256=want)
+            except StorageError as exc:
+                if exc.code != "BadDigest":
+                    raise
+                return "CIPHERTEXT_MISMATCH", None, False  # refused: nothing was stored
+            adopt = put.version_id
+            faults.point("backup.uploaded")
+        else:
+            with store.open(SOURCE_ZONE, src.key, src.version_id) as resp:
+                reader = _Hashing(resp)
+                put = store.put(BACKUP_ZONE, key, reader, length, retain_until=until, lock_mode=mode)
+            if reader.h.hexdigest() != want:
+                store.purge(BACKUP_ZONE, [(key, put.version_id)])
+                return "SOURCE_MISMATCH", None, False
+            adopt = put.version_id
+            faults.point("backup.uploaded")
+            if _sha256_of(store, BACKUP_ZONE, key, adopt) != want:
+                store.purge(BACKUP_ZONE, [(key, adopt)])
+                return "CIPHERTEXT_MISMATCH", None, False
     with catalog.transaction() as conn:
         copy = catalog.add_copy(obj.id, zone=BACKUP_ZONE, bucket=store.bucket(BACKUP_ZONE), key=key, actor=actor,
                                 version_id=adopt, ciphertext_sha256=want, key_id=src.key_id, session=conn)
         catalog.audit.append(actor, "copy.verify", object_ref=obj.id,
                              detail={"copy": copy.id, "zone": BACKUP_ZONE, "check": "ciphertext", "how": how},
                              session=conn)
-    return how, copy
+    return how, copy, decrypted
 
 
 # ---------------------------------------------------------------------------
@@ -407,8 +435,7 @@ def restore_object(svc: Services, object_id: str, out: Path, *, request_id: str 
     if out.exists() or out.is_symlink():
         raise FileExistsError(f"refusing to overwrite {out}")
     order = {SOURCE_ZONE: 0, BACKUP_ZONE: 1}
-    candidates = sorted((c for c in catalog.copies(obj.id) if c.zone in order),
-                        key=lambda c: (order[c.zone], -c.created_at.timestamp()))
+    candidates = sorted(catalog.content_copies(obj, tuple(order)), key=lambda c: order[c.zone])  # newest first in each
     tried: list[str] = []
     for copy in candidates:
         try:

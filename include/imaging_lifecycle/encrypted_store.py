@@ -2,9 +2,17 @@
 
 :meth:`EncryptedStore.put` encrypts a file under a fresh data key (DEK) with the
 object's associated data, wraps the DEK under the KEK of the object's key
-scope, uploads the ciphertext as a stream, then reads it back and decrypts it
-to check the plaintext hash before reporting success. Only then may a caller
-treat the content as durably stored (and, for ingest, remove the local file).
+scope and uploads the ciphertext, verified before it reports success. Only then
+may a caller treat the content as durably stored (and, for ingest, remove the
+local file). Verified means one of two things:
+
+* **by the store**, where the store proves it (:meth:`ObjectStore.proves_checksums`,
+  probed, never assumed) and the object is single-part (below ``PART_SIZE``;
+  a CT slice is 512 KB): the ciphertext is made in memory, its SHA-256 goes
+  with the upload, and the store refuses any other bytes. No read-back;
+* **by reading it back** otherwise (larger objects stream through, and a store
+  that ignores the checksum): the whole object downloaded, authenticated and
+  its plaintext hash checked.
 
 The wrapped DEK is *not* stored with the data: the caller records it in the
 catalog (:class:`~imaging_lifecycle.catalog.records.Sealed` is exactly what to record). Destroying that record
@@ -14,6 +22,7 @@ or the KEK makes the ciphertext unreadable everywhere, backups included.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +32,7 @@ from imaging_lifecycle import crypto
 from imaging_lifecycle.catalog.records import Sealed
 from imaging_lifecycle.crypto import AssociatedData, DecryptingReader, EncryptingReader
 from imaging_lifecycle.keystore import KekRef, KeyDestroyed, KeyStore, StaleKeyVersion
-from imaging_lifecycle.storage import ObjectStore
+from imaging_lifecycle.storage import PART_SIZE, ObjectStore
 
 
 class EncryptedStore:
@@ -57,7 +66,7 @@ class EncryptedStore:
         retain_until: dt.datetime | None = None,
         verify: bool = True,
     ) -> Sealed:
-        """Encrypt ``src`` into ``zone``/``key``; with ``verify`` read it back and check it."""
+        """Encrypt ``src`` into ``zone``/``key``; with ``verify``, proven by the store's checksum or read back."""
         dek, dek_id = crypto.generate_key(), crypto.new_key_id()
         kek = self.kek_for(scope_id)
         wrapped = self.keystore.wrap(kek, dek)
@@ -67,8 +76,14 @@ class EncryptedStore:
             if size is None:
                 size = os.fstat(fh.fileno()).st_size
             reader = EncryptingReader(fh, dek, aad, self.chunk_size, expected_size=size)
-            put = self.store.put(zone, key, reader, reader.length, retain_until=retain_until)
-            result = reader.result
+            if verify and reader.length < PART_SIZE and self.store.proves_checksums(zone):
+                blob = reader.read()  # the whole ciphertext, so that its hash can go with the upload
+                result = reader.result
+                put = self.store.put(zone, key, blob, retain_until=retain_until, sha256=result.ciphertext_sha256)
+                verify = False  # the store refused anything but these bytes: proven, nothing to read back
+            else:
+                put = self.store.put(zone, key, reader, reader.length, retain_until=retain_until)
+                result = reader.result
         finally:
             if isinstance(src, Path):
                 fh.close()
@@ -116,6 +131,12 @@ class EncryptedStore:
         with self.open(sealed, catalog_id, dek=dek) as reader:
             while reader.read(4 << 20):
                 pass
+
+    def verify_blob(self, sealed: Sealed, catalog_id: str, blob: bytes) -> None:
+        """:meth:`verify` over ciphertext already in memory (what is about to be copied elsewhere)."""
+        reader = DecryptingReader(io.BytesIO(blob), self.dek(sealed), sealed.aad(catalog_id), sealed.plaintext_sha256)
+        while reader.read(4 << 20):
+            pass
 
     def restore_to(self, sealed: Sealed, catalog_id: str, path: Path) -> str:
         """Decrypt into a new 0600 file that appears only if everything verified."""

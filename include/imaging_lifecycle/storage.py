@@ -8,12 +8,20 @@ module never encrypts and never sees plaintext by design of the callers.
 Every bucket is versioned, so a plain delete only adds a delete marker;
 :meth:`ObjectStore.purge` removes every version and marker, which is what
 deletion must mean here.
+
+An upload may carry the SHA-256 of its bytes (``x-amz-checksum-sha256``, plain
+S3 since 2022). A store that checks it refuses an upload whose bytes differ, so
+the upload itself proves integrity; :meth:`ObjectStore.proves_checksums` probes
+once per site whether it does (SeaweedFS, MinIO and Ceph do; one that ignores
+the header is read back by the callers instead).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -33,7 +41,11 @@ PART_SIZE = 16 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
-    """An object-store call failed; the message names zone and key only."""
+    """An object-store call failed; the message names zone and key only; ``code`` is S3's error code."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class ObjectStore:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._clients: dict[str, Minio] = {}
+        self._proves: dict[str, bool] = {}  # endpoint -> does it refuse a wrong x-amz-checksum-sha256?
 
     # -- plumbing -------------------------------------------------------
     def client(self, zone: str) -> Minio:
@@ -117,11 +130,21 @@ class ObjectStore:
         retain_until: dt.datetime | None = None,
         legal_hold: bool = False,
         lock_mode: str | None = None,
+        sha256: str | None = None,
     ) -> PutResult:
-        """Upload one object; with ``retain_until``, object-lock it in ``lock_mode`` (default GOVERNANCE)."""
+        """Upload one object; with ``retain_until``, object-lock it in ``lock_mode`` (default GOVERNANCE).
+
+        ``sha256``: the hex SHA-256 of exactly these bytes, sent as ``x-amz-checksum-sha256`` (single-part
+        uploads only, below :data:`PART_SIZE`). A store that checks it (:meth:`proves_checksums`) refuses
+        different bytes: :class:`StorageError` ``BadDigest``, and nothing is stored.
+        """
         if isinstance(data, bytes):
             length, data = len(data), io.BytesIO(data)
         retention = Retention(lock_mode or GOVERNANCE, retain_until) if retain_until else None
+        if sha256 is not None:
+            if length is None or length < 0 or length >= PART_SIZE:
+                raise ValueError("a checksum goes with a single-part upload of known length below PART_SIZE")
+            metadata = {**(metadata or {}), "x-amz-checksum-sha256": base64.b64encode(bytes.fromhex(sha256)).decode()}
         try:
             r = self.client(zone).put_object(
                 self.bucket(zone),
@@ -134,8 +157,29 @@ class ObjectStore:
                 legal_hold=legal_hold,
             )
         except S3Error as exc:
-            raise StorageError(f"put {zone}/{key} failed: {exc.code}") from None
+            raise StorageError(f"put {zone}/{key} failed: {exc.code}", exc.code) from None
         return PutResult(zone, self.bucket(zone), key, r.version_id, r.etag)
+
+    def proves_checksums(self, zone: str) -> bool:
+        """Does the site of ``zone`` refuse an upload whose ``x-amz-checksum-sha256`` differs from its bytes?
+
+        Probed once per site and process, never assumed: one 1-byte upload with the checksum of
+        other bytes. Refused with ``BadDigest``: the site checks, and an upload that carries the
+        checksum is proven intact by the site's answer. Stored (a store that ignores the header) or
+        refused for any other reason: the probe object is purged and the answer is False, so
+        callers read back instead.
+        """
+        endpoint = self.settings.endpoint_for(zone).endpoint
+        if endpoint not in self._proves:
+            key, wrong = f"_probe/checksum/{uuid.uuid4().hex}", "00" * 32
+            try:
+                put = self.put(zone, key, b"\0", sha256=wrong)
+            except StorageError as exc:
+                self._proves[endpoint] = exc.code == "BadDigest"
+            else:
+                self.purge(zone, [(key, put.version_id)])
+                self._proves[endpoint] = False
+        return self._proves[endpoint]
 
     def get(self, zone: str, key: str, version_id: str | None = None) -> bytes:
         with self.open(zone, key, version_id) as resp:
