@@ -84,6 +84,46 @@ def test_every_bucket_holds_ciphertext_only_after_a_run(env, store):  # noqa: F8
     assert seen > 0
 
 
+def test_ingest_classifies_from_its_one_parse_and_protect_takes_it_on_without_re_encrypting(env, dicom_file):  # noqa: F811
+    """Each file is parsed once, at ingest: its archive copy is bound to the tier its header gives, and
+    protect's classify step takes that tier on under the same policy (no download, no second encryption).
+    A proposal made under another policy is not trusted: that object is classified again from its copy."""
+    from sqlalchemy import update
+
+    from imaging_lifecycle import protect
+    from imaging_lifecycle.catalog.schema import objects
+    from imaging_lifecycle.classify import classify_path
+
+    files = {"ct": dicom_file("CT_small.dcm"), "mr": dicom_file("MR_small.dcm")}
+    for name, src in files.items():
+        shutil.copy(src, env.landing_dir / f"{name}.dcm")
+    ingest_now(env)
+    svc = Services.open(env)
+    cat = catalog(env)
+    by_sha = {o.sha256: o for o in cat.objects()}
+    import hashlib
+
+    ct, mr = (by_sha[hashlib.sha256(files[n].read_bytes()).hexdigest()] for n in ("ct", "mr"))
+    for o, name in ((ct, "ct"), (mr, "mr")):
+        expected = classify_path(files[name], svc.policy)
+        assert o.state == "VALIDATED" and (o.tier, o.rule_id) == (expected.tier, expected.rule_id)
+        assert o.policy_fingerprint == svc.policy.fingerprint
+        (copy,) = cat.copies(o.id)
+        assert cat.data_key(copy.key_id)["aad_tier"] == expected.tier  # the ciphertext is bound to it
+    before = {o.id: cat.copies(o.id)[0].version_id for o in (ct, mr)}
+    with cat.engine.begin() as conn:  # as if ingested under an earlier policy
+        conn.execute(update(objects).where(objects.c.id == mr.id).values(policy_fingerprint="0" * 64))
+    protect_all(env)
+    for o in (ct, mr):
+        now = cat.get(o.id)
+        assert now.state == "BACKED_UP" and (now.tier, now.rule_id) == (o.tier, o.rule_id)
+        assert now.policy_fingerprint == svc.policy.fingerprint
+        (archive,) = [c for c in cat.copies(o.id) if c.zone == "archive" and not c.key.startswith(protect.REID_PREFIX)]
+        assert archive.version_id == before[o.id], "stored as ingested: no second encryption"
+    classified = [r for r in cat.audit.records() if (r.detail or {}).get("to") == "CLASSIFIED"]
+    assert {r.object_ref for r in classified} >= {ct.id, mr.id}
+
+
 def test_the_classified_gate_holds_an_object_without_a_tier_and_lets_the_others_go(env, dicom_file):  # noqa: F811
     from imaging_lifecycle import protect
 

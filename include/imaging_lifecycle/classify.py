@@ -221,6 +221,11 @@ def _rules(policy: Policy) -> tuple[tuple[str, int, Matcher], ...]:
     return compiled
 
 
+def sender_of(source: str | None) -> str | None:
+    """The sending AE title of a source our C-STORE receiver recorded (``cstore:<AE>``), else None."""
+    return source.split(":", 1)[1] if source and source.startswith("cstore:") else None
+
+
 def classify(
     ds: Dataset | None, policy: Policy, *, source: str | None = None, deidentified: bool = False
 ) -> Classification:

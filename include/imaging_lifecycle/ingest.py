@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imaging_lifecycle import faults, landing
+from imaging_lifecycle.classify import classify, sender_of
 from imaging_lifecycle.inspection import inspect
 from imaging_lifecycle.services import Services
 from imaging_lifecycle.settings import Settings
@@ -274,7 +275,8 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
 # -- one chunk: the mapped task --------------------------------------------------
 
 
-def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str, fresh: bool = False):
+def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str, fresh: bool = False,
+           tier: int | None = None):
     """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
 
     A copy already recorded for this object and zone is reused. The new copy is
@@ -291,10 +293,10 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
                 return copy
     key = f"{'objects' if zone == 'archive' else zone}/{oid}"
     store = svc.encrypted.store
-    # Not yet classified, so bound to the policy's most sensitive tier (fail closed);
-    # protect re-encrypts the original with its real tier.
-    sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=svc.policy.highest_tier,
-                               scope_id=scope_id, key=key)
+    # Bound to the tier the header gave (the archive), else to the policy's most sensitive tier (quarantine,
+    # fail closed); protect re-encrypts only if the tier it settles on differs.
+    tier = svc.policy.highest_tier if tier is None else tier
+    sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=tier, scope_id=scope_id, key=key)
     faults.point("ingest.after_upload")
     with svc.catalog.transaction() as conn:  # the catalog's write lock: one recorder at a time
         theirs = [c for c in svc.catalog.copies_of([oid], session=conn)[oid] if c.zone == zone]
@@ -374,11 +376,16 @@ def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: 
         _done(svc, staged)
         return "quarantined:DUPLICATE_CONFLICT"
     if obj.state == states.RECEIVED:
+        # Classified from the header inspection just parsed (the file's one parse), under the policy in
+        # force, failing closed. This is a proposal: the copy is bound to its tier, and protect's classify
+        # step, after the ingest gate, takes it on (or, under another policy, classifies again).
+        proposed = classify(insp.dataset, svc.policy, source=sender_of(source))
         copy = _store(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor,
-                      fresh=reg.created and obj.id == oid)
+                      fresh=reg.created and obj.id == oid, tier=proposed.tier)
         faults.point("ingest.after_store")
         svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive",
-                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
+                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id,
+                               tier=proposed.tier, rule_id=proposed.rule_id, policy_fingerprint=svc.policy.fingerprint)
     _done(svc, staged)
     return "stored"
 

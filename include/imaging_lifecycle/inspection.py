@@ -13,7 +13,7 @@ for the caller; they are never part of :meth:`Inspection.public`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imaging_lifecycle.crypto import sha256_file
@@ -47,6 +47,9 @@ class Inspection:
     series_instance_uid: str | None = None
     sop_class_uid: str | None = None
     modality: str | None = None
+    #: The parsed header (large values deferred), for the caller's next step in the same process: ingest
+    #: classifies from it, so a file is parsed once. Never repr'd, never in :meth:`public`.
+    dataset: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -124,4 +127,6 @@ def inspect(path: Path, landing: Path, *, max_bytes: int | None = None) -> Inspe
     insp.sop_class_uid = values["SOPClassUID"] or None
     if not all(values.values()):
         insp.reason = "MISSING_UID"
+    else:
+        insp.dataset = ds
     return insp

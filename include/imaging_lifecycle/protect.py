@@ -47,9 +47,8 @@ CHUNK = 50
 
 def _archive_copy(svc: Services, obj):
     """The object's own content in the archive (not its re-identification map beside it)."""
-    live = [c for c in svc.catalog.copies(obj.id) if c.zone in ("archive", RESEARCH_ZONE)
-            and not c.key.startswith(REID_PREFIX)]
-    return live[-1] if live else None
+    found = svc.catalog.content_copies(obj, ("archive", RESEARCH_ZONE))
+    return found[0] if found else None
 
 
 @contextmanager
@@ -66,12 +65,14 @@ def plaintext_file(svc: Services, obj):
 
 def sender(obj) -> str | None:  # noqa: ANN001
     """The sending AE title of an object our C-STORE receiver took in, else None."""
-    return obj.source.split(":", 1)[1] if obj.source and obj.source.startswith("cstore:") else None
+    from imaging_lifecycle.classify import sender_of
+
+    return sender_of(obj.source)
 
 
 def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     """Classify each VALIDATED original under the policy in force (fail closed); records tier, rule and policy."""
-    from imaging_lifecycle.classify import classify
+    from imaging_lifecycle.classify import Classification, classify
 
     svc.guard("classify", actor=actor)
     policy = svc.policy
@@ -80,12 +81,16 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         obj = svc.catalog.get(oid)
         if obj.state != states.VALIDATED:
             continue  # done by an earlier attempt
-        with plaintext_file(svc, obj) as path:
-            try:
-                ds = read_header(path)
-            except UnreadableDicom:
-                ds = None  # unreadable now: classify fails closed to the highest tier
-            result = classify(ds, policy, source=sender(obj))
+        if obj.tier is not None and obj.rule_id and obj.policy_fingerprint == policy.fingerprint:
+            # Ingest classified it from the header it parsed, under this very policy: nothing to read again.
+            result = Classification(obj.tier, obj.rule_id)
+        else:  # another policy (or an object ingested before ingest classified): from the stored copy
+            with plaintext_file(svc, obj) as path:
+                try:
+                    ds = read_header(path)
+                except UnreadableDicom:
+                    ds = None  # unreadable now: classify fails closed to the highest tier
+                result = classify(ds, policy, source=sender(obj))
         svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
                                policy_fingerprint=policy.fingerprint,
                                detail={"tier": result.tier, "rule": result.rule_id, "policy": policy.fingerprint})
@@ -369,8 +374,10 @@ def classified_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> di
     from imaging_lifecycle.gates import record
     from imaging_lifecycle.gates.protect import check_classified
 
-    rows = [{"catalog_id": o.id, "tier": o.tier, "rule_id": o.rule_id} for o in map(svc.catalog.get, _ids(chunks))
-            if not held(o)]
+    # A VALIDATED object's tier and rule are only ingest's proposal: it was not classified.
+    rows = [{"catalog_id": o.id, "tier": None if o.state == states.VALIDATED else o.tier,
+             "rule_id": None if o.state == states.VALIDATED else o.rule_id}
+            for o in map(svc.catalog.get, _ids(chunks)) if not held(o)]
     verdict = record(svc.catalog, check_classified(rows, svc.policy.highest_tier), actor=actor) if rows else None
     return {"gate": "classified", "rows": len(rows),
             "held": _hold_failed(svc, verdict, HELD_CLASSIFIED, actor=actor) if verdict else 0}
@@ -396,5 +403,4 @@ def closing_gate(svc: Services, chunks: list[list[str]], *, actor: str) -> dict:
 
 
 def derivatives_of(svc: Services, ids: list[str]) -> list[str]:
-    wanted = {f"derived:{i}" for i in ids}
-    return [o.id for o in svc.catalog.objects() if o.source in wanted]
+    return [o.id for o in svc.catalog.objects(sources=[f"derived:{i}" for i in ids])] if ids else []

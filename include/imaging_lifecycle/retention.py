@@ -172,10 +172,10 @@ def retrieve(svc: Services, catalog_id: str, *, request_id: str | None, actor: s
     if obj.state not in READABLE_STATES:
         raise GrantRefused(f"object {catalog_id} is {obj.state}: no working copy can be made")
     cache_terms(svc, obj, hours)  # refuse a tier without a cache before decrypting anything
-    primary = [c for c in svc.catalog.copies(catalog_id) if c.zone == (obj.zone or "archive")]
+    primary = svc.catalog.content_copies(obj, (obj.zone or "archive",))
     if not primary:
         raise GrantRefused(f"object {catalog_id} has no live copy in its primary zone")
-    sealed = svc.catalog.sealed(primary[-1], obj.sha256, obj.size)
+    sealed = svc.catalog.sealed(primary[0], obj.sha256, obj.size)
     with svc.encrypted.open(sealed, catalog_id) as reader:
         return grant_copy(svc, obj, reader, obj.size, hours=hours, actor=actor, now=now, request_id=request_id,
                           not_after=req["expires_at"])

@@ -146,6 +146,17 @@ class CopiesMixin(CatalogBase):
         with self.db.read() as conn:
             return [CopyRecord(**r._mapping) for r in conn.execute(q)]
 
+    def content_copies(self, obj, zones: tuple[str, ...] | list[str]) -> list[CopyRecord]:  # noqa: ANN001
+        """The live copies of ``obj``'s own content in ``zones``, newest first.
+
+        Its own content is what its data key (``obj.key_id``) encrypts, wherever it is (a backup shares the
+        key): never something else stored beside it, as a re-identification map is. Only if no copy has
+        that key (a rerun between a re-encryption and the state change that records its key) every live
+        copy there counts, newest first.
+        """
+        live = [c for c in reversed(self.copies(obj.id)) if c.zone in zones]
+        return [c for c in live if c.key_id == obj.key_id] or live
+
     def copies_of(self, object_ids: list[str], *, session: Connection | None = None) -> dict[str, list[CopyRecord]]:
         """Live copies of many objects at once: object id -> copies (batch form of :meth:`copies`)."""
         out: dict[str, list[CopyRecord]] = {oid: [] for oid in object_ids}

@@ -62,7 +62,8 @@ class ObjectRecord:
     flagged: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
-    #: The policy the tier was decided under (SHA-256 of the validated policy); None before classification.
+    #: The policy the tier was decided under (SHA-256 of the validated policy). From VALIDATED on, tier, rule
+    #: and policy are ingest's proposal (the archive copy is bound to that tier); CLASSIFIED settles them.
     policy_fingerprint: str | None = None
 
     def public(self) -> dict:

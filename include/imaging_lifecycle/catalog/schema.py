@@ -78,7 +78,7 @@ objects = Table(
     Column("sha256", String(64)),  # plaintext content hash
     Column("size", BigInteger),
     Column("state", String(16), nullable=False, index=True),
-    Column("tier", Integer),  # sensitivity tier, null until classified
+    Column("tier", Integer),  # sensitivity tier: ingest's proposal at VALIDATED, settled at CLASSIFIED
     Column("rule_id", String(64)),  # the classification rule that decided the tier
     Column("policy_fingerprint", String(64)),  # the policy that rule belongs to (SHA-256 of the validated policy)
     Column("zone", String(32)),  # storage zone of the primary copy
@@ -87,7 +87,7 @@ objects = Table(
     Column("retention_deadline", UTCDateTime(), index=True),
     Column("legal_hold", Boolean, nullable=False, default=False),
     Column("batch_id", String(64), ForeignKey("batches.id"), index=True),
-    Column("source", String(64)),  # "landing" or "cstore:<AE title>"
+    Column("source", String(64), index=True),  # "landing", "cstore:<AE title>" or "derived:<parent id>"
     Column("quarantine_reason", String(64)),  # reason code, never free text
     Column("flagged", String(64)),  # reason code for human attention, or null
     Column("created_at", UTCDateTime(), nullable=False),
