@@ -11,10 +11,10 @@ CLI    := $(BIN)/imaging-lifecycle
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := False
 
-.PHONY: install run stop demo test lint bench compose-check test-tools status clean-state help
+.PHONY: install run stop demo test lint bench bench-large compose-check test-tools status clean-state help
 
 help:
-	@echo "make run | stop | demo | status | test | lint | bench | compose-check | clean-state"
+	@echo "make run | stop | demo | status | test | lint | bench | bench-large | compose-check | clean-state"
 
 # Reinstall only when what we pin changes. Installs go through constraints.txt,
 # our own full lock, the way Airflow's install guide uses constraints files.
@@ -52,6 +52,11 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# The opt-in scale runs (hours, not minutes): the profile at 1,000 then 10,000 files into one catalog,
+# the platform run at 10,000 files, and 100,000 secure purges really run.
+bench-large: install
+	BENCH_PROFILE_SIZES=1000,10000 BENCH_PIPELINE_N=10000 BENCH_PURGE_N=100000 $(BIN)/python benchmarks/run_all.py profile pipeline purge
 
 # Real clients the tests use: Debian's chromium (driven by Playwright; no browser download) and
 # dcmtk's storescu (a real DICOM sender, also over TLS); poppler's pdftoppm renders the compliance

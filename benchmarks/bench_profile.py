@@ -12,6 +12,10 @@ GX, the rest), taken with one I/O thread (``IL_IO_THREADS=1``) so that every sam
 work and no thread waits on another. The baseline, in the same run: the same bytes PUT raw to both
 sites, one thread.
 
+Sizes (``BENCH_PROFILE_SIZES``, default 300 then 1,000; ``make bench-large`` adds 10,000) run one
+after the other into the same catalog, so the last meets a catalog that already holds the others:
+``ratio_cost_per_file_last_vs_first`` near 1.0 means no step grows with the catalog's size.
+
 ``python benchmarks/bench_profile.py`` runs itself under py-spy when py-spy is installed (else it
 counts only). Writes ``bench/profile.json``.
 """
@@ -28,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-N = int(os.environ.get("BENCH_PROFILE_N", "1000"))
+#: Sizes run one after the other into the same catalog: the cost per file must stay flat as it fills.
+SIZES = [int(x) for x in os.environ.get("BENCH_PROFILE_SIZES", "300,1000").split(",")]
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "bench" / "profile.json"
 ACTOR = "system:bench/profile"
@@ -125,71 +130,92 @@ class Counters:
             cls.__init__ = counted_init
 
 
-def run_stages(n: int) -> dict:
-    """The measured run (inside py-spy when there is one)."""
+def run_batch(svc, settings, counters: Counters, blobs: list[bytes], tag: str) -> dict[str, float]:
+    """One drop of ``blobs`` through every stage, as the DAGs chunk it; wall seconds per stage."""
+    from imaging_lifecycle import ingest, protect
+
+    for i, b in enumerate(blobs):
+        (settings.landing_dir / f"{tag}-{i:06d}.dcm").write_bytes(b)
+    wall: dict[str, float] = {}
+
+    def stage(name: str, fn):  # noqa: ANN001, ANN202
+        counters.stage = name
+        t = time.perf_counter()
+        result = fn()
+        wall[name] = wall.get(name, 0.0) + time.perf_counter() - t
+        return result
+
+    claim = stage("ingest.claim", lambda: ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR))
+    results = [stage("ingest.chunk", lambda c=c: ingest.run_chunk(svc, claim.batch_id, c, actor=ACTOR))
+               for c in claim.chunks]
+    stage("ingest.gate", lambda: ingest.close_batch(svc, results, actor=ACTOR))
+    chunks = stage("protect.pending", lambda: protect.pending_chunks(svc))
+    for name, fn in (("protect.classify", protect.classify_objects), ("protect.deidentify", protect.deidentify_objects),
+                     ("protect.store", protect.store_objects)):
+        if name == "protect.deidentify":
+            stage("protect.classified_gate", lambda: protect.classified_gate(svc, chunks, actor=ACTOR))
+        for ids in chunks:
+            stage(name, lambda ids=ids, fn=fn: fn(svc, ids, actor=ACTOR))
+    stage("protect.closing_gate", lambda: protect.closing_gate(svc, chunks, actor=ACTOR))
+    stage("protect.backup", lambda: protect.backup_objects(svc, [i for c in chunks for i in c], actor=ACTOR))
+    return wall
+
+
+def run_stages(sizes: list[int]) -> dict:
+    """The measured runs (inside py-spy when there is one)."""
     sys.path.insert(0, str(HERE))
     from bench_pipeline import corpus, raw_upload_seconds
 
     from _platform import object_stores
 
     with object_stores(offset=int(os.environ.get("BENCH_PROFILE_PORT_OFFSET", "350"))) as settings:
-        from imaging_lifecycle import ingest, landing, protect
+        from imaging_lifecycle import landing
         from imaging_lifecycle.services import Services
 
         counters = Counters()
         counters.install()
         landing.ensure_identity(settings.landing_dir)
         svc = Services.open(settings)
-        blobs = corpus(n)
-        baseline = raw_upload_seconds(settings, blobs)
-        counters.counts.clear()
-        for i, b in enumerate(blobs):
-            (settings.landing_dir / f"s{i:05d}.dcm").write_bytes(b)
-        wall: dict[str, float] = {}
-
-        def stage(name: str, fn):  # noqa: ANN001, ANN202
-            counters.stage = name
-            t = time.perf_counter()
-            result = fn()
-            wall[name] = wall.get(name, 0.0) + time.perf_counter() - t
-            return result
-
-        claim = stage("ingest.claim", lambda: ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR))
-        results = [stage("ingest.chunk", lambda c=c: ingest.run_chunk(svc, claim.batch_id, c, actor=ACTOR))
-                   for c in claim.chunks]
-        stage("ingest.gate", lambda: ingest.close_batch(svc, results, actor=ACTOR))
-        chunks = stage("protect.pending", lambda: protect.pending_chunks(svc))
-        for step, fn in (("protect.classify", protect.classify_objects), ("protect.classified_gate", None),
-                         ("protect.deidentify", protect.deidentify_objects), ("protect.store", protect.store_objects),
-                         ("protect.closing_gate", None), ("protect.backup", None)):
-            if fn is not None:
-                for ids in chunks:
-                    stage(step, lambda ids=ids, fn=fn: fn(svc, ids, actor=ACTOR))
-            elif step == "protect.backup":
-                stage(step, lambda: protect.backup_objects(svc, [i for c in chunks for i in c], actor=ACTOR))
-            else:
-                gate = protect.classified_gate if step == "protect.classified_gate" else protect.closing_gate
-                stage(step, lambda gate=gate: gate(svc, chunks, actor=ACTOR))
-        backed_up = len(svc.catalog.objects(state="BACKED_UP"))
-        total = sum(wall.values())
-        return {
-            "files": n, "backed_up": backed_up, "MB": round(sum(map(len, blobs)) / 1e6, 1),
-            "work_s": round(total, 1), "files_per_s": round(n / total, 2),
-            "baseline_raw_upload_both_sites_s": round(baseline, 1),
-            "ratio_work_vs_raw_upload": round(baseline / total, 3),
-            "wall_ms_per_file": {k: round(1000 * v / n, 1) for k, v in wall.items()},
-            "per_file": {k: {what: round(c / n, 2) for what, c in sorted(v.items())}
-                         for k, v in counters.counts.items()},
-        }
+        out: dict = {"sizes": sizes, "runs": {}}
+        for n in sizes:
+            blobs = corpus(n)
+            baseline = raw_upload_seconds(settings, blobs)
+            counters.counts.clear()
+            wall = run_batch(svc, settings, counters, blobs, f"n{n}")
+            total = sum(wall.values())
+            out["runs"][str(n)] = {
+                "files": n, "catalog_objects_before": len(svc.catalog.objects()) - n,
+                "MB": round(sum(map(len, blobs)) / 1e6, 1), "work_s": round(total, 1),
+                "files_per_s": round(n / total, 2), "ms_per_file": round(1000 * total / n, 1),
+                "baseline_raw_upload_both_sites_s": round(baseline, 1),
+                "ratio_work_vs_raw_upload": round(baseline / total, 3),
+                "wall_ms_per_file": {k: round(1000 * v / n, 1) for k, v in wall.items()},
+                "per_file": {k: {what: round(c / n, 2) for what, c in sorted(v.items())}
+                             for k, v in counters.counts.items()},
+            }
+        first, last = out["runs"][str(sizes[0])], out["runs"][str(sizes[-1])]
+        out["backed_up"] = len(svc.catalog.objects(state="BACKED_UP"))
+        out["files_per_s"] = last["files_per_s"]
+        out["ratio_work_vs_raw_upload"] = last["ratio_work_vs_raw_upload"]
+        out["ratio_cost_per_file_last_vs_first"] = round(last["ms_per_file"] / first["ms_per_file"], 3)
+        out["s3_requests_per_file"] = round(sum(c for st in last["per_file"].values() for k, c in st.items()
+                                                if k.startswith("S3 ")), 1)
+        commits = sum(st.get("catalog commits", 0) for st in last["per_file"].values())
+        out["catalog_commits_per_file"] = round(commits, 1)
+        return out
 
 
 def table(out: dict) -> list[str]:
     """The breakdown as text: per stage, ms per file, what it did per file, and where its samples went."""
     kinds = ["S3 I/O", "crypto", "catalog", "DICOM", "GX gate", "other", "waiting on threads"]
-    lines = [f"{'stage':24} {'ms/file':>8}  per file", "-" * 100]
+    last = out["runs"][str(out["sizes"][-1])]
+    lines = [f"{last['files']} files into a catalog of {last['catalog_objects_before']}: "
+             f"{last['ms_per_file']} ms/file, {out['s3_requests_per_file']} S3 requests and "
+             f"{out['catalog_commits_per_file']} catalog commits per file (a raw upload to both sites: 2 requests)", "",
+             f"{'stage':24} {'ms/file':>8}  per file", "-" * 100]
     samples = out.get("samples") or {}
-    for st, ms in out["wall_ms_per_file"].items():
-        did = ", ".join(f"{v:g} {k}" for k, v in out["per_file"].get(st, {}).items())
+    for st, ms in last["wall_ms_per_file"].items():
+        did = ", ".join(f"{v:g} {k}" for k, v in last["per_file"].get(st, {}).items())
         lines.append(f"{st:24} {ms:8.1f}  {did}")
         s = samples.get(st)
         if s:
@@ -203,12 +229,15 @@ def table(out: dict) -> list[str]:
         tot = sum(every.values())
         lines += ["-" * 100, "all stages, samples: " + ", ".join(
             f"{k} {100 * every.get(k, 0) / tot:.0f}%" for k in kinds if every.get(k))]
+    lines += ["", "cost per file by size (same catalog, filled as it goes): " + ", ".join(
+        f"{n} files {out['runs'][str(n)]['ms_per_file']} ms" for n in out["sizes"])
+        + f"; last/first {out['ratio_cost_per_file_last_vs_first']}"]
     return lines
 
 
 def main() -> dict:
     if os.environ.get("BENCH_PROFILE_INNER"):
-        OUT.with_suffix(".inner.json").write_text(json.dumps(run_stages(N)))
+        OUT.with_suffix(".inner.json").write_text(json.dumps(run_stages(SIZES)))
         return {}
     env = {**os.environ, "BENCH_PROFILE_INNER": "1", "IL_IO_THREADS": "1", "GX_ANALYTICS_ENABLED": "False"}
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -232,4 +261,4 @@ def main() -> dict:
 if __name__ == "__main__":
     result = main()
     if result:
-        print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("samples", "runs")}, indent=1))

@@ -138,6 +138,8 @@ def _report(results: dict, plots: list[str]) -> str:
         for k, v in r["figures"].items():
             if isinstance(v, dict):
                 lines += [f"{k}:", "", "| | |", "|---|---|", *[f"| {a} | {b} |" for a, b in v.items()], ""]
+        if r.get("table"):
+            lines += ["```", *r["table"], "```", ""]
         if not r["figures"] and r.get("output"):  # a benchmark that prints a table of its own
             lines += ["```", *r["output"], "```", ""]
     lines += [f"![{p}]({p})" for p in plots]
@@ -165,6 +167,9 @@ def main() -> int:
         figures = _figures(r.stdout)
         entry = {"corpus": CORPUS.get(name, ""), "exit": r.returncode, "seconds": seconds, "figures": figures,
                  "output": r.stdout.strip().splitlines()[-40:]}
+        text = r.stdout.strip()
+        if figures and text.find("\n{") > 0:  # a table printed before the figures' JSON goes in the report too
+            entry["table"] = text[:text.find("\n{")].splitlines()
         entry["goals"] = [{"figure": f, "op": op, "target": tgt, "value": figures.get(f),
                            "met": _met(figures.get(f), op, tgt)} for f, op, tgt in GOALS.get(name, [])]
         results["benchmarks"][name] = entry
