@@ -1,12 +1,14 @@
 """Protect: started by the ingest asset (data-aware scheduling), never by a clock.
 
-classify -> gate -> de-identify (gated per object before release) -> encrypt, upload, read back -> STORED
--> gate -> backup. Every gate judges each object alone: one that fails is held for review, the rest go on.
+One pipeline per chunk of objects (a mapped task group), so chunk 2 is classified while chunk 1
+is being de-identified: classify, then the classified gate -> de-identify (gated per object before
+release) -> encrypt and store, then the closing gate -> STORED -> backup. Every gate judges each
+object alone: one that fails is held for review, the rest go on.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task, task_group
 
 from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, INGESTED, STORED, actor
 
@@ -31,17 +33,13 @@ def protect():
 
     @task(max_active_tis_per_dagrun=2)
     def classify(ids: list[str]) -> dict:
+        """Classify the chunk, then its gate: every object has a tier of the policy and the rule that decided it."""
         from imaging_lifecycle import protect as stage
         from imaging_lifecycle.services import Services
 
-        return stage.classify_objects(Services.open(), ids, actor=actor(get_current_context()))
-
-    @task
-    def classified_gate(chunks: list[list[str]]) -> dict:
-        from imaging_lifecycle import protect as stage
-        from imaging_lifecycle.services import Services
-
-        return stage.classified_gate(Services.open(), chunks, actor=actor(get_current_context()))
+        svc, who = Services.open(), actor(get_current_context())
+        return {"counts": stage.classify_objects(svc, ids, actor=who),
+                "gate": stage.classified_gate(svc, [ids], actor=who)}
 
     @task(max_active_tis_per_dagrun=2)
     def deidentify(ids: list[str]) -> dict:
@@ -50,35 +48,28 @@ def protect():
 
         return stage.deidentify_objects(Services.open(), ids, actor=actor(get_current_context()))
 
-    @task(max_active_tis_per_dagrun=2)
+    @task(max_active_tis_per_dagrun=2, outlets=[STORED])
     def store(ids: list[str]) -> dict:
+        """Store the chunk, then the closing gate: STORED, keyed, hashed, no plaintext copy."""
         from imaging_lifecycle import protect as stage
         from imaging_lifecycle.services import Services
 
-        return stage.store_objects(Services.open(), ids, actor=actor(get_current_context()))
+        svc, who = Services.open(), actor(get_current_context())
+        return {"counts": stage.store_objects(svc, ids, actor=who),
+                "gate": stage.closing_gate(svc, [ids], actor=who)}
 
-    @task(outlets=[STORED])
-    def closing_gate(chunks: list[list[str]]) -> dict:
+    @task(max_active_tis_per_dagrun=2)
+    def backup(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
         from imaging_lifecycle.services import Services
 
-        return stage.closing_gate(Services.open(), chunks, actor=actor(get_current_context()))
+        return stage.backup_objects(Services.open(), ids, actor=actor(get_current_context()))
 
-    @task
-    def backup(chunks: list[list[str]]) -> dict:
-        from imaging_lifecycle import protect as stage
-        from imaging_lifecycle.services import Services
+    @task_group
+    def chunk(ids: list[str]):
+        classify(ids) >> deidentify(ids) >> store(ids) >> backup(ids)
 
-        return stage.backup_objects(Services.open(), [i for c in chunks for i in c],
-                                    actor=actor(get_current_context()))
-
-    chunks = pending()
-    c = classify.expand(ids=chunks)
-    g1 = classified_gate(chunks)
-    d = deidentify.expand(ids=chunks)
-    s = store.expand(ids=chunks)
-    g2 = closing_gate(chunks)
-    c >> g1 >> d >> s >> g2 >> backup(chunks)
+    chunk.expand(ids=pending())
 
 
 protect()
