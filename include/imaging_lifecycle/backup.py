@@ -212,17 +212,23 @@ def replicate(
         if encrypted is not None:
             def check(data: bytes, src=src, obj=obj) -> None:  # noqa: ANN001
                 encrypted.verify_blob(sealed_for(catalog, src, obj), oid, data)
+        def backed_up(copy: CopyRecord, how: str, conn) -> None:  # noqa: ANN001
+            catalog.transition(oid, states.BACKED_UP, actor=actor, detail={"copy": copy.id, "how": how},
+                               session=conn)
+
         try:
             how, copy, decrypted = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=mine,
                                                   until=_retain_until(obj, now, retain_until_for, retention_days),
-                                                  check=check)
+                                                  check=check, then=backed_up)
         except StorageError:
             return oid, "STORAGE_ERROR", mine
         if copy is None:
             catalog.audit.append(actor, "copy.verify", object_ref=oid, outcome="failure",
                                  detail={"zone": BACKUP_ZONE, "check": "ciphertext", "reason": how})
             return oid, how, mine
-        if encrypted is not None and not decrypted:
+        if decrypted:
+            return oid, f"ok:{how}", mine  # checked in full before the upload, BACKED_UP in the copy's own commit
+        if encrypted is not None:
             try:
                 encrypted.verify(sealed_for(catalog, copy, obj), oid)
             except tuple(FAILURE_REASONS) as exc:
@@ -230,8 +236,7 @@ def replicate(
                 catalog.record_copy_check(copy.id, ok=False, actor=actor, detail={"check": "decrypt", "reason": reason})
                 return oid, reason, mine
         with catalog.transaction() as conn:
-            catalog.transition(oid, states.BACKED_UP, actor=actor, detail={"copy": copy.id, "how": how},
-                               session=conn)
+            backed_up(copy, how, conn)
         return oid, f"ok:{how}", mine
 
     # Several objects at once: each copy is S3 round trips on two sites, which release the GIL.
@@ -253,9 +258,11 @@ def replicate(
 
 def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src: CopyRecord, *, actor: str,
                    mode: str, until: dt.datetime, counts: dict,
-                   check: Callable[[bytes], None] | None = None) -> tuple[str, CopyRecord | None, bool]:
+                   check: Callable[[bytes], None] | None = None,
+                   then: Callable | None = None) -> tuple[str, CopyRecord | None, bool]:
     """``(how, copy, decrypted)``: how is reused/adopted/uploaded, or a failure reason code with copy None;
-    ``decrypted``: ``check`` (a full decrypt) already ran over exactly the bytes the backup site holds."""
+    ``decrypted``: ``check`` (a full decrypt) already ran over exactly the bytes the backup site holds, and
+    ``then(copy, how, conn)`` ran in the transaction that recorded the copy."""
     want = src.ciphertext_sha256
     every = catalog.copies(obj.id, include_deleted=True)
     recorded = {c.version_id for c in every if c.zone == BACKUP_ZONE}
@@ -326,6 +333,8 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
         catalog.audit.append(actor, "copy.verify", object_ref=obj.id,
                              detail={"copy": copy.id, "zone": BACKUP_ZONE, "check": "ciphertext", "how": how},
                              session=conn)
+        if decrypted and then is not None:
+            then(copy, how, conn)
     return how, copy, decrypted
 
 

@@ -36,6 +36,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -276,7 +277,7 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
 
 
 def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str, fresh: bool = False,
-           tier: int | None = None):
+           tier: int | None = None, then: Callable | None = None):
     """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
 
     A copy already recorded for this object and zone is reused. The new copy is
@@ -285,7 +286,8 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
     attempt uploaded but never recorded are purged once ours is recorded, so a
     rerun leaves exactly one version. ``fresh``: this very call registered the
     object (registration comes before any upload), so no earlier attempt can
-    have left a copy or a version: the lookups are skipped.
+    have left a copy or a version: the lookups are skipped. ``then(conn, copy)`` runs in the transaction
+    that records our copy (not when an earlier or concurrent run's copy is returned instead).
     """
     if not fresh:
         for copy in svc.catalog.copies(oid):
@@ -302,6 +304,8 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
         theirs = [c for c in svc.catalog.copies_of([oid], session=conn)[oid] if c.zone == zone]
         if not theirs:
             copy = svc.encrypted.record(svc.catalog, oid, sealed, actor=actor, session=conn)
+            if then is not None:
+                then(conn, copy)
     if theirs:
         # Another run stored this file first (two claims' runs on one staged file): keep theirs, drop ours.
         store.purge(zone, [(key, sealed.version_id)])
@@ -380,12 +384,22 @@ def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: 
         # force, failing closed. This is a proposal: the copy is bound to its tier, and protect's classify
         # step, after the ingest gate, takes it on (or, under another policy, classifies again).
         proposed = classify(insp.dataset, svc.policy, source=sender_of(source))
+        done: list[bool] = []
+
+        def validated(conn, copy) -> None:  # noqa: ANN001 (recorded and VALIDATED: one commit)
+            # The staged row goes only after this commit (_done): a crash here leaves it for the rerun's
+            # claim to adopt, so the object's batch is gated; dropped with the copy, it would stay OPEN.
+            svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive", session=conn,
+                                   ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id, tier=proposed.tier,
+                                   rule_id=proposed.rule_id, policy_fingerprint=svc.policy.fingerprint)
+            done.append(True)
+
         copy = _store(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor,
-                      fresh=reg.created and obj.id == oid, tier=proposed.tier)
+                      fresh=reg.created and obj.id == oid, tier=proposed.tier, then=validated)
         faults.point("ingest.after_store")
-        svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive",
-                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id,
-                               tier=proposed.tier, rule_id=proposed.rule_id, policy_fingerprint=svc.policy.fingerprint)
+        if not done and svc.catalog.get(obj.id).state == states.RECEIVED:  # a copy recorded on its own earlier
+            with svc.catalog.transaction() as conn:
+                validated(conn, copy)
     _done(svc, staged)
     return "stored"
 

@@ -77,6 +77,7 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     svc.guard("classify", actor=actor)
     policy = svc.policy
     counts: dict[str, int] = {}
+    decided = []
     for oid in ids:
         obj = svc.catalog.get(oid)
         if obj.state != states.VALIDATED:
@@ -91,37 +92,47 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
                 except UnreadableDicom:
                     ds = None  # unreadable now: classify fails closed to the highest tier
                 result = classify(ds, policy, source=sender(obj))
-        svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
-                               policy_fingerprint=policy.fingerprint,
-                               detail={"tier": result.tier, "rule": result.rule_id, "policy": policy.fingerprint})
-        counts[f"tier{result.tier}"] = counts.get(f"tier{result.tier}", 0) + 1
+        decided.append((oid, result))
+    if decided:
+        with svc.catalog.transaction() as conn:  # one commit for the chunk; each change audited in it
+            for oid, result in decided:
+                svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
+                                       policy_fingerprint=policy.fingerprint, session=conn,
+                                       detail={"tier": result.tier, "rule": result.rule_id,
+                                               "policy": policy.fingerprint})
+                counts[f"tier{result.tier}"] = counts.get(f"tier{result.tier}", 0) + 1
     return counts
 
 
 def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime | None = None) -> dict:
-    """Final encryption (with the real tier), read-back verification, STORED with a retention deadline."""
+    """Bound to the object's settled tier (re-encrypted only if ingest bound it to another), STORED with a deadline."""
     svc.guard("store", actor=actor)
     policy = svc.policy
     now = now or dt.datetime.now(dt.timezone.utc)
 
-    def one(oid: str) -> int:
+    def ready(oid: str):  # noqa: ANN202
+        """(object, its archive copy) once bound to the object's tier, re-encrypting if need be; else None."""
         obj = svc.catalog.get(oid)
         # NEEDS_REVIEW holds back the derivative, never the original: it is stored all the same.
         if held(obj) or obj.state not in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW,
                                           states.PROTECTED):
-            return 0
+            return None
         copy = _archive_copy(svc, obj)
         sealed = svc.catalog.sealed(copy, obj.sha256, obj.size)
         if sealed.tier != obj.tier:
-            copy = _reencrypt(svc, obj, copy, sealed, actor=actor)
-        deadline = now + policy.retention_for(obj.tier, "archive")
-        if obj.state != states.PROTECTED:
-            svc.catalog.transition(oid, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
-                                   key_id=copy.key_id)
-        svc.catalog.transition(oid, states.STORED, actor=actor, zone="archive", retention_deadline=deadline)
-        return 1
+            copy = _reencrypt(svc, obj, copy, sealed, actor=actor)  # S3-bound: a few objects at once
+        return obj, copy
 
-    return {"stored": sum(svc.map(one, ids))}
+    todo = [r for r in svc.map(ready, ids) if r is not None]
+    if todo:
+        with svc.catalog.transaction() as conn:  # one commit for the chunk; each change audited in it
+            for obj, copy in todo:
+                if obj.state != states.PROTECTED:
+                    svc.catalog.transition(obj.id, states.PROTECTED, actor=actor, session=conn,
+                                           ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
+                svc.catalog.transition(obj.id, states.STORED, actor=actor, zone="archive", session=conn,
+                                       retention_deadline=now + policy.retention_for(obj.tier, "archive"))
+    return {"stored": len(todo)}
 
 
 def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
@@ -215,8 +226,7 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
 
     def release(item) -> None:  # noqa: ANN001 (several objects at once: storing them is S3-bound)
         obj, _original, result = item
-        release_derivative(svc, obj, result, policy, actor=actor)
-        svc.catalog.transition(obj.id, states.DEIDENTIFIED, actor=actor)
+        release_derivative(svc, obj, result, policy, actor=actor, advance=True)
 
     passed = [m for m in made if verdict.passed(m[0].id)]
     svc.map(release, passed)
@@ -225,17 +235,28 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     return counts
 
 
-def release_derivative(svc: Services, obj, result, policy, *, actor: str) -> None:  # noqa: ANN001
-    """Write the gated derivative to a private temp file, store it in research, and store its pseudonym map."""
+def release_derivative(svc: Services, obj, result, policy, *, actor: str, advance: bool = False) -> None:  # noqa: ANN001
+    """Store the gated derivative in research and the pseudonym map beside the original.
+
+    ``advance``: the original moves to DEIDENTIFIED in the same commit as the map's record (protect's
+    step; a reviewer's release comes later, when the original has moved on).
+    """
     from imaging_lifecycle.deid import write_dataset
 
     out = private_tmp(svc.settings, ".deid.dcm")
     try:
         write_dataset(result.dataset, out)
         _store_derivative(svc, obj, out, result.dataset, policy, actor=actor)
-        _store_reid_map(svc, obj, result.reid.to_bytes(), policy, actor=actor)
     finally:
         out.unlink(missing_ok=True)
+    sealed = _store_reid_map(svc, obj, result.reid.to_bytes(), policy)
+    if sealed is None and not advance:
+        return
+    with svc.catalog.transaction() as conn:  # the map's record and the original's new state: one commit
+        if sealed is not None:
+            svc.encrypted.record(svc.catalog, obj.id, sealed, actor=actor, session=conn)
+        if advance:
+            svc.catalog.transition(obj.id, states.DEIDENTIFIED, actor=actor, session=conn)
 
 
 def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: str) -> str:
@@ -243,43 +264,45 @@ def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: s
     from imaging_lifecycle.classify import classify
     from imaging_lifecycle.crypto import sha256_file
 
-    reg = svc.catalog.register(
-        actor=actor, source=f"derived:{parent.id}", sha256=sha256_file(path), size=path.stat().st_size,
-        sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID), batch_id=parent.batch_id,
-    )
-    d = reg.object
-    if d.state == states.RECEIVED:
-        svc.catalog.transition(d.id, states.VALIDATED, actor=actor)
-        d = svc.catalog.get(d.id)
-    if d.state == states.VALIDATED:
-        c = classify(ds, policy, deidentified=True)
-        svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
-                               policy_fingerprint=policy.fingerprint,
-                               detail={"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint})
-        d = svc.catalog.get(d.id)
-    if d.state == states.CLASSIFIED:
-        copy = next((c for c in svc.catalog.copies(d.id) if c.zone == RESEARCH_ZONE), None)
-        if copy is None:
-            sealed = svc.encrypted.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
+    with svc.catalog.transaction() as conn:  # registered, validated and classified: one commit, each step audited
+        d = svc.catalog.register(
+            actor=actor, source=f"derived:{parent.id}", sha256=sha256_file(path), size=path.stat().st_size,
+            sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+            batch_id=parent.batch_id, session=conn,
+        ).object
+        if d.state == states.RECEIVED:
+            d = svc.catalog.transition(d.id, states.VALIDATED, actor=actor, session=conn)
+        if d.state == states.VALIDATED:
+            c = classify(ds, policy, deidentified=True)
+            d = svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
+                                       policy_fingerprint=policy.fingerprint, session=conn,
+                                       detail={"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint})
+    if d.state not in (states.CLASSIFIED, states.PROTECTED):
+        return d.id  # stored by an earlier attempt
+    copy = next((c for c in svc.catalog.copies(d.id) if c.zone == RESEARCH_ZONE), None)
+    sealed = None
+    if copy is None and d.state == states.CLASSIFIED:  # the upload, outside any transaction
+        sealed = svc.encrypted.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
                                    scope_id=f"study:{d.study_key}", key=f"{RESEARCH_ZONE}/{d.id}")
-            copy = svc.encrypted.record(svc.catalog, d.id, sealed, actor=actor)
-        svc.catalog.transition(d.id, states.PROTECTED, actor=actor, ciphertext_sha256=copy.ciphertext_sha256,
-                               key_id=copy.key_id)
-        d = svc.catalog.get(d.id)
-    if d.state == states.PROTECTED:
+    with svc.catalog.transaction() as conn:  # recorded, PROTECTED and STORED: one commit
+        if sealed is not None:
+            copy = svc.encrypted.record(svc.catalog, d.id, sealed, actor=actor, session=conn)
+        if d.state == states.CLASSIFIED:
+            d = svc.catalog.transition(d.id, states.PROTECTED, actor=actor, session=conn,
+                                       ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
         deadline = dt.datetime.now(dt.timezone.utc) + policy.retention_for(d.tier, RESEARCH_ZONE)
-        svc.catalog.transition(d.id, states.STORED, actor=actor, zone=RESEARCH_ZONE, retention_deadline=deadline)
+        svc.catalog.transition(d.id, states.STORED, actor=actor, zone=RESEARCH_ZONE, retention_deadline=deadline,
+                               session=conn)
     return d.id
 
 
-def _store_reid_map(svc: Services, parent, data: bytes, policy, *, actor: str) -> None:
+def _store_reid_map(svc: Services, parent, data: bytes, policy):  # noqa: ANN001, ANN202
+    """Upload the pseudonym map at the highest tier beside the original; the Sealed to record, None if recorded."""
     if any(c.key.startswith(REID_PREFIX) for c in svc.catalog.copies(parent.id)):
-        return
-    top = policy.highest_tier
-    sealed = svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=top,
-                           scope_id=f"reid:{parent.id}", key=f"{REID_PREFIX}{parent.id}", size=len(data))
-    svc.encrypted.record(svc.catalog, parent.id, sealed, actor=actor)
+        return None
+    return svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=policy.highest_tier,
+                             scope_id=f"reid:{parent.id}", key=f"{REID_PREFIX}{parent.id}", size=len(data))
 
 
 def reidentify(svc: Services, catalog_id: str, *, request_id: str | None, actor: str):  # noqa: ANN201
