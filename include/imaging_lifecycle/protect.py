@@ -154,8 +154,8 @@ def closing_rows(svc: Services, ids: list[str]) -> list[dict]:
         obj = svc.catalog.get(oid)
         plaintext = False
         for c in svc.catalog.copies(oid):
-            with svc.encrypted.store.open(c.zone, c.key, c.version_id) as r:
-                head = r.read(132)
+            with svc.encrypted.store.open(c.zone, c.key, c.version_id, length=132) as r:
+                head = r.read()  # a ranged GET read to its end: the connection is reused
             plaintext |= head.startswith(b"DICM") or head[128:132] == b"DICM"
         rows.append({"catalog_id": oid, "state": obj.state, "key_id": obj.key_id,
                      "ciphertext_sha256": obj.ciphertext_sha256, "looks_like_dicom": plaintext})

@@ -185,10 +185,14 @@ class ObjectStore:
         with self.open(zone, key, version_id) as resp:
             return resp.read()
 
-    def open(self, zone: str, key: str, version_id: str | None = None):
-        """A streaming response; use as a context manager and ``.read(n)`` / ``.stream()``."""
+    def open(self, zone: str, key: str, version_id: str | None = None, *, length: int | None = None):
+        """A streaming response; use as a context manager and ``.read(n)`` / ``.stream()``.
+
+        ``length``: only the first ``length`` bytes (a ranged GET). Read a response to its end: one closed
+        early closes its connection too, and the next request pays a new TLS handshake.
+        """
         try:
-            resp = self.client(zone).get_object(self.bucket(zone), key, version_id=version_id)
+            resp = self.client(zone).get_object(self.bucket(zone), key, version_id=version_id, length=length or 0)
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise FileNotFoundError(f"{zone}/{key}") from None
