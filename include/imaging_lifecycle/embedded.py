@@ -66,6 +66,7 @@ MARKER = "IL_PLATFORM"
 #: ``IL_S3_TLS=1`` at ``platform up``: the object stores serve S3 over HTTPS (kept until set to 0).
 S3_TLS_ENV = "IL_S3_TLS"
 AIRFLOW_PARALLELISM = 4
+SCHEDULER_IDLE_SLEEP = "0.2"  # seconds; the same in docker-compose.yml
 
 #: ``IL_EXECUTOR`` at ``platform up`` (or ``--executor``): ``local`` (LocalExecutor, SQLite) or ``celery``.
 EXECUTOR_ENV = "IL_EXECUTOR"
@@ -691,6 +692,9 @@ def airflow_env(settings: Settings, creds: dict, executor: str = "local",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # An idle scheduler loop sleeps this long (default 1 s) before it sees a finished task and
+        # queues the next: each stage-to-stage hop of a run waited for it.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": SCHEDULER_IDLE_SLEEP,
         **_s3_conns(settings, creds),
         "IL_STATE_DIR": str(settings.state_dir),
         "IL_LANDING_DIR": str(settings.landing_dir),
