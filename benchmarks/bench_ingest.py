@@ -77,7 +77,11 @@ def main() -> None:
             "files_per_s": round(len(done) / (t_last - t_first), 1),
         }
         # The same stage functions in one process, no Airflow overhead, from a folder
-        # the platform's trigger does not watch (so the DAG does not take these files).
+        # the platform's trigger does not watch (so the DAG does not take these files); once the
+        # platform has protected the first batch, so that the two do not share the cores.
+        deadline = time.time() + 900
+        while time.time() < deadline and len(cat.objects(state="BACKED_UP")) < N:
+            time.sleep(2)
         other = state / "landing-in-process"
         drop(other, N, "B")
         t = time.perf_counter()

@@ -1,8 +1,8 @@
 """Purge throughput: N expired cache copies erased, deleted, verified and certified, vs a bare batched delete.
 
-Goal (issue 6): 100,000 expired cache objects within 10 minutes on this
-2-core machine. N (``BENCH_PURGE_N``, default 5000) keeps the run at a
-minute or two; the report extrapolates linearly to 100,000 (every phase is
+Goal (issue 15): 100,000 expired cache objects within 5 minutes on this
+2-core machine, really run (``make bench-large``: ``BENCH_PURGE_N=100000``). N (default 5000) keeps
+``make bench`` at a minute or two; the report extrapolates linearly to 100,000 (every phase is
 batched: one catalog transaction per 500, one DeleteObjects per 1,000, one
 version listing per folder). The baseline lists and batch-deletes the same
 number of objects of the same size in the same store, in the same run.
@@ -25,7 +25,7 @@ from _platform import object_stores  # noqa: E402
 
 N = int(os.environ.get("BENCH_PURGE_N", "5000"))
 SIZE = 1024
-GOAL_N, GOAL_S = 100_000, 600
+GOAL_N, GOAL_S = 100_000, 300  # issue 15: 100,000 in 5 minutes (issue 6 asked for 10)
 T = dt.datetime(2031, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -83,7 +83,7 @@ def main() -> dict:
             "bare_objects_per_s": round(N / bare_s, 1),
             "ratio_secure_vs_bare_time": round(ours_s / bare_s, 2),
             "extrapolated_100k_s": round(GOAL_N / rate, 0),
-            "goal_100k_within_600s": GOAL_N / rate <= GOAL_S,
+            "goal_100k_within_300s": GOAL_N / rate <= GOAL_S,
         }
 
 

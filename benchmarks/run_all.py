@@ -30,13 +30,15 @@ CORPUS = {
     "deid": "pydicom's and the project's real test files",
     "ingest": "BENCH_INGEST_N small synthetic CT files",
     "purge": "BENCH_PURGE_N expired 1 KB cache copies",
-    "profile": "BENCH_PROFILE_N synthetic CT slices of 512 KB, the stages in one process",
+    "profile": "BENCH_PROFILE_SIZES CT slices of 512 KB, one drop per size into one catalog, stages in one process",
 }
 
 #: The issue's goals, on the figures they are read from: (figure, comparison, target).
 GOALS = {
     "pipeline": [("ratio_end_to_end_vs_raw_upload", ">=", 0.5), ("latency_p95_s", "<=", 60.0),
                  ("airflow_overhead_fraction", "<", 0.2)],
+    "profile": [("ratio_cost_per_file_last_vs_first", "<=", 1.1)],
+    "purge": [("extrapolated_100k_s", "<=", 300.0)],
 }
 
 
