@@ -245,8 +245,13 @@ def main() -> dict:
     cmd = [sys.executable, __file__]
     if spy:
         cmd = [spy, "record", "--idle", "--threads", "-r", "50", "--format", "raw", "-o", str(raw), "--", *cmd]
-    subprocess.run(cmd, env=env, check=True, capture_output=bool(spy))
     inner = OUT.with_suffix(".inner.json")
+    inner.unlink(missing_ok=True)
+    # py-spy's own exit status is not the run's (at the end of a 45-minute run it once exited 1 after the
+    # run had written its figures): the figures file decides, and py-spy's and the run's errors show.
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if spy else None)
+    if not inner.exists():
+        raise SystemExit(f"the profiled run wrote no figures (exit {done.returncode})")
     out = json.loads(inner.read_text())
     inner.unlink()
     if spy and raw.exists():
