@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from imaging_lifecycle import faults, keyseal, staging
 from imaging_lifecycle.catalog import Catalog, CopyRecord, ObjectRecord
 from imaging_lifecycle.catalog.states import DELETED, DELETING, EXPIRABLE, EXPIRED
-from imaging_lifecycle.keystore import KekRef
+from imaging_lifecycle.keystore import KekRef, batched
 from imaging_lifecycle.services import Services
 from imaging_lifecycle.settings import LOCKED_ZONES
 
@@ -271,7 +271,7 @@ def _erase(svc: Services, targets: list[Target], *, actor: str) -> None:
         with cat.transaction() as s:
             for k in batch:
                 cat.audit.append(actor, "key.destroy", object_ref=kek_owner[k], detail={"kek": k}, session=s)
-        with _ks_transaction(ks):
+        with batched(ks):
             for k in batch:
                 ks.destroy(k)
     # Every copy of a destroyed key goes too: a new master-key generation, the DR export replaced.
@@ -284,12 +284,6 @@ def _kek_gone(ks, kek_id: str) -> bool:
         return ks.is_destroyed(kek_id)
     except Exception:  # unknown to this key store: nothing to destroy
         return True
-
-
-def _ks_transaction(ks):
-    import contextlib
-
-    return ks.transaction() if hasattr(ks, "transaction") else contextlib.nullcontext()
 
 
 def _copy_keys(t: Target) -> list[tuple[str, str]]:

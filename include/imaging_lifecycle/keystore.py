@@ -177,6 +177,12 @@ class KekRef:
         return cls(kek_id, int(version))
 
 
+def batched(ks):  # noqa: ANN001, ANN201
+    """One key-store write for a group of changes, where the key store groups them (``LocalKeyStore``
+    rewrites its whole sealed state per write); else each change on its own. Not across threads."""
+    return ks.transaction() if hasattr(ks, "transaction") else contextlib.nullcontext()
+
+
 @runtime_checkable
 class KeyStore(Protocol):
     """What the pipeline needs from a key store; implementable by a remote KMS."""

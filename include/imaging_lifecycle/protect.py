@@ -229,6 +229,11 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         release_derivative(svc, obj, result, policy, actor=actor, advance=True)
 
     passed = [m for m in made if verdict.passed(m[0].id)]
+    from imaging_lifecycle.keystore import batched
+
+    with batched(svc.keystore):  # each map's own KEK, made in one key-store write for the chunk, not one each
+        for obj, _original, _result in passed:
+            svc.encrypted.kek_for(reid_scope(obj.id))
     svc.map(release, passed)
     for _ in passed:
         count("deidentified")
@@ -297,12 +302,17 @@ def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: s
     return d.id
 
 
+def reid_scope(parent_id: str) -> str:
+    """The key scope of an original's pseudonym map: a KEK of its own."""
+    return f"reid:{parent_id}"
+
+
 def _store_reid_map(svc: Services, parent, data: bytes, policy):  # noqa: ANN001, ANN202
     """Upload the pseudonym map at the highest tier beside the original; the Sealed to record, None if recorded."""
     if any(c.key.startswith(REID_PREFIX) for c in svc.catalog.copies(parent.id)):
         return None
     return svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=policy.highest_tier,
-                             scope_id=f"reid:{parent.id}", key=f"{REID_PREFIX}{parent.id}", size=len(data))
+                             scope_id=reid_scope(parent.id), key=f"{REID_PREFIX}{parent.id}", size=len(data))
 
 
 def reidentify(svc: Services, catalog_id: str, *, request_id: str | None, actor: str):  # noqa: ANN201
