@@ -226,6 +226,10 @@ def _socket(sockets: Path | None, name: str) -> Path | None:
     return sockets / name
 
 
+#: Volume slots of a ``weed mini`` site (see :func:`mini_argv`).
+MINI_MAX_VOLUMES = 1000
+
+
 def mini_argv(weed: str, data: Path, s3_config: Path, *, s3_port: int, aux_port: int, p: Pki,
               tls: bool, ip: str = "127.0.0.1", bind: str | None = None,
               sockets: Path | None = None) -> list[str]:
@@ -238,6 +242,10 @@ def mini_argv(weed: str, data: Path, s3_config: Path, *, s3_port: int, aux_port:
         f"-s3.port={s3_port}", f"-master.port={aux_port}", f"-volume.port={aux_port + 1}",
         f"-filer.port={aux_port + 2}", f"-admin.port={aux_port + 3}", "-admin.ui=false",
         "-webdav=false", "-master.telemetry=false", *(f"-s3.{o}" for o in _s3_options(s3_config, p, tls)),
+        # Volumes are sparse files; left at 0, their number is capped at free disk / volume size when the
+        # server starts, and every bucket takes its own: with less free disk (a big benchmark's data left
+        # beside it) a test session's buckets ran out and PUTs failed with 500 ("no free volumes left").
+        f"-volume.max={MINI_MAX_VOLUMES}",
     ]
     # The filer's and S3's local sockets in our own 0700 folder instead of /tmp under a guessable
     # name (another account could squat that path and keep the filer from starting). The gRPC
