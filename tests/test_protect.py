@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from imaging_lifecycle.services import Services
 
 from conftest import catalog, ingest_now
@@ -228,3 +230,48 @@ def test_our_own_dummy_value_is_no_false_positive(env, dicom_file, tmp_path):  #
     assert str(result.dataset.PatientName) != "ANON^CASE"
     verdict = check([("x" * 32, ds, result.dataset)], svc.policy)
     assert verdict.success and verdict.passed("x" * 32), verdict.summary()
+
+
+def test_a_study_keeps_one_map_kek_and_deleting_an_original_shreds_its_map_alone(env):
+    """Maps share a KEK per study (apart from the data's): the key store grows per study, not per file."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from imaging_lifecycle import protect
+    from imaging_lifecycle.catalog.schema import objects
+    from imaging_lifecycle.deletion import delete_candidates
+    from imaging_lifecycle.crypto import KeyUnavailable
+    from imaging_lifecycle.keystore import KekRef, open_default_keystore
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    write_study(env.landing_dir / "chest", Patient("5151"), instances=2, modality="CT", body_part="CHEST")
+    ingest_now(env)
+    protect_all(env)
+    svc = Services.open(env)
+    cat = svc.catalog
+    originals = [o for o in cat.objects() if not (o.source or "").startswith("derived:")]
+    assert len(originals) == 2 and len({o.study_key for o in originals}) == 1
+    maps = {o.id: next(c for c in cat.copies(o.id) if c.key.startswith(protect.REID_PREFIX)) for o in originals}
+    keks = {KekRef.parse(cat.data_key(c.key_id)["kek_ref"]).kek_id for c in maps.values()}
+    data_keks = {KekRef.parse(cat.data_key(c.key_id)["kek_ref"]).kek_id
+                 for o in originals for c in cat.copies(o.id) if not c.key.startswith(protect.REID_PREFIX)}
+    assert len(keks) == 1 and not keks & data_keks, (keks, data_keks)
+    assert len({c.key_id for c in maps.values()}) == 2, "each map has a DEK of its own"
+    (kek,) = keks
+    first, second = (o.id for o in originals)
+    now = dt.datetime.now(dt.timezone.utc)
+    with cat.engine.begin() as conn:
+        conn.execute(update(objects).where(objects.c.id.in_([first, second]))
+                     .values(retention_deadline=now - dt.timedelta(days=1)))
+    out = delete_candidates(svc, [first], now, actor="test/dpo")  # the backup's object lock: purged later
+    assert out["objects_deleted"] + out["pending_locked"] == 1, out["gate"]
+    with pytest.raises(KeyUnavailable):
+        cat.sealed(maps[first], None)  # its map's DEK is destroyed at once
+    ks = open_default_keystore(env)
+    assert not ks.is_destroyed(kek)
+    with svc.encrypted.open(cat.sealed(maps[second], None), second) as r:
+        assert r.read(), "the other original's map is still readable"
+    out = delete_candidates(svc, [second], now, actor="test/dpo")
+    assert out["objects_deleted"] + out["pending_locked"] == 1, out["gate"]
+    assert open_default_keystore(env).is_destroyed(kek), "the study's last map gone: its KEK goes too"

@@ -231,9 +231,9 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     passed = [m for m in made if verdict.passed(m[0].id)]
     from imaging_lifecycle.keystore import batched
 
-    with batched(svc.keystore):  # each map's own KEK, made in one key-store write for the chunk, not one each
-        for obj, _original, _result in passed:
-            svc.encrypted.kek_for(reid_scope(obj.id))
+    with batched(svc.keystore):  # the chunk's studies' map KEKs, made in one key-store write
+        for study_key in sorted({obj.study_key for obj, _original, _result in passed}):
+            svc.encrypted.kek_for(reid_scope(study_key))
     svc.map(release, passed)
     for _ in passed:
         count("deidentified")
@@ -302,9 +302,15 @@ def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: s
     return d.id
 
 
-def reid_scope(parent_id: str) -> str:
-    """The key scope of an original's pseudonym map: a KEK of its own."""
-    return f"reid:{parent_id}"
+def reid_scope(study_key: str) -> str:
+    """The key scope of a study's pseudonym maps: one KEK per study, apart from the study's data KEK.
+
+    Each map has a DEK of its own, so deleting one original shreds its map alone (the DEK is
+    destroyed in the catalog); the KEK goes when the study's last map does, as a study's data KEK
+    does. Maps stored before this had a KEK per original (``reid:<catalog id>``); their DEK rows name
+    that KEK, so they stay readable and are destroyed the same way.
+    """
+    return f"reid:study:{study_key}"
 
 
 def _store_reid_map(svc: Services, parent, data: bytes, policy):  # noqa: ANN001, ANN202
@@ -312,7 +318,7 @@ def _store_reid_map(svc: Services, parent, data: bytes, policy):  # noqa: ANN001
     if any(c.key.startswith(REID_PREFIX) for c in svc.catalog.copies(parent.id)):
         return None
     return svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=policy.highest_tier,
-                             scope_id=reid_scope(parent.id), key=f"{REID_PREFIX}{parent.id}", size=len(data))
+                             scope_id=reid_scope(parent.study_key), key=f"{REID_PREFIX}{parent.id}", size=len(data))
 
 
 def reidentify(svc: Services, catalog_id: str, *, request_id: str | None, actor: str):  # noqa: ANN201
