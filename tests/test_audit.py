@@ -101,6 +101,23 @@ def test_append_returns_what_was_stored(cat):
     assert rec.public()["hash"] == rec.hash
 
 
+def test_a_transactions_records_chain_and_commit_together_or_not_at_all(cat):
+    """A write transaction's records go to the table in one statement at its end: the same chain,
+    nothing of a rolled-back one, and the next transaction continues where the last commit left off."""
+    fill(cat, 1)
+    with cat.transaction() as s:
+        got = [cat.audit.append("alice", "audit.anchor", detail={"n": i}, session=s) for i in range(3)]
+    assert [r.seq for r in got] == [2, 3, 4] and got == cat.audit.records()[1:]
+    with pytest.raises(RuntimeError), cat.transaction() as s:
+        for i in range(3):
+            cat.audit.append("mallory", "audit.anchor", detail={"n": i}, session=s)
+        raise RuntimeError("rolled back")
+    assert cat.audit.head() == (4, got[-1].hash) and cat.audit.count() == 4
+    after = cat.audit.append("alice", "audit.anchor")  # a pooled connection carries nothing over
+    assert after.seq == 5 and after.prev_hash == got[-1].hash
+    assert cat.audit.verify(expected_head=(5, after.hash)).ok
+
+
 def test_empty_trail(cat):
     assert cat.audit.head() == (0, ZERO_HASH)
     assert cat.audit.verify().ok and cat.audit.verify(expected_head=(0, ZERO_HASH)).ok

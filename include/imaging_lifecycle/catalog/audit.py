@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
 
-from imaging_lifecycle.catalog.db import HEAD_ID, ZERO_HASH, Database
+from imaging_lifecycle.catalog.db import HEAD_ID, ZERO_HASH, Database, before_commit
 from imaging_lifecycle.catalog.schema import audit_head, audit_records
 
 __all__ = [
@@ -369,6 +369,34 @@ class HasDatabase(Protocol):
     db: Database
 
 
+class _PendingChain:
+    """A write transaction's new audit records: inserted in one statement, and the head moved once,
+    just before the transaction commits (``db.before_commit``). The head is read, and on PostgreSQL
+    locked, at the transaction's first append; nobody else can append until it commits."""
+
+    def __init__(self, seq: int, head_hash: str) -> None:
+        self.seq, self.hash, self.rows = seq, head_hash, []
+
+    @classmethod
+    def open(cls, conn: Connection) -> _PendingChain:
+        head = conn.execute(
+            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID).with_for_update()
+        ).first()
+        if head is None:
+            raise AuditError("the audit chain head row is missing; run 'imaging-lifecycle audit verify'")
+        return cls(head.seq, head.hash)
+
+    def add(self, row: dict, seq: int, digest: str) -> None:
+        self.rows.append(row)
+        self.seq, self.hash = seq, digest
+
+    def flush(self, conn: Connection) -> None:
+        if self.rows:
+            conn.execute(insert(audit_records), self.rows)
+            conn.execute(update(audit_head).where(audit_head.c.id == HEAD_ID).values(seq=self.seq, hash=self.hash))
+            self.rows = []
+
+
 class AuditLog:
     """Append to and verify the audit chain of one catalog database.
 
@@ -414,15 +442,11 @@ class AuditLog:
         object_ref = _check_object_ref(object_ref)
         detail = check_detail(detail)
         with self.db.write(session) as conn:
-            head = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID).with_for_update()
-            ).first()
-            if head is None:
-                raise AuditError("the audit chain head row is missing; run 'imaging-lifecycle audit verify'")
+            chain = before_commit(conn, "audit", lambda: _PendingChain.open(conn))
             record = AuditRecord(
-                seq=head.seq + 1,
-                # Taken under the lock, so timestamps follow seq order
-                # (unless the clock itself steps back).
+                seq=chain.seq + 1,
+                # Taken inside the write transaction, which holds the write lock from its start
+                # (db.py), so timestamps follow seq order (unless the clock itself steps back).
                 ts=format_ts(dt.datetime.now(dt.timezone.utc)),
                 actor=actor,
                 action=action,
@@ -430,17 +454,11 @@ class AuditLog:
                 object_ref=object_ref,
                 outcome=outcome,
                 detail=detail,
-                prev_hash=head.hash,
+                prev_hash=chain.hash,
             )
             digest = chain_hash(record.prev_hash, record.content())
-            conn.execute(
-                insert(audit_records).values(
-                    **{**record.content(), "detail": canonical_json(detail)}, prev_hash=record.prev_hash, hash=digest
-                )
-            )
-            conn.execute(
-                update(audit_head).where(audit_head.c.id == HEAD_ID).values(seq=record.seq, hash=digest)
-            )
+            chain.add({**record.content(), "detail": canonical_json(detail), "prev_hash": record.prev_hash,
+                       "hash": digest}, record.seq, digest)
         return AuditRecord(**{**record.__dict__, "hash": digest})
 
     def head(self) -> tuple[int, str]:

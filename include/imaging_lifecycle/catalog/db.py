@@ -38,11 +38,27 @@ BUSY_TIMEOUT = 60.0
 HEAD_ID = 1
 ZERO_HASH = "0" * 64
 _WRITE = "il_write"
+_PENDING = "il_before_commit"
 _configured: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 class DatabaseUsageError(RuntimeError):
     """A connection was used for something it was not opened for."""
+
+
+def before_commit(conn: Connection, key: str, make):  # noqa: ANN001, ANN201 (any object with flush(conn))
+    """The write transaction's own state under ``key``, made by ``make()`` on first use.
+
+    Its ``flush(conn)`` runs inside the transaction just before it commits, never after a
+    rollback. The audit chain keeps a transaction's records there, so that they go to the table
+    in one statement and the head moves once (:meth:`AuditLog.append`).
+    """
+    pending = conn.info.get(_PENDING)
+    if pending is None:
+        raise DatabaseUsageError("catalog writes need the connection of Catalog.transaction()")
+    if key not in pending:
+        pending[key] = make()
+    return pending[key]
 
 
 def _configure(engine: Engine) -> Engine:
@@ -108,10 +124,16 @@ class Database:
         self._fork_guard()
         with self.engine.connect() as c:
             c.execution_options(**{_WRITE: True})
-            with c.begin():
-                if _lock_head and not self.is_sqlite:
-                    c.execute(select(audit_head.c.seq).where(audit_head.c.id == HEAD_ID).with_for_update())
-                yield c
+            c.info[_PENDING] = pending = {}  # the DBAPI connection's info outlives this checkout: cleared below
+            try:
+                with c.begin():
+                    if _lock_head and not self.is_sqlite:
+                        c.execute(select(audit_head.c.seq).where(audit_head.c.id == HEAD_ID).with_for_update())
+                    yield c
+                    for state in pending.values():  # not reached on an exception: the transaction rolls back
+                        state.flush(c)
+            finally:
+                c.info.pop(_PENDING, None)
 
     @contextmanager
     def read(self, conn: Connection | None = None) -> Iterator[Connection]:
