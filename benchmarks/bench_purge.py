@@ -45,12 +45,15 @@ def main() -> dict:
 
         t = time.perf_counter()
         objs = []
-        for i in range(N):
-            reg = svc.catalog.register(
-                actor="bench", source="landing", sha256=f"{i:064x}", size=SIZE,
-                sop_instance_uid=f"1.2.826.0.1.3680043.10.{i + 1}", study_instance_uid="1.2.826.0.1.3680043.9",
-                series_instance_uid="1.2.826.0.1.3680043.8", sop_class_uid="1.2.840.10008.5.1.4.1.1.2")
-            objs.append(reg.object.id)
+        for start in range(0, N, 500):  # setup only: registered 500 to a transaction
+            with svc.catalog.transaction() as s:
+                for i in range(start, min(N, start + 500)):
+                    reg = svc.catalog.register(
+                        actor="bench", source="landing", sha256=f"{i:064x}", size=SIZE,
+                        sop_instance_uid=f"1.2.826.0.1.3680043.10.{i + 1}",
+                        study_instance_uid="1.2.826.0.1.3680043.9", series_instance_uid="1.2.826.0.1.3680043.8",
+                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", session=s)
+                    objs.append(reg.object.id)
         with svc.catalog.transaction() as s:  # a tier whose policy allows cache copies
             s.execute(update(objects).values(tier=3))
         objs = list(svc.catalog.get_many(objs).values())

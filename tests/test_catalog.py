@@ -359,7 +359,9 @@ def test_expired_objects_and_copies(cat):
     assert cat.expired(now).copies == []
     with pytest.raises(LegalHoldActive):
         cat.mark_copy_deleted(c_held.id, actor=ACTOR)
-    assert {c.id for c in cat.copies(ids[5])} == {c_new.id}
+    with pytest.raises(LegalHoldActive):  # a sweep's batch with one held copy changes nothing at all
+        cat.mark_copies_deleted([c_new.id, c_held.id], actor=ACTOR)
+    assert {c.id for c in cat.copies(ids[5])} == {c_new.id} and c_held.id in {c.id for c in cat.copies(ids[3])}
     with pytest.raises(ValueError, match="timezone-aware"):
         cat.expired(dt.datetime(2030, 1, 1))
 

@@ -243,9 +243,8 @@ def _erase(svc: Services, targets: list[Target], *, actor: str) -> None:
                     if t.obj.state in EXPIRABLE:
                         cat.transition(t.obj.id, EXPIRED, actor=actor, session=s)
                     cat.transition(t.obj.id, DELETING, actor=actor, session=s)
-                for c in t.copies:
-                    if c.key_id:
-                        cat.destroy_data_key(c.key_id, actor=actor, object_id=t.obj.id, session=s)
+            cat.destroy_data_keys([(c.key_id, t.obj.id) for t in batch for c in t.copies if c.key_id],
+                                  actor=actor, session=s)
     faults.point("deletion.after_dek_destroy")
     deks = sorted({c.key_id for t in targets for c in t.copies if c.key_id})
     rows = cat.data_key_rows(deks)
@@ -265,15 +264,15 @@ def _erase(svc: Services, targets: list[Target], *, actor: str) -> None:
     refs = {k: [str(r) for r in ks.versions(k)] for k in alive}
     live = cat.live_data_keys_by_ref([r for rs in refs.values() for r in rs])
     doomed = [k for k in alive if not any(live.get(r) for r in refs[k])]
+    # Audit first: a crash between the two repeats the (idempotent) destroys and their records,
+    # rather than leaving a destroyed key without one.
     for batch in _chunks(doomed):
-        # Audit first: a crash between the two repeats the (idempotent) destroy and its record,
-        # rather than leaving a destroyed key without one.
         with cat.transaction() as s:
             for k in batch:
                 cat.audit.append(actor, "key.destroy", object_ref=kek_owner[k], detail={"kek": k}, session=s)
-        with batched(ks):
-            for k in batch:
-                ks.destroy(k)
+    with batched(ks):  # one key-store write for the whole sweep (a LocalKeyStore write costs its whole size)
+        for k in doomed:
+            ks.destroy(k)
     # Every copy of a destroyed key goes too: a new master-key generation, the DR export replaced.
     # The key store remembers a destruction not yet re-sealed, so a crash here is caught next sweep.
     keyseal.reseal_if_needed(svc, actor=actor)
@@ -358,22 +357,20 @@ def _certify(svc: Services, targets: list[Target], *, actor: str) -> list[Target
     cat = svc.catalog
     done = [t for t in targets if t.verification.get("result") == "pass"]
     for batch in _chunks(done):
-        with cat.transaction() as s:
+        with cat.transaction() as s:  # per object: its copies, its grants, DELETED, then its certificate
+            cat.mark_copies_deleted([c.id for t in batch for c in t.copies], actor=actor, session=s)
+            cat.mark_grants_erased([g["id"] for t in batch for g in t.grants], actor=actor, session=s)
             for t in batch:
-                for c in t.copies:
-                    cat.mark_copy_deleted(c.id, actor=actor, session=s)
-                for g in t.grants:
-                    cat.mark_grant_erased(g["id"], actor=actor, session=s)
                 if t.kind == "object":
                     cat.transition(t.obj.id, DELETED, actor=actor, session=s)
-                zones = sorted({zk[0] for zk in _copy_keys(t)})
-                cat.add_certificate(t.obj.id, scope=t.scope, actor=actor, session=s, body={
-                    "object": t.obj.id, "scope": t.scope, "tier": t.obj.tier, "zones": zones,
-                    "copies": len(t.copies), "versions_purged": t.purged_versions,
-                    "method": METHOD, "standard": STANDARD, "sanitization": "purge",
-                    "actor": actor, "completed_at": _iso(dt.datetime.now(dt.timezone.utc)),
-                    "verification": t.verification,
-                })
+            completed = _iso(dt.datetime.now(dt.timezone.utc))
+            cat.add_certificates([(t.obj.id, t.scope, {
+                "object": t.obj.id, "scope": t.scope, "tier": t.obj.tier,
+                "zones": sorted({zk[0] for zk in _copy_keys(t)}),
+                "copies": len(t.copies), "versions_purged": t.purged_versions,
+                "method": METHOD, "standard": STANDARD, "sanitization": "purge",
+                "actor": actor, "completed_at": completed, "verification": t.verification,
+            }) for t in batch], actor=actor, session=s)
     return done
 
 

@@ -123,17 +123,32 @@ class CopiesMixin(CatalogBase):
         Refused while the object is under legal hold.
         """
         with self.db.write(session) as conn:
-            row = self._copy_write(copy_id, conn)
-            if row.deleted_at is not None:
-                return CopyRecord(**row._mapping)
-            held = conn.execute(select(objects.c.legal_hold).where(objects.c.id == row.object_id)).scalar_one()
-            if held:
-                raise LegalHoldActive(f"object {row.object_id}: copy {copy_id} cannot be deleted: legal hold")
-            conn.execute(update(copies).where(copies.c.id == copy_id).values(deleted_at=_now()))
-            self.audit.append(actor, "copy.delete", object_ref=row.object_id,
-                              detail={"copy": copy_id, "zone": row.zone}, session=conn)
-            row = conn.execute(select(copies).where(copies.c.id == copy_id)).one()
-        return CopyRecord(**row._mapping)
+            self.mark_copies_deleted([copy_id], actor=actor, session=conn)
+            return CopyRecord(**self._copy_write(copy_id, conn)._mapping)
+
+    def mark_copies_deleted(self, copy_ids: list[str], *, actor: str, session: Connection | None = None) -> int:
+        """:meth:`mark_copy_deleted` for many copies in a few statements (a sweep's batch); how many changed.
+
+        Refused, changing nothing, if any of them belongs to an object under legal hold.
+        """
+        with self.db.write(session) as conn:
+            rows = {r.id: r for r in conn.execute(select(copies).where(copies.c.id.in_(list(copy_ids))))}
+            missing = [i for i in copy_ids if i not in rows]
+            if missing:
+                raise UnknownObject(f"no copy {missing[0]}")
+            live = [rows[i] for i in dict.fromkeys(copy_ids) if rows[i].deleted_at is None]
+            if not live:
+                return 0
+            held = conn.execute(select(objects.c.id).where(objects.c.id.in_({r.object_id for r in live}),
+                                                           objects.c.legal_hold.is_(True))).first()
+            if held is not None:
+                copy_id = next(r.id for r in live if r.object_id == held.id)
+                raise LegalHoldActive(f"object {held.id}: copy {copy_id} cannot be deleted: legal hold")
+            conn.execute(update(copies).where(copies.c.id.in_([r.id for r in live])).values(deleted_at=_now()))
+            for r in live:
+                self.audit.append(actor, "copy.delete", object_ref=r.object_id,
+                                  detail={"copy": r.id, "zone": r.zone}, session=conn)
+        return len(live)
 
     # -- reads ----------------------------------------------------------------
 

@@ -77,12 +77,22 @@ class DataKeysMixin(CatalogBase):
     def destroy_data_key(self, dek_id: str, *, actor: str, object_id: str | None = None,
                          session: Connection | None = None) -> bool:
         """Crypto-shred one DEK (clear its wrapped bytes). Idempotent; returns True if it was live."""
+        return self.destroy_data_keys([(dek_id, object_id)], actor=actor, session=session) == 1
+
+    def destroy_data_keys(self, keys: list[tuple[str, str | None]], *, actor: str,
+                          session: Connection | None = None) -> int:
+        """:meth:`destroy_data_key` for many ``(dek_id, object_id)`` in a few statements; how many were live."""
+        owner = dict(keys)
         with self.db.write(session) as conn:
-            r = conn.execute(update(data_keys).where(data_keys.c.id == dek_id, data_keys.c.wrapped.is_not(None))
+            live = conn.execute(select(data_keys.c.id).where(data_keys.c.id.in_(list(owner)),
+                                                             data_keys.c.wrapped.is_not(None))).scalars().all()
+            live = [k for k in owner if k in set(live)]
+            if live:
+                conn.execute(update(data_keys).where(data_keys.c.id.in_(live), data_keys.c.wrapped.is_not(None))
                              .values(wrapped=None, destroyed_at=_now()))
-            if r.rowcount:
-                self.audit.append(actor, "key.destroy", object_ref=object_id, detail={"key": dek_id}, session=conn)
-            return bool(r.rowcount)
+            for k in live:
+                self.audit.append(actor, "key.destroy", object_ref=owner[k], detail={"key": k}, session=conn)
+        return len(live)
 
     def rewrap_data_keys(self, changes: list[tuple[str, str, str, bytes]], *, actor: str,
                          detail: dict | None = None, object_ref: str | None = None,

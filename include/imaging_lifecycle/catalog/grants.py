@@ -67,13 +67,19 @@ class GrantsMixin(CatalogBase):
 
     def mark_grant_erased(self, grant_id: str, *, actor: str, session: Connection | None = None) -> bool:
         """The grant's key is destroyed and its copy purged. Idempotent; True if it changed."""
+        return self.mark_grants_erased([grant_id], actor=actor, session=session) == 1
+
+    def mark_grants_erased(self, grant_ids: list[str], *, actor: str, session: Connection | None = None) -> int:
+        """:meth:`mark_grant_erased` for many grants in a few statements; how many changed."""
         with self.db.write(session) as conn:
-            row = conn.execute(select(grants).where(grants.c.id == grant_id)).first()
-            if row is None:
-                raise UnknownObject(f"no grant {grant_id}")
-            if row.erased_at is not None:
-                return False
-            conn.execute(update(grants).where(grants.c.id == grant_id).values(erased_at=_now()))
-            self.audit.append(actor, "grant.erase", object_ref=row.object_id, detail={"grant": grant_id},
-                              session=conn)
-        return True
+            rows = {r.id: r for r in conn.execute(select(grants).where(grants.c.id.in_(list(grant_ids))))}
+            missing = [i for i in grant_ids if i not in rows]
+            if missing:
+                raise UnknownObject(f"no grant {missing[0]}")
+            live = [rows[i] for i in dict.fromkeys(grant_ids) if rows[i].erased_at is None]
+            if live:
+                conn.execute(update(grants).where(grants.c.id.in_([r.id for r in live])).values(erased_at=_now()))
+            for r in live:
+                self.audit.append(actor, "grant.erase", object_ref=r.object_id, detail={"grant": r.id},
+                                  session=conn)
+        return len(live)
