@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,3 +21,4 @@ def object_stores(offset: int = 300):
         yield settings
     finally:
         embedded.down(settings)
+        shutil.rmtree(state, ignore_errors=True)  # a large run's data would shrink the next weed's volume cap

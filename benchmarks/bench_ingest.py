@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main() -> None:
                           "ratio_airflow_vs_in_process": round(airflow["files_per_s"] / inproc, 2)}, indent=1))
     finally:
         subprocess.run([CLI, "platform", "down"], env=env, capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -169,6 +170,7 @@ def main() -> dict:
         return out
     finally:
         subprocess.run([CLI, "platform", "down"], env=env, capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,7 @@ def main() -> dict:
     inner.unlink()
     if spy and raw.exists():
         out["samples"] = {k: dict(v) for k, v in read_samples(raw).items()}
+    shutil.rmtree(raw.parent, ignore_errors=True)
     out["profiler"] = "py-spy 50 Hz, all threads, idle included" if spy else "none (py-spy not installed)"
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,13 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_STATE / 'airfl
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+
+def pytest_unconfigure(config) -> None:  # noqa: ANN001
+    """This process's state folder goes when its session ends (after every fixture has stopped its
+    servers): nothing piles up in /tmp run after run. ``IL_TEST_KEEP_STATE=1`` keeps it to look into."""
+    if os.environ.get("IL_TEST_KEEP_STATE") != "1":
+        shutil.rmtree(_STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

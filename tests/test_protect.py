@@ -240,8 +240,8 @@ def test_a_study_keeps_one_map_kek_and_deleting_an_original_shreds_its_map_alone
 
     from imaging_lifecycle import protect
     from imaging_lifecycle.catalog.schema import objects
-    from imaging_lifecycle.deletion import delete_candidates
     from imaging_lifecycle.crypto import KeyUnavailable
+    from imaging_lifecycle.deletion import delete_candidates
     from imaging_lifecycle.keystore import KekRef, open_default_keystore
     from imaging_lifecycle.synthetic import Patient, write_study
 

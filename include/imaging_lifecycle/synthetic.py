@@ -111,7 +111,8 @@ def make_instance(
     ds.HighBit = 15
     ds.PixelRepresentation = 0
     base = rng.randrange(0, 1000)
-    ds.PixelData = b"".join(((base + i) % 4096).to_bytes(2, "little") for i in range(size * size))
+    period = b"".join(((base + i) % 4096).to_bytes(2, "little") for i in range(4096))  # the ramp repeats
+    ds.PixelData = (period * (size * size // 4096 + 1))[: 2 * size * size]
     return ds
 
 
