@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-_STATE = Path(tempfile.mkdtemp(prefix="il-test-state-"))
+# A process this one starts (multiprocessing's spawn re-imports the test modules) shares its folder.
+_STATE = Path(os.environ.get("PYTEST_IL_STATE") or tempfile.mkdtemp(prefix="il-test-state-"))
+_OWNER = os.environ.get("PYTEST_IL_STATE_OWNER", str(os.getpid()))
+os.environ["PYTEST_IL_STATE"], os.environ["PYTEST_IL_STATE_OWNER"] = str(_STATE), _OWNER
+_KEEP_STATE = os.environ.get("IL_TEST_KEEP_STATE") == "1"  # read before the IL_ variables are dropped
 for _k in list(os.environ):  # nothing of a developer's platform, keys or shell may leak in
     if _k.startswith(("IL_", "AIRFLOW_CONN_IL_", "AIRFLOW__")) and _k != "IL_TEST_PORT_OFFSET":
         del os.environ[_k]
@@ -36,7 +40,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 def pytest_unconfigure(config) -> None:  # noqa: ANN001
     """This process's state folder goes when its session ends (after every fixture has stopped its
     servers): nothing piles up in /tmp run after run. ``IL_TEST_KEEP_STATE=1`` keeps it to look into."""
-    if os.environ.get("IL_TEST_KEEP_STATE") != "1":
+    if not _KEEP_STATE and _OWNER == str(os.getpid()):
         shutil.rmtree(_STATE, ignore_errors=True)
 
 
