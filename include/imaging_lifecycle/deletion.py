@@ -45,6 +45,8 @@ METHOD = "cryptographic_erase+logical_delete"
 STANDARD = "NIST-SP-800-88r1"
 #: Candidates per catalog transaction.
 BATCH = 500
+#: Versions per DeleteObjects request (the S3 maximum).
+PURGE_REQUEST = 1000
 #: A key-prefix group at least this big is listed as one folder, not key by key.
 LIST_FOLDER_AT = 20
 
@@ -313,9 +315,13 @@ def _purge(svc: Services, targets: list[Target]) -> None:
     by_zone: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     for (zone, _key), versions in found.items():
         by_zone[zone].extend((v.key, v.version_id) for v in versions)
+    # One DeleteObjects per 1,000 versions, several requests at once (the store's deletes, not our
+    # CPU, bound this step; the batches are independent and each is idempotent).
+    batches = [(zone, pairs[i:i + PURGE_REQUEST]) for zone, pairs in by_zone.items()
+               for i in range(0, len(pairs), PURGE_REQUEST)]
     failed: set[tuple[str, str]] = set()
-    for zone, pairs in by_zone.items():
-        for key, _vid, _code in svc.store.purge(zone, pairs):
+    for (zone, _pairs), errors in zip(batches, svc.map(lambda b: svc.store.purge(*b), batches), strict=True):
+        for key, _vid, _code in errors:
             failed.add((zone, key))
     for t in targets:
         keys = _copy_keys(t)
