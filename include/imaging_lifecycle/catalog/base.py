@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.engine import make_url
 
 from imaging_lifecycle.catalog.audit import AuditLog
 from imaging_lifecycle.catalog.db import Database
+from imaging_lifecycle.catalog.records import UnknownObject
 
 #: Purpose strings of the keyed digests of UIDs (domain separation, see crypto.keyed_digest).
 UID_PURPOSES: dict[str, str] = {
@@ -30,6 +31,16 @@ UID_PURPOSES: dict[str, str] = {
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def _live_rows(conn: Connection, table, ids: list[str], done, what: str) -> list:  # noqa: ANN001
+    """The rows of ``table`` with these ids (each once, in the given order) whose ``done`` column is
+    still unset: a batch call's work. Raises :class:`UnknownObject` naming the first unknown id."""
+    rows = {r.id: r for r in conn.execute(select(table).where(table.c.id.in_(list(ids))))}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise UnknownObject(f"no {what} {missing[0]}")
+    return [rows[i] for i in dict.fromkeys(ids) if getattr(rows[i], done) is None]
 
 
 class CatalogBase:

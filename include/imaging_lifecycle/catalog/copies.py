@@ -9,7 +9,7 @@ import uuid
 
 from sqlalchemy import Connection, insert, select, update
 
-from imaging_lifecycle.catalog.base import CatalogBase, _now
+from imaging_lifecycle.catalog.base import CatalogBase, _live_rows, _now
 from imaging_lifecycle.catalog.checks import _bucket, _check_id, _label, _sha256, _text, _when, _zone
 from imaging_lifecycle.catalog.records import CopyRecord, LegalHoldActive, ObjectRecord, Sealed, UnknownObject
 from imaging_lifecycle.catalog.schema import copies, data_keys, objects
@@ -132,11 +132,7 @@ class CopiesMixin(CatalogBase):
         Refused, changing nothing, if any of them belongs to an object under legal hold.
         """
         with self.db.write(session) as conn:
-            rows = {r.id: r for r in conn.execute(select(copies).where(copies.c.id.in_(list(copy_ids))))}
-            missing = [i for i in copy_ids if i not in rows]
-            if missing:
-                raise UnknownObject(f"no copy {missing[0]}")
-            live = [rows[i] for i in dict.fromkeys(copy_ids) if rows[i].deleted_at is None]
+            live = _live_rows(conn, copies, copy_ids, "deleted_at", "copy")
             if not live:
                 return 0
             held = conn.execute(select(objects.c.id).where(objects.c.id.in_({r.object_id for r in live}),

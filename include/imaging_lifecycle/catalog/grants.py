@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import Connection, insert, select, update
 
 from imaging_lifecycle.catalog.audit import check_actor
-from imaging_lifecycle.catalog.base import CatalogBase, _now
+from imaging_lifecycle.catalog.base import CatalogBase, _live_rows, _now
 from imaging_lifecycle.catalog.checks import _check_id, _label, _text, _when
 from imaging_lifecycle.catalog.records import UnknownObject
 from imaging_lifecycle.catalog.schema import grants, objects
@@ -72,11 +72,7 @@ class GrantsMixin(CatalogBase):
     def mark_grants_erased(self, grant_ids: list[str], *, actor: str, session: Connection | None = None) -> int:
         """:meth:`mark_grant_erased` for many grants in a few statements; how many changed."""
         with self.db.write(session) as conn:
-            rows = {r.id: r for r in conn.execute(select(grants).where(grants.c.id.in_(list(grant_ids))))}
-            missing = [i for i in grant_ids if i not in rows]
-            if missing:
-                raise UnknownObject(f"no grant {missing[0]}")
-            live = [rows[i] for i in dict.fromkeys(grant_ids) if rows[i].erased_at is None]
+            live = _live_rows(conn, grants, grant_ids, "erased_at", "grant")
             if live:
                 conn.execute(update(grants).where(grants.c.id.in_([r.id for r in live])).values(erased_at=_now()))
             for r in live:
