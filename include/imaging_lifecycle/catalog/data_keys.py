@@ -84,9 +84,9 @@ class DataKeysMixin(CatalogBase):
         """:meth:`destroy_data_key` for many ``(dek_id, object_id)`` in a few statements; how many were live."""
         owner = dict(keys)
         with self.db.write(session) as conn:
-            live = conn.execute(select(data_keys.c.id).where(data_keys.c.id.in_(list(owner)),
-                                                             data_keys.c.wrapped.is_not(None))).scalars().all()
-            live = [k for k in owner if k in set(live)]
+            found = set(conn.execute(select(data_keys.c.id).where(data_keys.c.id.in_(list(owner)),
+                                                                  data_keys.c.wrapped.is_not(None))).scalars())
+            live = [k for k in owner if k in found]
             if live:
                 conn.execute(update(data_keys).where(data_keys.c.id.in_(live), data_keys.c.wrapped.is_not(None))
                              .values(wrapped=None, destroyed_at=_now()))
