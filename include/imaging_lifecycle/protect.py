@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 from contextlib import contextmanager
-from pathlib import Path
 
 from imaging_lifecycle.catalog import states
 from imaging_lifecycle.dicomfile import UnreadableDicom, read_dataset, read_header
@@ -149,14 +148,18 @@ def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
 
 def closing_rows(svc: Services, ids: list[str]) -> list[dict]:
     """One row per object for the closing gate, including whether any stored copy looks like plaintext."""
+    objs, copies = svc.catalog.get_many(ids), svc.catalog.copies_of(ids)
+
+    def looks_like_dicom(c) -> bool:  # noqa: ANN001 (a 132-byte ranged GET: latency-bound, several at once)
+        with svc.encrypted.store.open(c.zone, c.key, c.version_id, length=132) as r:
+            head = r.read()  # read to its end: the connection is reused
+        return head.startswith(b"DICM") or head[128:132] == b"DICM"
+
+    heads = iter(svc.map(looks_like_dicom, [c for oid in ids for c in copies[oid]]))
     rows = []
     for oid in ids:
-        obj = svc.catalog.get(oid)
-        plaintext = False
-        for c in svc.catalog.copies(oid):
-            with svc.encrypted.store.open(c.zone, c.key, c.version_id, length=132) as r:
-                head = r.read()  # a ranged GET read to its end: the connection is reused
-            plaintext |= head.startswith(b"DICM") or head[128:132] == b"DICM"
+        obj = objs[oid]
+        plaintext = any([next(heads) for _ in copies[oid]])  # a list: every copy's answer is consumed
         rows.append({"catalog_id": oid, "state": obj.state, "key_id": obj.key_id,
                      "ciphertext_sha256": obj.ciphertext_sha256, "looks_like_dicom": plaintext})
     return rows
@@ -224,82 +227,98 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         if not verdict.passed(obj.id):
             hold(obj.id, "DEID_GATE", {"reason": "DEID_GATE", "checks": sorted(set(verdict.failed.get(obj.id, ())))})
 
-    def release(item) -> None:  # noqa: ANN001 (several objects at once: storing them is S3-bound)
-        obj, _original, result = item
-        release_derivative(svc, obj, result, policy, actor=actor, advance=True)
-
     passed = [m for m in made if verdict.passed(m[0].id)]
     from imaging_lifecycle.keystore import batched
 
     with batched(svc.keystore):  # the chunk's studies' map KEKs, made in one key-store write
         for study_key in sorted({obj.study_key for obj, _original, _result in passed}):
             svc.encrypted.kek_for(reid_scope(study_key))
-    svc.map(release, passed)
+    if passed:
+        release_derivatives(svc, [(obj, result) for obj, _original, result in passed], policy, actor=actor,
+                            advance=True)
     for _ in passed:
         count("deidentified")
     return counts
 
 
-def release_derivative(svc: Services, obj, result, policy, *, actor: str, advance: bool = False) -> None:  # noqa: ANN001
-    """Store the gated derivative in research and the pseudonym map beside the original.
+def release_derivatives(svc: Services, items: list, policy, *, actor: str, advance: bool = False) -> None:  # noqa: ANN001
+    """Store each gated derivative in research and its pseudonym map beside its original.
 
-    ``advance``: the original moves to DEIDENTIFIED in the same commit as the map's record (protect's
-    step; a reviewer's release comes later, when the original has moved on).
+    ``items``: (original object, engine result) pairs whose gate passed. Done for all of them at once,
+    in three steps, so the catalog commits twice per call rather than three times per object:
+
+    1. one commit registers every derivative, validated and classified, each step audited. Registration
+       comes before any upload; a derivative's UIDs are deterministic, so a rerun finds it;
+    2. the uploads, several at once and outside any transaction: each derivative into research, each
+       map at the highest tier beside its original (what an earlier attempt recorded is not redone);
+    3. one commit records every copy, moves each derivative to PROTECTED and STORED, and (``advance``,
+       protect's step) each original to DEIDENTIFIED. A reviewer's release comes later, when the
+       original has moved on.
+
+    A crash between the steps leaves derivatives CLASSIFIED without a copy and originals where they
+    were: the rerun registers nothing twice and uploads only what is unrecorded.
     """
-    from imaging_lifecycle.deid import write_dataset
-
-    out = private_tmp(svc.settings, ".deid.dcm")
-    try:
-        write_dataset(result.dataset, out)
-        _store_derivative(svc, obj, out, result.dataset, policy, actor=actor)
-    finally:
-        out.unlink(missing_ok=True)
-    sealed = _store_reid_map(svc, obj, result.reid.to_bytes(), policy)
-    if sealed is None and not advance:
-        return
-    with svc.catalog.transaction() as conn:  # the map's record and the original's new state: one commit
-        if sealed is not None:
-            svc.encrypted.record(svc.catalog, obj.id, sealed, actor=actor, session=conn)
-        if advance:
-            svc.catalog.transition(obj.id, states.DEIDENTIFIED, actor=actor, session=conn)
-
-
-def _store_derivative(svc: Services, parent, path: Path, ds, policy, *, actor: str) -> str:
-    """Register and store one derivative; idempotent (its UIDs are deterministic, so a rerun finds it)."""
     from imaging_lifecycle.classify import classify
     from imaging_lifecycle.crypto import sha256_file
+    from imaging_lifecycle.deid import write_dataset
 
-    with svc.catalog.transaction() as conn:  # registered, validated and classified: one commit, each step audited
-        d = svc.catalog.register(
-            actor=actor, source=f"derived:{parent.id}", sha256=sha256_file(path), size=path.stat().st_size,
-            sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID),
-            batch_id=parent.batch_id, session=conn,
-        ).object
-        if d.state == states.RECEIVED:
-            d = svc.catalog.transition(d.id, states.VALIDATED, actor=actor, session=conn)
-        if d.state == states.VALIDATED:
-            c = classify(ds, policy, deidentified=True)
-            d = svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
-                                       policy_fingerprint=policy.fingerprint, session=conn,
-                                       detail={"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint})
-    if d.state not in (states.CLASSIFIED, states.PROTECTED):
-        return d.id  # stored by an earlier attempt
-    copy = next((c for c in svc.catalog.copies(d.id) if c.zone == RESEARCH_ZONE), None)
-    sealed = None
-    if copy is None and d.state == states.CLASSIFIED:  # the upload, outside any transaction
-        sealed = svc.encrypted.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
-                                   scope_id=f"study:{d.study_key}", key=f"{RESEARCH_ZONE}/{d.id}")
-    with svc.catalog.transaction() as conn:  # recorded, PROTECTED and STORED: one commit
-        if sealed is not None:
-            copy = svc.encrypted.record(svc.catalog, d.id, sealed, actor=actor, session=conn)
-        if d.state == states.CLASSIFIED:
-            d = svc.catalog.transition(d.id, states.PROTECTED, actor=actor, session=conn,
-                                       ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
-        deadline = dt.datetime.now(dt.timezone.utc) + policy.retention_for(d.tier, RESEARCH_ZONE)
-        svc.catalog.transition(d.id, states.STORED, actor=actor, zone=RESEARCH_ZONE, retention_deadline=deadline,
-                               session=conn)
-    return d.id
+    paths = [private_tmp(svc.settings, ".deid.dcm") for _ in items]  # named first: all removed in the end
+    try:
+        svc.map(lambda job: write_dataset(job[0][1].dataset, job[1]), list(zip(items, paths, strict=True)))
+        derived = []
+        with svc.catalog.transaction() as conn:  # 1. registered, validated and classified: one commit
+            for (parent, result), path in zip(items, paths, strict=True):
+                ds = result.dataset
+                d = svc.catalog.register(
+                    actor=actor, source=f"derived:{parent.id}", sha256=sha256_file(path), size=path.stat().st_size,
+                    sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+                    batch_id=parent.batch_id, session=conn,
+                ).object
+                if d.state == states.RECEIVED:
+                    d = svc.catalog.transition(d.id, states.VALIDATED, actor=actor, session=conn)
+                if d.state == states.VALIDATED:
+                    c = classify(ds, policy, deidentified=True)
+                    d = svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
+                                               policy_fingerprint=policy.fingerprint, session=conn,
+                                               detail={"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint})
+                derived.append(d)
+        have = svc.catalog.copies_of([d.id for d in derived] + [p.id for p, _r in items])
+
+        def uploaded(job) -> tuple:  # noqa: ANN001 (2. the uploads: S3-bound, several at once)
+            (parent, result), path, d = job
+            research = next((c for c in have[d.id] if c.zone == RESEARCH_ZONE), None)
+            sealed = None
+            if research is None and d.state == states.CLASSIFIED:
+                sealed = svc.encrypted.put(path, catalog_id=d.id, zone=RESEARCH_ZONE, tier=d.tier,
+                                           scope_id=f"study:{d.study_key}", key=f"{RESEARCH_ZONE}/{d.id}")
+            sealed_map = None
+            if not any(c.key.startswith(REID_PREFIX) for c in have[parent.id]):
+                data = result.reid.to_bytes()
+                sealed_map = svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive",
+                                               tier=policy.highest_tier, scope_id=reid_scope(parent.study_key),
+                                               key=f"{REID_PREFIX}{parent.id}", size=len(data))
+            return research, sealed, sealed_map
+
+        done = svc.map(uploaded, list(zip(items, paths, derived, strict=True)))
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+    with svc.catalog.transaction() as conn:  # 3. recorded, PROTECTED, STORED and DEIDENTIFIED: one commit
+        for (parent, _result), d, (copy, sealed, sealed_map) in zip(items, derived, done, strict=True):
+            if d.state in (states.CLASSIFIED, states.PROTECTED):  # else stored by an earlier attempt
+                if sealed is not None:
+                    copy = svc.encrypted.record(svc.catalog, d.id, sealed, actor=actor, session=conn)
+                if d.state == states.CLASSIFIED:
+                    d = svc.catalog.transition(d.id, states.PROTECTED, actor=actor, session=conn,
+                                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
+                deadline = dt.datetime.now(dt.timezone.utc) + policy.retention_for(d.tier, RESEARCH_ZONE)
+                svc.catalog.transition(d.id, states.STORED, actor=actor, zone=RESEARCH_ZONE,
+                                       retention_deadline=deadline, session=conn)
+            if sealed_map is not None:
+                svc.encrypted.record(svc.catalog, parent.id, sealed_map, actor=actor, session=conn)
+            if advance:
+                svc.catalog.transition(parent.id, states.DEIDENTIFIED, actor=actor, session=conn)
 
 
 def reid_scope(study_key: str) -> str:
@@ -311,14 +330,6 @@ def reid_scope(study_key: str) -> str:
     that KEK, so they stay readable and are destroyed the same way.
     """
     return f"reid:study:{study_key}"
-
-
-def _store_reid_map(svc: Services, parent, data: bytes, policy):  # noqa: ANN001, ANN202
-    """Upload the pseudonym map at the highest tier beside the original; the Sealed to record, None if recorded."""
-    if any(c.key.startswith(REID_PREFIX) for c in svc.catalog.copies(parent.id)):
-        return None
-    return svc.encrypted.put(io.BytesIO(data), catalog_id=parent.id, zone="archive", tier=policy.highest_tier,
-                             scope_id=reid_scope(parent.study_key), key=f"{REID_PREFIX}{parent.id}", size=len(data))
 
 
 def reidentify(svc: Services, catalog_id: str, *, request_id: str | None, actor: str):  # noqa: ANN201

@@ -114,7 +114,7 @@ def decide(svc: Services, catalog_id: str, *, choice: str, masks: list[list[int]
     """Apply a reviewer's decision (audited under the reviewer's name). Returns codes and ids only."""
     from imaging_lifecycle.gates import deid as suite
     from imaging_lifecycle.gates import record
-    from imaging_lifecycle.protect import release_derivative
+    from imaging_lifecycle.protect import release_derivatives
 
     if choice not in OPTIONS:
         raise ValueError(f"unknown review choice; choose one of {', '.join(OPTIONS)}")
@@ -134,7 +134,7 @@ def decide(svc: Services, catalog_id: str, *, choice: str, masks: list[list[int]
         svc.catalog.audit.append(reviewer, "review.decision", object_ref=obj.id, outcome="minor_failure",
                                  detail={**audit, "released": False, "reason": "DEID_GATE"})
         return {"catalog_id": obj.id, "released": False, "choice": choice, "reason": "DEID_GATE"}
-    release_derivative(svc, obj, result, svc.policy, actor=reviewer)
+    release_derivatives(svc, [(obj, result)], svc.policy, actor=reviewer)
     svc.catalog.flag(obj.id, None, actor=reviewer)
     svc.catalog.audit.append(reviewer, "review.decision", object_ref=obj.id, detail={**audit, "released": True})
     return {"catalog_id": obj.id, "released": True, "choice": choice}
