@@ -203,22 +203,27 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         svc.catalog.transition(oid, states.NEEDS_REVIEW, actor=actor, flagged=reason[:64], detail=detail)
         count("needs_review")
 
-    made = []  # (object, original dataset, engine result): nothing released yet
-    for oid in ids:
-        obj = svc.catalog.get(oid)
-        if obj.state != states.CLASSIFIED or held(obj) or not policy.tier(obj.tier).handling.deidentify:
-            continue
+    objs = svc.catalog.get_many(ids)
+    todo = [o for o in (objs.get(oid) or svc.catalog.get(oid) for oid in ids)
+            if o.state == states.CLASSIFIED and not held(o) and policy.tier(o.tier).handling.deidentify]
+
+    def made_from(obj) -> tuple:  # noqa: ANN001 (several at once: the GET and AES-GCM release the GIL)
+        """(object, original dataset, engine result), or (object, the engine's reason code, None)."""
         with plaintext_file(svc, obj) as path:
             try:
                 original = read_dataset(path)
-                result = engine.deidentify(original, source=sender(obj), in_place=False)
+                return obj, original, engine.deidentify(original, source=sender(obj), in_place=False)
             except (DeidError, UnreadableDicom) as exc:  # reason codes only: pydicom's messages quote values
-                hold(oid, f"DEID_{exc.reason}", {"reason": exc.reason})
-                continue
-        if result.needs_review:
-            hold(oid, result.review_reason or "BURNED_IN", {"reason": result.review_reason or "BURNED_IN"})
-            continue
-        made.append((obj, original, result))
+                return obj, exc.reason, None
+
+    made = []  # (object, original dataset, engine result): nothing released yet
+    for obj, original, result in svc.map(made_from, todo):
+        if result is None:
+            hold(obj.id, f"DEID_{original}", {"reason": original})
+        elif result.needs_review:
+            hold(obj.id, result.review_reason or "BURNED_IN", {"reason": result.review_reason or "BURNED_IN"})
+        else:
+            made.append((obj, original, result))
     if not made:
         return counts
     verdict = record(svc.catalog, suite.check([(o.id, orig, r.dataset) for o, orig, r in made], policy),
