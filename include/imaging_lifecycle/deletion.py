@@ -335,8 +335,7 @@ def _remove_local(svc: Services, targets: list[Target]) -> None:
     ids = sorted(t.obj.id for t in targets if t.kind == "object")
     if not ids:
         return
-    for staged in svc.catalog.staged_rows(ids):
-        staging.drop(svc, staged)
+    staging.drop(svc, list(svc.catalog.staged_rows(ids)))
 
 
 def _verify(svc: Services, targets: list[Target]) -> None:

@@ -13,12 +13,12 @@ One DAG run takes one batch:
    earlier batch whose run died, local or staged, are claimed again, so nothing
    is stranded.
 2. :func:`run_chunk` (the mapped task, one per chunk, on any worker) passes
-   each staged file to :func:`ingest_file`, which fetches it into the host's
-   scratch folder, inspects it and either stores it (encrypted, read back and
-   verified) and registers it, or quarantines it with a reason code. Only then
-   is the staged copy dropped. Every step is idempotent per file, so a rerun
-   after a crash at any point, on any host, neither loses nor duplicates
-   anything.
+   the chunk's staged files to :func:`ingest_files`, which fetches them into the
+   host's scratch folder, inspects them, registers them all in one commit and
+   either stores each one (encrypted and verified) or quarantines it with a
+   reason code. Only then are the staged copies dropped, together. Every step is
+   idempotent per file, so a rerun after a crash at any point, on any host,
+   neither loses nor duplicates anything.
 3. :func:`close_batch` checks that nothing of the batch is still staged, runs
    the ingest validation gate over the batch's catalog rows (a failed gate marks
    the batch GATE_FAILED and stops it there) and destroys the batch's staging KEK.
@@ -320,70 +320,108 @@ def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, a
     return copy
 
 
-def _done(svc: Services, staged) -> None:  # noqa: ANN001
+def _done(svc: Services, files: list) -> None:
     from imaging_lifecycle import staging
 
     faults.point("ingest.before_remove")
-    staging.drop(svc, staged)
+    staging.drop(svc, files)
+
+
+@dataclass
+class _Fetched:
+    """One staged file on its way in: its plaintext path here, its inspection, or the problem found."""
+
+    staged: object  # a StagedFile
+    path: Path | None = None
+    insp: object = None  # an Inspection
+    problem: str | None = None
 
 
 def ingest_file(svc: Services, staged, batch_id: str, *, actor: str) -> str:  # noqa: ANN001
-    """Take one staged file (a :class:`~imaging_lifecycle.catalog.StagedFile`) into the catalog.
+    """Take one staged file (a :class:`~imaging_lifecycle.catalog.StagedFile`) into the catalog; the outcome
+    name (never a file name or UID). :func:`ingest_files` for one file."""
+    return ingest_files(svc, [staged], batch_id, actor=actor)[0]
 
-    Returns the outcome name (never a file name or UID). The plaintext exists on this host only
-    while this runs, in its 0700 scratch folder.
+
+def ingest_files(svc: Services, files: list, batch_id: str, *, actor: str) -> list[str]:
+    """Take staged files into the catalog, in four steps, each over all of them:
+
+    1. fetch and inspect each one (several at once, no catalog write); the plaintext exists on this
+       host only while this runs, in its 0700 scratch folder;
+    2. register every file in **one** commit, before any upload (a rerun finds each by its id);
+    3. store each one (the archive, or quarantine with its reason), each copy recorded with the
+       object's VALIDATED in its own commit, several at once;
+    4. drop every staged row in one commit and their staged copies in one multi-delete.
+
+    A crash anywhere leaves the staged rows, so the rerun's claim adopts them and this runs again:
+    registration returns the same objects, a recorded copy is reused, nothing is stored twice.
+    Returns each file's outcome name, in order.
     """
     from imaging_lifecycle import staging
 
-    oid, source = staged.object_id, staged.source
-    problem = staged.problem
-    if not problem:
-        try:
-            path = staging.fetch(svc, staged)
-        except staging.StagedCopyMissing:
-            problem = "STAGED_COPY_MISSING"  # never expected; recorded and raised as an incident, not retried
-    if problem:  # found on the landing host (a link, an unreadable file) or here: nothing to store
-        svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
-                             sha256=None, size=0, quarantine_reason=problem)
-        _done(svc, staged)
-        return f"quarantined:{problem}"
+    def fetched(staged) -> _Fetched:  # noqa: ANN001
+        f = _Fetched(staged, problem=staged.problem)
+        if not f.problem:
+            try:
+                f.path = staging.fetch(svc, staged)
+            except staging.StagedCopyMissing:
+                f.problem = "STAGED_COPY_MISSING"  # never expected; recorded and raised as an incident
+        if f.path is not None:
+            f.insp = inspect(f.path, f.path.parent)
+        return f
+
+    got: list[_Fetched] = []
     try:
-        return _ingest_fetched(svc, staged, path, batch_id, actor=actor)
+        got = svc.map(fetched, files)
+        with svc.catalog.transaction() as conn:  # 2. every file registered: one commit
+            regs = [_register(svc, f, batch_id, actor=actor, session=conn) for f in got]
+        outcomes = svc.map(lambda job: _ingest_registered(svc, *job, actor=actor), list(zip(got, regs, strict=True)))
     finally:
-        path.unlink(missing_ok=True)
+        for f in got:
+            if f.path is not None:
+                f.path.unlink(missing_ok=True)
+    _done(svc, files)
+    return outcomes
 
 
-def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: str) -> str:  # noqa: ANN001
-    from imaging_lifecycle.catalog import states
-
-    oid, source = staged.object_id, staged.source
-    insp = inspect(path, path.parent)
+def _register(svc: Services, f: _Fetched, batch_id: str, *, actor: str, session):  # noqa: ANN001, ANN202
+    oid, source = f.staged.object_id, f.staged.source
+    if f.problem:  # found on the landing host (a link, an unreadable file) or here: nothing to store
+        return svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
+                                    sha256=None, size=0, quarantine_reason=f.problem, session=session)
+    insp = f.insp
     if not insp.ok:
-        reg = svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
-                                   sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason)
-        _store(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor, fresh=reg.created)
-        _done(svc, staged)
-        return f"quarantined:{insp.reason}"
-    reg = svc.catalog.register(
+        return svc.catalog.register(actor=actor, source=source, object_id=oid, batch_id=batch_id,
+                                    sha256=insp.sha256, size=insp.size, quarantine_reason=insp.reason,
+                                    session=session)
+    return svc.catalog.register(
         actor=actor, source=source, object_id=oid, batch_id=batch_id, sha256=insp.sha256, size=insp.size,
         sop_instance_uid=insp.sop_instance_uid, study_instance_uid=insp.study_instance_uid,
-        series_instance_uid=insp.series_instance_uid, sop_class_uid=insp.sop_class_uid,
+        series_instance_uid=insp.series_instance_uid, sop_class_uid=insp.sop_class_uid, session=session,
     )
+
+
+def _ingest_registered(svc: Services, f: _Fetched, reg, *, actor: str) -> str:  # noqa: ANN001
+    from imaging_lifecycle.catalog import states
+
+    oid, path, insp = f.staged.object_id, f.path, f.insp
+    if f.problem:
+        return f"quarantined:{f.problem}"
+    if not insp.ok:
+        _store(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor, fresh=reg.created)
+        return f"quarantined:{insp.reason}"
     obj = reg.object
     if reg.outcome == "duplicate" and obj.id != oid:
-        # Same instance, same bytes, stored by an earlier file: nothing to keep.
-        _done(svc, staged)
-        return "duplicate"
+        return "duplicate"  # same instance, same bytes, stored by an earlier file: nothing to keep
     if reg.outcome == "conflict" or obj.state == states.QUARANTINED:
         _store(svc, obj.id, path, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor,
                fresh=reg.created and obj.id == oid)
-        _done(svc, staged)
         return "quarantined:DUPLICATE_CONFLICT"
     if obj.state == states.RECEIVED:
         # Classified from the header inspection just parsed (the file's one parse), under the policy in
         # force, failing closed. This is a proposal: the copy is bound to its tier, and protect's classify
         # step, after the ingest gate, takes it on (or, under another policy, classifies again).
-        proposed = classify(insp.dataset, svc.policy, source=sender_of(source))
+        proposed = classify(insp.dataset, svc.policy, source=sender_of(f.staged.source))
         done: list[bool] = []
 
         def validated(conn, copy) -> None:  # noqa: ANN001 (recorded and VALIDATED: one commit)
@@ -400,7 +438,6 @@ def _ingest_fetched(svc: Services, staged, path: Path, batch_id: str, *, actor: 
         if not done and svc.catalog.get(obj.id).state == states.RECEIVED:  # a copy recorded on its own earlier
             with svc.catalog.transaction() as conn:
                 validated(conn, copy)
-    _done(svc, staged)
     return "stored"
 
 
@@ -408,7 +445,7 @@ def run_chunk(svc: Services, batch_id: str, chunk: int, *, actor: str) -> dict:
     """The mapped ingest task: every file of one chunk. Returns counts by outcome (XCom-safe)."""
     counts: dict[str, int] = {}
     files = svc.catalog.staged(batch_id, chunk)
-    for outcome in svc.map(lambda staged: ingest_file(svc, staged, batch_id, actor=actor), files):
+    for outcome in ingest_files(svc, files, batch_id, actor=actor):
         counts[outcome] = counts.get(outcome, 0) + 1
     scopes = {staged.scope_id for staged in files}
     return {"batch_id": batch_id, "chunk": chunk, "counts": counts, "scopes": sorted(scopes)}

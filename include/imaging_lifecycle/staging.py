@@ -78,12 +78,16 @@ def fetch(svc: Services, staged: StagedFile) -> Path:
     return path
 
 
-def drop(svc: Services, staged: StagedFile) -> None:
-    """Forget the row, then delete the staged version it named (a crash between, or any other version an
-    interrupted claim left under the key: the reaper's, since no row names the key any more)."""
-    svc.catalog.unstage(staged.object_id)
-    if staged.sealed is not None:
-        svc.store.purge(ZONE, [(staged.sealed.key, staged.sealed.version_id)])
+def drop(svc: Services, files: list[StagedFile]) -> None:
+    """Forget the rows (one commit), then delete the staged versions they named (one multi-delete; a crash
+    between, or any other version an interrupted claim left under a key: the reaper's, since no row names
+    the key any more)."""
+    if not files:
+        return
+    svc.catalog.unstage(*(f.object_id for f in files))
+    versions = [(f.sealed.key, f.sealed.version_id) for f in files if f.sealed is not None]
+    if versions:
+        svc.store.purge(ZONE, versions)
 
 
 def reap_orphans(svc: Services, landing_id: str) -> int:

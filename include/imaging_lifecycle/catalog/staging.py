@@ -124,7 +124,8 @@ class StagingMixin(CatalogBase):
             return set(conn.execute(select(staged_files.c.scope_id).where(staged_files.c.scope_id.in_(scope_ids))
                                     .distinct()).scalars())
 
-    def unstage(self, object_id: str) -> None:
-        """Forget a staged file (its original is now stored or quarantined); idempotent."""
+    def unstage(self, *object_ids: str) -> None:
+        """Forget staged files (their originals are now stored or quarantined), in one commit; idempotent."""
         with self.db.write(_lock_head=False) as conn:
-            conn.execute(delete(staged_files).where(staged_files.c.object_id == object_id))
+            for i in range(0, len(object_ids), 500):
+                conn.execute(delete(staged_files).where(staged_files.c.object_id.in_(object_ids[i:i + 500])))
