@@ -13,6 +13,7 @@ from imaging_lifecycle.airflow_glue import (
     landing_queue,
     quiet_seconds,
 )
+from imaging_lifecycle.services import TASK_SLOTS
 
 
 @dag(
@@ -35,7 +36,7 @@ def ingest():
         return stage.claim_batch(Services.open(), quiet_seconds=quiet_seconds(), actor=actor(context),
                                  landing_ids=landing_ids_fired(context)).work()
 
-    @task(max_active_tis_per_dagrun=2)
+    @task(max_active_tis_per_dagrun=TASK_SLOTS)
     def ingest_chunk(batch_id: str, chunk: int) -> dict:
         from imaging_lifecycle import ingest as stage
         from imaging_lifecycle.services import Services

@@ -11,6 +11,7 @@ from __future__ import annotations
 from airflow.sdk import dag, get_current_context, task, task_group
 
 from imaging_lifecycle.airflow_glue import DEFAULT_ARGS, INGESTED, STORED, actor
+from imaging_lifecycle.services import TASK_SLOTS
 
 
 @dag(
@@ -31,7 +32,7 @@ def protect():
 
         return stage.pending_chunks(Services.open())
 
-    @task(max_active_tis_per_dagrun=2)
+    @task(max_active_tis_per_dagrun=TASK_SLOTS)
     def classify(ids: list[str]) -> dict:
         """Classify the chunk, then its gate: every object has a tier of the policy and the rule that decided it."""
         from imaging_lifecycle import protect as stage
@@ -41,14 +42,14 @@ def protect():
         return {"counts": stage.classify_objects(svc, ids, actor=who),
                 "gate": stage.classified_gate(svc, [ids], actor=who)}
 
-    @task(max_active_tis_per_dagrun=2)
+    @task(max_active_tis_per_dagrun=TASK_SLOTS)
     def deidentify(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
         from imaging_lifecycle.services import Services
 
         return stage.deidentify_objects(Services.open(), ids, actor=actor(get_current_context()))
 
-    @task(max_active_tis_per_dagrun=2, outlets=[STORED])
+    @task(max_active_tis_per_dagrun=TASK_SLOTS, outlets=[STORED])
     def store(ids: list[str]) -> dict:
         """Store the chunk, then the closing gate: STORED, keyed, hashed, no plaintext copy."""
         from imaging_lifecycle import protect as stage
@@ -58,7 +59,7 @@ def protect():
         return {"counts": stage.store_objects(svc, ids, actor=who),
                 "gate": stage.closing_gate(svc, [ids], actor=who)}
 
-    @task(max_active_tis_per_dagrun=2)
+    @task(max_active_tis_per_dagrun=TASK_SLOTS)
     def backup(ids: list[str]) -> dict:
         from imaging_lifecycle import protect as stage
         from imaging_lifecycle.services import Services

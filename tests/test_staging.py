@@ -196,3 +196,20 @@ def test_two_runs_on_one_staged_file_store_it_once(hosts, dicom_file):
     (copy,) = [c for c in svc.catalog.copies(obj.id) if c.zone == "archive"]
     assert [v.version_id for v in svc.store.versions("archive", copy.key) if v.key == copy.key] == [copy.version_id]
     assert svc.catalog.staged_count() == 0 and _staged_versions(a) == []
+
+
+def test_a_claim_makes_even_chunks_in_a_multiple_of_the_task_slots(hosts):
+    """Five files, at most two per chunk: four chunks (two rounds of two slots), not 2 + 2 + 1 with a
+    slot idle in the last round; every file in exactly one chunk, and every chunk ingests."""
+    from imaging_lifecycle.services import TASK_SLOTS
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    a, b = hosts
+    write_study(a.landing_dir / "study", Patient("5150"), instances=5)
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, chunk_size=2, actor=ACTOR)
+    assert claim.files == 5 and claim.chunks == [0, 1, 2, 3] and len(claim.chunks) % TASK_SLOTS == 0
+    on_b = Services.open(b)
+    sizes = [len(on_b.catalog.staged(claim.batch_id, c)) for c in claim.chunks]
+    assert sorted(sizes) == [1, 1, 1, 2]
+    results = [ingest.run_chunk(on_b, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
+    assert ingest.close_batch(on_b, results, actor=ACTOR)["stored"] == 5

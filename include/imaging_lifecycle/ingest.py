@@ -45,7 +45,7 @@ from pathlib import Path
 from imaging_lifecycle import faults, landing
 from imaging_lifecycle.classify import classify, sender_of
 from imaging_lifecycle.inspection import inspect
-from imaging_lifecycle.services import Services
+from imaging_lifecycle.services import Services, even_chunks
 from imaging_lifecycle.settings import Settings
 
 #: Files per mapped ingest task (``IL_INGEST_CHUNK_SIZE`` overrides it, for tuning and tests).
@@ -245,9 +245,10 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
                 staged = list(pool.map(lambda p: _stage_one(svc, batch_dir / f"{p[1]}.dcm", p[1], landing_id=here,
                                                             scope_id=scope_id, fresh=p[1] in fresh), plan))
             faults.point("ingest.claim_after_upload")
-            for i, ((_, oid, source), (sealed, problem)) in enumerate(zip(plan, staged, strict=True)):
-                files.append(StagedFile(oid, batch_id, i // chunk_size, source, scope_id, sealed, problem, here))
-        first_free = (len(files) + chunk_size - 1) // chunk_size
+            for c, part in enumerate(even_chunks(list(zip(plan, staged, strict=True)), chunk_size)):
+                for (_, oid, source), (sealed, problem) in part:
+                    files.append(StagedFile(oid, batch_id, c, source, scope_id, sealed, problem, here))
+        first_free = len({f.chunk for f in files})
         adopted = svc.catalog.adopt_staged(batch_id, first_chunk=first_free, chunk_size=chunk_size,
                                            limit=limit - len(files), exclude={oid for _, oid, _ in plan} - fresh)
         svc.catalog.record_staged(batch_id, files, actor=actor, adopted=adopted)

@@ -41,7 +41,7 @@ from imaging_lifecycle.staging import private_tmp
 
 RESEARCH_ZONE = "research"
 REID_PREFIX = "reid/"
-CHUNK = 50
+CHUNK = 100  # at most, per mapped task; chunks are made even (services.even_chunks)
 
 
 def _archive_copy(svc: Services, obj):
@@ -397,7 +397,9 @@ def pending_chunks(svc: Services, chunk: int = CHUNK) -> list[list[str]]:
 
     ids = [o.id for st in PENDING_STATES for o in svc.catalog.objects(state=st)
            if o.quarantine_reason is None and not held(o) and gated(o.batch_id)]
-    return [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
+    from imaging_lifecycle.services import even_chunks
+
+    return even_chunks(ids, chunk)
 
 
 def backup_objects(svc: Services, ids: list[str], *, actor: str) -> dict:

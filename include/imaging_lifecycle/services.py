@@ -48,6 +48,21 @@ if TYPE_CHECKING:
 #: Objects a stage works on at once within one task (``IL_IO_THREADS``): their S3 and database round
 #: trips release the GIL, so a task keeps both cores and the network busy instead of waiting on each.
 IO_THREADS = int(os.environ.get("IL_IO_THREADS") or 4)
+#: Instances of one mapped stage task that run at once in a DAG run (the DAGs' ``max_active_tis_per_dagrun``).
+TASK_SLOTS = 2
+
+
+def even_chunks(items: list, most: int, slots: int = TASK_SLOTS) -> list[list]:
+    """``items`` in order, in chunks of at most ``most`` whose sizes differ by one at most and whose number
+    is a multiple of ``slots`` when there is more than one: 300 items at most 100 each make 4 chunks of
+    75, so no slot idles through a last round of one chunk."""
+    n = len(items)
+    if n <= most:
+        return [list(items)] if items else []
+    chunks = -(-n // most)
+    chunks = min(n, chunks + -chunks % slots)
+    bounds = [k * n // chunks for k in range(chunks + 1)]
+    return [list(items[bounds[k]:bounds[k + 1]]) for k in range(chunks)]
 
 
 def io_map(fn: Callable, items: Iterable, *, threads: int = IO_THREADS) -> list:
