@@ -456,6 +456,8 @@ def test_ping_wal_and_utc(cat, tmp_path):
     if cat.engine.dialect.name == "sqlite":
         with sqlite3.connect(tmp_path / "catalog.sqlite") as raw:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with cat.engine.connect() as conn:  # FULL (2): a commit is on disk when it returns, power cut or not
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
     assert not Database(f"sqlite:///{tmp_path}/missing-dir/x/catalog.sqlite").ping()
     oid = new(cat)
     deadline = dt.datetime(2031, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=2)))

@@ -72,6 +72,9 @@ def _configure(engine: Engine) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             cur.execute("PRAGMA journal_mode = WAL")
+            # Every commit reaches the disk before it returns (about 3 ms here, against 0.08 ms with NORMAL):
+            # under NORMAL a power cut could roll back a committed DEK destruction or audit records.
+            cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
 
