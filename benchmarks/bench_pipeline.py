@@ -200,7 +200,7 @@ def main() -> dict:
         wall = t_last - t_first
         api = Api(state, settings.airflow_url)
         per_task: dict[str, float] = {}
-        intervals = []
+        intervals, timeline = [], []
         for dag_id in ("ingest", "protect"):
             for ti in api.task_instances(dag_id):
                 if ti.get("start_date") and ti.get("end_date"):
@@ -209,6 +209,7 @@ def main() -> dict:
                         intervals.append((max(a, t_first), min(b, t_last)))
                         key = f"{dag_id}.{ti['task_id']}"
                         per_task[key] = per_task.get(key, 0.0) + (b - a)
+                        timeline.append([key, ti.get("map_index", -1), round(a - t_first, 1), round(b - t_first, 1)])
         busy = union_seconds([(a, b) for a, b in intervals if b > a])
         lat = [done[u] - arrivals[u] for u in done]
         out = {
@@ -228,6 +229,7 @@ def main() -> dict:
             "task_busy_s": round(busy, 1),
             "airflow_overhead_fraction": round(1 - busy / wall, 3) if wall > 0 else None,
             "task_seconds": {k: round(v, 1) for k, v in sorted(per_task.items(), key=lambda kv: -kv[1])},
+            "timeline": sorted(timeline, key=lambda t: t[2]),  # [task, map index, start, end], s after first arrival
         }
         OUT.parent.mkdir(exist_ok=True)
         OUT.write_text(json.dumps(out, indent=1))

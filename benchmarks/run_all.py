@@ -118,6 +118,23 @@ def _plots(results: dict) -> list[str]:
         fig.savefig(OUT / "pipeline_latency.png", dpi=110)
         plt.close(fig)
         made.append("pipeline_latency.png")
+    timeline = pipe.get("timeline") or []
+    if timeline:  # where the wall time goes: each task instance as a bar, gaps are scheduling
+        rows = sorted({t[0] for t in timeline}, key=lambda k: min(t[2] for t in timeline if t[0] == k))
+        fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.4))
+        for task, index, start, end in timeline:
+            ax.barh(rows.index(task), max(end - start, 0.1), left=start, height=0.6, color="#72b7b2",
+                    edgecolor="#2f5f5c")
+            if index is not None and index >= 0:
+                ax.text(start + 0.05, rows.index(task), str(index), va="center", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.axvline(pipe.get("wall_s", 0), color="red", lw=0.8, ls="--")
+        ax.set_xlabel("seconds after the first arrival (map index on each bar; red: last BACKED_UP)")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(OUT / "pipeline_timeline.png", dpi=110)
+        plt.close(fig)
+        made.append("pipeline_timeline.png")
     return made
 
 
@@ -134,7 +151,7 @@ def _report(results: dict, plots: list[str]) -> str:
             lines.append(f"- goal {goal['figure']} {goal['op']} {goal['target']}: **{verdict}** ({goal['value']})")
         if r.get("goals"):
             lines.append("")
-        flat = {k: v for k, v in r["figures"].items() if not isinstance(v, dict)}
+        flat = {k: v for k, v in r["figures"].items() if not isinstance(v, (dict, list))}  # lists: plotted
         if flat:
             lines += ["| figure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in flat.items()], ""]
         for k, v in r["figures"].items():
