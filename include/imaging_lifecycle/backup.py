@@ -199,48 +199,55 @@ def replicate(
               "leftovers_locked": 0}
     failed: dict[str, str] = {}
 
-    def one(oid: str) -> tuple[str, str, dict]:
-        """(oid, "skipped" | "ok:<how>" | a failure reason, this object's leftover counts)."""
+    def one(oid: str) -> tuple[str, str, dict, _Proven | None]:
+        """(oid, "skipped" | "ok:<how>" | a failure reason, this object's leftover counts, the upload proven
+        on the way and not yet recorded)."""
         mine = {"leftovers_purged": 0, "leftovers_locked": 0}
         obj = catalog.get(oid)
         if obj.state != states.STORED:
-            return oid, "skipped", mine
+            return oid, "skipped", mine, None
         src = _source_copy(catalog, obj)
         if src is None or src.ciphertext_sha256 is None:
-            return oid, "NO_ARCHIVE_COPY", mine
+            return oid, "NO_ARCHIVE_COPY", mine, None
         check = None
         if encrypted is not None:
             def check(data: bytes, src=src, obj=obj) -> None:  # noqa: ANN001
                 encrypted.verify_blob(sealed_for(catalog, src, obj), oid, data)
-        def backed_up(copy: CopyRecord, how: str, conn) -> None:  # noqa: ANN001
-            catalog.transition(oid, states.BACKED_UP, actor=actor, detail={"copy": copy.id, "how": how},
-                               session=conn)
 
         try:
-            how, copy, decrypted = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=mine,
-                                                  until=_retain_until(obj, now, retain_until_for, retention_days),
-                                                  check=check, then=backed_up)
+            how, copy, proven = _replicate_one(catalog, store, obj, src, actor=actor, mode=mode, counts=mine,
+                                               until=_retain_until(obj, now, retain_until_for, retention_days),
+                                               check=check)
         except StorageError:
-            return oid, "STORAGE_ERROR", mine
+            return oid, "STORAGE_ERROR", mine, None
+        if proven is not None:
+            return oid, f"ok:{how}", mine, proven  # checked in full before the upload: recorded with the others below
         if copy is None:
             catalog.audit.append(actor, "copy.verify", object_ref=oid, outcome="failure",
                                  detail={"zone": BACKUP_ZONE, "check": "ciphertext", "reason": how})
-            return oid, how, mine
-        if decrypted:
-            return oid, f"ok:{how}", mine  # checked in full before the upload, BACKED_UP in the copy's own commit
+            return oid, how, mine, None
         if encrypted is not None:
             try:
                 encrypted.verify(sealed_for(catalog, copy, obj), oid)
             except tuple(FAILURE_REASONS) as exc:
                 reason = _reason(exc)
                 catalog.record_copy_check(copy.id, ok=False, actor=actor, detail={"check": "decrypt", "reason": reason})
-                return oid, reason, mine
+                return oid, reason, mine, None
         with catalog.transaction() as conn:
-            backed_up(copy, how, conn)
-        return oid, f"ok:{how}", mine
+            _backed_up(catalog, oid, copy, how, actor=actor, session=conn)
+        return oid, f"ok:{how}", mine, None
 
     # Several objects at once: each copy is S3 round trips on two sites, which release the GIL.
-    for oid, outcome, mine in io_map(one, ids):
+    done = io_map(one, ids)
+    # The copies proven on upload, each recorded with its object's BACKED_UP: one commit for all of them.
+    # A crash before it leaves each upload unrecorded: the rerun adopts it (its bytes are checked again).
+    proven = [p for _oid, _outcome, _mine, p in done if p is not None]
+    if proven:
+        with catalog.transaction() as conn:
+            for p in proven:
+                _backed_up(catalog, p.obj.id, _record(catalog, store, p, actor=actor, session=conn), p.how,
+                           actor=actor, session=conn)
+    for oid, outcome, mine, _p in done:
         for k, v in mine.items():
             counts[k] += v
         if outcome == "skipped":
@@ -256,13 +263,37 @@ def replicate(
     return result
 
 
+@dataclass(frozen=True)
+class _Proven:
+    """A backup version whose bytes the site proved on upload and ``check`` decrypted in full: not recorded yet."""
+
+    obj: ObjectRecord
+    src: CopyRecord
+    version_id: str
+    how: str
+
+
+def _record(catalog: Catalog, store: ObjectStore, p: _Proven, *, actor: str, session) -> CopyRecord:  # noqa: ANN001
+    """Record a proven backup copy and its ciphertext check."""
+    copy = catalog.add_copy(p.obj.id, zone=BACKUP_ZONE, bucket=store.bucket(BACKUP_ZONE), key=p.src.key, actor=actor,
+                            version_id=p.version_id, ciphertext_sha256=p.src.ciphertext_sha256, key_id=p.src.key_id,
+                            session=session)
+    catalog.audit.append(actor, "copy.verify", object_ref=p.obj.id, session=session,
+                         detail={"copy": copy.id, "zone": BACKUP_ZONE, "check": "ciphertext", "how": p.how})
+    return copy
+
+
+def _backed_up(catalog: Catalog, oid: str, copy: CopyRecord, how: str, *, actor: str, session) -> None:  # noqa: ANN001
+    catalog.transition(oid, states.BACKED_UP, actor=actor, detail={"copy": copy.id, "how": how}, session=session)
+
+
 def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src: CopyRecord, *, actor: str,
                    mode: str, until: dt.datetime, counts: dict,
-                   check: Callable[[bytes], None] | None = None,
-                   then: Callable | None = None) -> tuple[str, CopyRecord | None, bool]:
-    """``(how, copy, decrypted)``: how is reused/adopted/uploaded, or a failure reason code with copy None;
-    ``decrypted``: ``check`` (a full decrypt) already ran over exactly the bytes the backup site holds, and
-    ``then(copy, how, conn)`` ran in the transaction that recorded the copy."""
+                   check: Callable[[bytes], None] | None = None) -> tuple[str, CopyRecord | None, _Proven | None]:
+    """``(how, copy, proven)``: how is reused/adopted/uploaded, or a failure reason code with neither.
+    ``proven``: uploaded with its hash (the site refuses other bytes) after ``check`` (a full decrypt) ran
+    over exactly those bytes; the caller records it. Else ``copy`` is recorded here, and still to be
+    decrypted by the caller."""
     want = src.ciphertext_sha256
     every = catalog.copies(obj.id, include_deleted=True)
     recorded = {c.version_id for c in every if c.zone == BACKUP_ZONE}
@@ -270,7 +301,7 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
         if c.zone == BACKUP_ZONE and c.deleted_at is None and c.ciphertext_sha256 == want:
             try:
                 if _sha256_of(store, BACKUP_ZONE, c.key, c.version_id) == want:
-                    return "reused", c, False
+                    return "reused", c, None
             except FileNotFoundError:
                 pass
     key = src.key
@@ -293,26 +324,29 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
     how, decrypted = "adopted", False
     if adopt is None:
         how = "uploaded"
-        length = store.size(SOURCE_ZONE, src.key, src.version_id)
-        if length < PART_SIZE and store.proves_checksums(BACKUP_ZONE):
+        # A slice's plaintext size is in the catalog, and its ciphertext is within a few percent of it: no
+        # HEAD for the length unless the object is near the single-part limit.
+        small = obj.size is not None and obj.size < PART_SIZE // 2
+        length = None if small else store.size(SOURCE_ZONE, src.key, src.version_id)
+        if (small or length < PART_SIZE) and store.proves_checksums(BACKUP_ZONE):
             # Small (a slice): the archive's bytes in memory, checked against the catalog's hash and
             # decrypted with the catalog's key, then uploaded with that hash: the backup site refuses
             # any other bytes, so its copy is proven without reading it back.
             data = store.get(SOURCE_ZONE, src.key, src.version_id)
-            if hashlib.sha256(data).hexdigest() != want:
-                return "SOURCE_MISMATCH", None, False
+            if hashlib.sha256(data).hexdigest() != want or len(data) >= PART_SIZE:
+                return "SOURCE_MISMATCH", None, None
             if check is not None:
                 try:
                     check(data)
                 except tuple(FAILURE_REASONS) as exc:
-                    return _reason(exc), None, False
+                    return _reason(exc), None, None
                 decrypted = True
             try:
                 put = store.put(BACKUP_ZONE, key, data, retain_until=until, lock_mode=mode, sha256=want)
             except StorageError as exc:
                 if exc.code != "BadDigest":
                     raise
-                return "CIPHERTEXT_MISMATCH", None, False  # refused: nothing was stored
+                return "CIPHERTEXT_MISMATCH", None, None  # refused: nothing was stored
             adopt = put.version_id
             faults.point("backup.uploaded")
         else:
@@ -321,21 +355,17 @@ def _replicate_one(catalog: Catalog, store: ObjectStore, obj: ObjectRecord, src:
                 put = store.put(BACKUP_ZONE, key, reader, length, retain_until=until, lock_mode=mode)
             if reader.h.hexdigest() != want:
                 store.purge(BACKUP_ZONE, [(key, put.version_id)])
-                return "SOURCE_MISMATCH", None, False
+                return "SOURCE_MISMATCH", None, None
             adopt = put.version_id
             faults.point("backup.uploaded")
             if _sha256_of(store, BACKUP_ZONE, key, adopt) != want:
                 store.purge(BACKUP_ZONE, [(key, adopt)])
-                return "CIPHERTEXT_MISMATCH", None, False
+                return "CIPHERTEXT_MISMATCH", None, None
+    proven = _Proven(obj, src, adopt, how)
+    if decrypted:
+        return how, None, proven
     with catalog.transaction() as conn:
-        copy = catalog.add_copy(obj.id, zone=BACKUP_ZONE, bucket=store.bucket(BACKUP_ZONE), key=key, actor=actor,
-                                version_id=adopt, ciphertext_sha256=want, key_id=src.key_id, session=conn)
-        catalog.audit.append(actor, "copy.verify", object_ref=obj.id,
-                             detail={"copy": copy.id, "zone": BACKUP_ZONE, "check": "ciphertext", "how": how},
-                             session=conn)
-        if decrypted and then is not None:
-            then(copy, how, conn)
-    return how, copy, decrypted
+        return how, _record(catalog, store, proven, actor=actor, session=conn), None
 
 
 # ---------------------------------------------------------------------------
