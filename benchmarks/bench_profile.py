@@ -145,10 +145,13 @@ def run_batch(svc, settings, counters: Counters, blobs: list[bytes], tag: str) -
         wall[name] = wall.get(name, 0.0) + time.perf_counter() - t
         return result
 
-    claim = stage("ingest.claim", lambda: ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR))
-    results = [stage("ingest.chunk", lambda c=c: ingest.run_chunk(svc, claim.batch_id, c, actor=ACTOR))
-               for c in claim.chunks]
-    stage("ingest.gate", lambda: ingest.close_batch(svc, results, actor=ACTOR))
+    while True:  # batch after batch, as the ingest DAG's runs take them (at most ingest.BATCH_FILES each)
+        claim = stage("ingest.claim", lambda: ingest.claim_batch(svc, quiet_seconds=0, actor=ACTOR))
+        if not claim.files:
+            break
+        results = [stage("ingest.chunk", lambda c=c, b=claim.batch_id: ingest.run_chunk(svc, b, c, actor=ACTOR))
+                   for c in claim.chunks]
+        stage("ingest.gate", lambda r=results: ingest.close_batch(svc, r, actor=ACTOR))
     chunks = stage("protect.pending", lambda: protect.pending_chunks(svc))
     for name, fn in (("protect.classify", protect.classify_objects), ("protect.deidentify", protect.deidentify_objects),
                      ("protect.store", protect.store_objects)):

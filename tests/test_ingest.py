@@ -146,6 +146,21 @@ def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(
     assert cat.audit.verify().ok
 
 
+def test_the_ingest_command_takes_a_drop_bigger_than_a_batch_batch_by_batch(env, dicom_file):
+    for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm"):
+        shutil.copy(dicom_file(n), env.landing_dir / n)
+    run_env = {**os.environ, "IL_STATE_DIR": str(env.state_dir), "IL_LANDING_DIR": str(env.landing_dir),
+               "IL_CATALOG_URL": env.catalog_url, "IL_INGEST_BATCH_FILES": "2"}
+    cli = str(PROJECT / ".venv" / "bin" / "imaging-lifecycle")
+    done = subprocess.run([cli, "ingest"], env=run_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [s["stored"] for s in summaries] == [2, 1]  # two batches, one summary line each
+    cat = catalog(env)
+    assert len({o.batch_id for o in cat.objects()}) == 2 and {o.state for o in cat.objects()} == {"VALIDATED"}
+    assert not list(env.landing_dir.rglob("*.dcm"))
+
+
 def test_no_identifier_reaches_audit_records_outputs_or_buckets_in_clear(env):
     from imaging_lifecycle.synthetic import Patient, write_study
 

@@ -213,3 +213,22 @@ def test_a_claim_makes_even_chunks_in_a_multiple_of_the_task_slots(hosts):
     assert sorted(sizes) == [1, 1, 1, 2]
     results = [ingest.run_chunk(on_b, claim.batch_id, c, actor=ACTOR) for c in claim.chunks]
     assert ingest.close_batch(on_b, results, actor=ACTOR)["stored"] == 5
+
+
+def test_a_claim_takes_at_most_a_batch_and_leaves_the_rest_for_the_next(hosts, dicom_file, monkeypatch):
+    """A big drop goes in batch by batch, so protect starts on the first while the next is ingested."""
+    a, b = hosts
+    monkeypatch.setattr(ingest, "BATCH_FILES", 2)
+    _files(a, dicom_file)  # three files
+    on_b = Services.open(b)
+
+    def run(claim) -> int:  # noqa: ANN001 (the ingest DAG's run of one batch; runs never overlap)
+        results = [ingest.run_chunk(on_b, claim.batch_id, n, actor=ACTOR) for n in claim.chunks]
+        return ingest.close_batch(on_b, results, actor=ACTOR)["stored"]
+
+    first = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
+    assert first.files == 2 and len(list(a.landing_dir.glob("*.dcm"))) == 1  # the third waits, untouched
+    assert run(first) == 2
+    second = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
+    assert second.files == 1 and second.batch_id != first.batch_id and not list(a.landing_dir.glob("*.dcm"))
+    assert run(second) == 1 and on_b.catalog.staged_count() == 0

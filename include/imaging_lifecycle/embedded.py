@@ -733,6 +733,7 @@ def landing_queue() -> str:
 _SYSTEM_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 #: Settings every host must share (the same buckets, ports and timings), passed on when the user set them.
 _SHARED_IL_ENV = ("IL_BUCKET_PREFIX", "IL_LANDING_QUEUE", "IL_INGEST_QUIET_SECONDS", "IL_INGEST_CHUNK_SIZE",
+                  "IL_INGEST_BATCH_FILES",
                   "IL_AIRFLOW_TRACE_DAYS", "IL_S3_TLS", "IL_FAULT_PAUSES")
 
 

@@ -52,6 +52,10 @@ from imaging_lifecycle.settings import Settings
 CHUNK_SIZE = int(os.environ.get("IL_INGEST_CHUNK_SIZE") or 100)
 MANIFEST = "manifest.json"
 MAX_CHUNKS = 1000  # Airflow maps at most 1024 task instances
+#: Files per batch at most (``IL_INGEST_BATCH_FILES``). The rest of a big drop waits in the folder for the
+#: next run, which the trigger fires once the claim changed the folder: protect starts on the first
+#: batch as soon as its gate passed, while the next is ingested, instead of after the whole drop.
+BATCH_FILES = int(os.environ.get("IL_INGEST_BATCH_FILES") or 400)
 
 
 @dataclass(frozen=True)
@@ -205,8 +209,8 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
     can never get the same file twice. The local manifest (id -> source) is written and fsynced
     *before* anything moves; each file is then staged (encrypted, verified), all rows recorded in
     one transaction, and only then the local copies removed. A claim takes at most
-    ``MAX_CHUNKS * chunk_size`` files (Airflow's mapped-task limit); the rest changes the folder,
-    so the trigger fires again for it.
+    :data:`BATCH_FILES` files, and ``MAX_CHUNKS * chunk_size`` (Airflow's mapped-task limit); the
+    rest changes the folder, so the trigger fires again for it.
     """
     from imaging_lifecycle import staging
     from imaging_lifecycle.catalog import StagedFile
@@ -219,7 +223,7 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
         batch_id = new_batch_id()
         batch_dir = root / batch_id
         batch_dir.mkdir(mode=0o700)
-        limit = MAX_CHUNKS * chunk_size
+        limit = min(MAX_CHUNKS * chunk_size, BATCH_FILES)
         plan: list[tuple[Path, str, str]] = []  # (source path, catalog id, source)
         fresh: set[str] = set()  # catalog ids given now: nothing was ever staged under them
         old_dirs = sorted(p for p in root.iterdir() if p.is_dir() and p != batch_dir)
