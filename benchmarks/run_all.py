@@ -24,7 +24,8 @@ OUT = HERE.parent / "bench"
 
 #: What the corpus of each benchmark is (the report says it beside the figures).
 CORPUS = {
-    "pipeline": "BENCH_PIPELINE_N synthetic CT slices, 512 x 512 16-bit (about 512 KB each), one study",
+    "pipeline": ("BENCH_PIPELINE_STUDY (latency), then BENCH_PIPELINE_N (throughput, overhead) synthetic CT slices, "
+                 "512 x 512 16-bit (about 512 KB each)"),
     "store": "BENCH_STORE_N random 512 KB slices",
     "crypto": "random buffers (see bench_crypto.py)",
     "deid": "pydicom's and the project's real test files",
