@@ -232,3 +232,31 @@ def test_a_claim_takes_at_most_a_batch_and_leaves_the_rest_for_the_next(hosts, d
     second = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
     assert second.files == 1 and second.batch_id != first.batch_id and not list(a.landing_dir.glob("*.dcm"))
     assert run(second) == 1 and on_b.catalog.staged_count() == 0
+
+
+def test_a_chunk_whose_one_file_fails_to_decrypt_leaves_no_plaintext_and_loses_nothing(hosts, dicom_file):
+    """The chunk's files are fetched together: when one staged copy does not verify (here its row names
+    another plaintext hash), the task fails, every other file's plaintext is still removed from the
+    scratch folder, and every staged row stays for the retry."""
+    import json
+
+    from sqlalchemy import select, update
+
+    from imaging_lifecycle.catalog.schema import staged_files
+    from imaging_lifecycle.crypto import IntegrityError
+
+    a, b = hosts
+    _files(a, dicom_file)
+    claim = ingest.claim_batch(Services.open(a), quiet_seconds=0, actor=ACTOR)
+    on_b = Services.open(b)
+    victim = on_b.catalog.staged(claim.batch_id)[0].object_id
+    with on_b.catalog.engine.begin() as conn:
+        sealed = json.loads(conn.execute(select(staged_files.c.sealed)
+                                         .where(staged_files.c.object_id == victim)).scalar_one())
+        sealed["plaintext_sha256"] = "0" * 64
+        conn.execute(update(staged_files).where(staged_files.c.object_id == victim).values(sealed=json.dumps(sealed)))
+    with pytest.raises(IntegrityError):
+        ingest.run_chunk(on_b, claim.batch_id, 0, actor=ACTOR)
+    scratch = b.state_dir / "tmp"
+    assert not scratch.exists() or list(scratch.iterdir()) == []  # no plaintext left behind on this host
+    assert on_b.catalog.staged_count(claim.batch_id) == 3  # nothing dropped: the retry takes them all

@@ -364,6 +364,8 @@ def ingest_files(svc: Services, files: list, batch_id: str, *, actor: str) -> li
     """
     from imaging_lifecycle import staging
 
+    plaintexts: list[Path] = []  # every file fetched, removed in the end even if another one's fetch failed
+
     def fetched(staged) -> _Fetched:  # noqa: ANN001
         f = _Fetched(staged, problem=staged.problem)
         if not f.problem:
@@ -372,19 +374,18 @@ def ingest_files(svc: Services, files: list, batch_id: str, *, actor: str) -> li
             except staging.StagedCopyMissing:
                 f.problem = "STAGED_COPY_MISSING"  # never expected; recorded and raised as an incident
         if f.path is not None:
+            plaintexts.append(f.path)
             f.insp = inspect(f.path, f.path.parent)
         return f
 
-    got: list[_Fetched] = []
     try:
         got = svc.map(fetched, files)
         with svc.catalog.transaction() as conn:  # 2. every file registered: one commit
             regs = [_register(svc, f, batch_id, actor=actor, session=conn) for f in got]
         outcomes = svc.map(lambda job: _ingest_registered(svc, *job, actor=actor), list(zip(got, regs, strict=True)))
     finally:
-        for f in got:
-            if f.path is not None:
-                f.path.unlink(missing_ok=True)
+        for path in plaintexts:
+            path.unlink(missing_ok=True)
     _done(svc, files)
     return outcomes
 
