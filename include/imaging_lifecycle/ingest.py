@@ -55,7 +55,7 @@ MAX_CHUNKS = 1000  # Airflow maps at most 1024 task instances
 #: Files per batch at most (``IL_INGEST_BATCH_FILES``). The rest of a big drop waits in the folder for the
 #: next run, which the trigger fires once the claim changed the folder: protect starts on the first
 #: batch as soon as its gate passed, while the next is ingested, instead of after the whole drop.
-BATCH_FILES = int(os.environ.get("IL_INGEST_BATCH_FILES") or 400)
+BATCH_FILES = int(os.environ.get("IL_INGEST_BATCH_FILES") or 1000)
 
 
 @dataclass(frozen=True)
