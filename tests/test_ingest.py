@@ -113,6 +113,62 @@ def test_duplicates_are_skipped_and_conflicts_quarantined(env, dicom_file):
     assert "object.duplicate_skipped" in actions
 
 
+def test_two_conflicting_files_in_one_chunk_are_each_quarantined_with_one_copy_and_one_version(env, dicom_file):
+    """Every upload of a chunk lands before its one recording commit; each still ends with exactly one version."""
+    from pydicom import dcmread
+
+    from imaging_lifecycle.storage import ObjectStore
+
+    shutil.copy(dicom_file("CT_small.dcm"), env.landing_dir / "a.dcm")
+    assert ingest_now(env)["stored"] == 1
+    ds = dcmread(dicom_file("CT_small.dcm"))
+    ds.StudyDescription = "changed content, same SOP Instance UID"
+    ds.save_as(env.landing_dir / "b.dcm")
+    shutil.copy(env.landing_dir / "b.dcm", env.landing_dir / "c.dcm")
+    second = ingest_now(env)
+    assert second["reasons"] == {"DUPLICATE_CONFLICT": 2} and second["stored"] == 0
+    cat, store = catalog(env), ObjectStore(env)
+    held = [o for o in cat.objects() if o.quarantine_reason]
+    assert len(held) == 2
+    for o in held:
+        (copy,) = cat.copies(o.id)
+        assert copy.zone == "quarantine"
+        assert [v.version_id for v in store.versions("quarantine", copy.key)] == [copy.version_id]
+    assert cat.audit.verify().ok
+
+
+def test_a_chunk_commits_the_same_few_times_for_two_files_as_for_eight(env):
+    """Registration, recording with VALIDATED, and the staged rows' drop: a commit each per chunk, not per file."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from imaging_lifecycle import ingest, landing
+    from imaging_lifecycle.synthetic import Patient, write_study
+
+    landing.ensure_identity(env.landing_dir)
+    commits = []
+
+    def count(conn):  # noqa: ANN001
+        commits.append(1)
+
+    per_chunk = []
+    for n in (2, 8):
+        write_study(env.landing_dir / f"study-{n}", Patient(f"50{n}"), instances=n)
+        svc = Services.open(env)
+        claim = ingest.claim_batch(svc, quiet_seconds=0)
+        assert claim.chunks == [0]
+        commits.clear()
+        event.listen(Engine, "commit", count)
+        try:
+            result = ingest.run_chunk(svc, claim.batch_id, 0, actor="test/ingest")
+        finally:
+            event.remove(Engine, "commit", count)
+        assert result["counts"] == {"stored": n}
+        per_chunk.append(len(commits))
+        ingest.close_batch(svc, [result], actor="test/ingest")
+    assert per_chunk[0] == per_chunk[1] <= 4, per_chunk
+
+
 @pytest.mark.parametrize("point", ["ingest.claim_after_upload", "ingest.claim_after_record", "ingest.after_upload",
                                    "ingest.after_store", "ingest.before_remove"])
 def test_a_crash_between_store_and_removal_loses_nothing_and_duplicates_nothing(env, dicom_file, point):

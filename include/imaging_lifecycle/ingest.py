@@ -281,48 +281,86 @@ def claim_batch(svc: Services, *, quiet_seconds: float, landing_ids: set[str] | 
 # -- one chunk: the mapped task --------------------------------------------------
 
 
-def _store(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, actor: str, fresh: bool = False,
-           tier: int | None = None, then: Callable | None = None):
-    """Encrypt ``staged`` into ``zone`` under a deterministic key, verified, recorded. Idempotent.
+@dataclass(eq=False)
+class _Put:
+    """One file's copy on its way into the catalog: uploaded and not yet recorded, or recorded earlier."""
 
-    A copy already recorded for this object and zone is reused. The new copy is
-    recorded under the catalog's write lock only if no other run recorded one
-    meanwhile (else ours is purged and theirs returned); versions an earlier
-    attempt uploaded but never recorded are purged once ours is recorded, so a
-    rerun leaves exactly one version. ``fresh``: this very call registered the
-    object (registration comes before any upload), so no earlier attempt can
-    have left a copy or a version: the lookups are skipped. ``then(conn, copy)`` runs in the transaction
-    that records our copy (not when an earlier or concurrent run's copy is returned instead).
+    oid: str
+    zone: str
+    key: str
+    fresh: bool
+    sealed: object = None  # our upload (a Sealed), recorded by _record
+    copy: object = None  # the copy recorded for this object and zone, once known
+    then: Callable | None = None  # run in the recording transaction (the object's VALIDATED)
+
+
+def _upload(svc: Services, oid: str, staged: Path, *, zone: str, scope_id: str, fresh: bool = False,
+            tier: int | None = None, then: Callable | None = None) -> _Put:
+    """Encrypt ``staged`` into ``zone`` under a deterministic key, verified; :func:`_record` records it.
+
+    A copy already recorded for this object and zone is reused (nothing is uploaded). ``fresh``: this
+    very run registered the object (registration comes before any upload), so no earlier attempt can
+    have left a copy or a version: the lookup is skipped.
     """
-    if not fresh:
-        for copy in svc.catalog.copies(oid):
-            if copy.zone == zone:
-                return copy
     key = f"{'objects' if zone == 'archive' else zone}/{oid}"
-    store = svc.encrypted.store
+    put = _Put(oid, zone, key, fresh, then=then)
+    if not fresh:
+        put.copy = next((c for c in svc.catalog.copies(oid) if c.zone == zone), None)
+        if put.copy is not None:
+            return put
     # Bound to the tier the header gave (the archive), else to the policy's most sensitive tier (quarantine,
     # fail closed); protect re-encrypts only if the tier it settles on differs.
     tier = svc.policy.highest_tier if tier is None else tier
-    sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=tier, scope_id=scope_id, key=key)
-    faults.point("ingest.after_upload")
+    put.sealed = svc.encrypted.put(staged, catalog_id=oid, zone=zone, tier=tier, scope_id=scope_id, key=key)
+    return put
+
+
+def _record(svc: Services, puts: list[_Put], *, actor: str) -> None:
+    """Record a chunk's uploads in **one** commit, each with its ``then`` (its object's VALIDATED). Idempotent.
+
+    Under the catalog's write lock, each upload is recorded only if no other run (or an earlier file of
+    this chunk) recorded a copy of its object and zone meanwhile; else ours is purged and theirs kept.
+    Versions an earlier attempt uploaded but never recorded are purged once ours is recorded, so a
+    rerun leaves exactly one version. A ``then`` that did not run with a recording (the copy was
+    recorded earlier, on its own) runs here too if the object still waits for it.
+    """
+    from imaging_lifecycle.catalog import states
+
+    if not puts:
+        return
+    if any(p.sealed is not None for p in puts):
+        faults.point("ingest.after_upload")
+    ours: list[_Put] = []
     with svc.catalog.transaction() as conn:  # the catalog's write lock: one recorder at a time
-        theirs = [c for c in svc.catalog.copies_of([oid], session=conn)[oid] if c.zone == zone]
-        if not theirs:
-            copy = svc.encrypted.record(svc.catalog, oid, sealed, actor=actor, session=conn)
-            if then is not None:
-                then(conn, copy)
-    if theirs:
-        # Another run stored this file first (two claims' runs on one staged file): keep theirs, drop ours.
-        store.purge(zone, [(key, sealed.version_id)])
-        return theirs[0]
-    if not fresh:
-        # Versions an earlier attempt uploaded and never recorded, purged only now that ours is recorded:
-        # purging before our upload could hit a concurrent run's version just before it records it.
-        leftovers = [(v.key, v.version_id) for v in store.versions(zone, key)
-                     if v.key == key and v.version_id != copy.version_id]
-        if leftovers:
-            store.purge(zone, leftovers)
-    return copy
+        ids = sorted({p.oid for p in puts})
+        recorded = {(c.object_id, c.zone): c for cs in svc.catalog.copies_of(ids, session=conn).values()
+                    for c in reversed(cs)}  # the first recorded copy of each zone
+        waiting = {o.id for o in svc.catalog.get_many(ids, session=conn).values() if o.state == states.RECEIVED}
+        for p in puts:
+            theirs = recorded.get((p.oid, p.zone))
+            if theirs is None and p.sealed is not None:
+                p.copy = recorded[(p.oid, p.zone)] = svc.encrypted.record(svc.catalog, p.oid, p.sealed,
+                                                                          actor=actor, session=conn)
+                ours.append(p)
+            elif theirs is not None:
+                p.copy = theirs
+            if p.then is not None and p.copy is not None and p.oid in waiting:
+                p.then(conn, p.copy)
+                waiting.discard(p.oid)
+    by_zone: dict[str, list] = {}
+    for p in puts:
+        if p.sealed is not None and p not in ours:
+            # Another run stored this file first (two claims' runs on one staged file): keep theirs, drop ours.
+            by_zone.setdefault(p.zone, []).append((p.key, p.sealed.version_id))
+        elif p in ours and not p.fresh:
+            # Versions an earlier attempt uploaded and never recorded, purged only now that ours is recorded:
+            # purging before our upload could hit a concurrent run's version just before it records it.
+            by_zone.setdefault(p.zone, []).extend(
+                (v.key, v.version_id) for v in svc.encrypted.store.versions(p.zone, p.key)
+                if v.key == p.key and v.version_id != p.copy.version_id)
+    for zone, pairs in by_zone.items():
+        if pairs:
+            svc.encrypted.store.purge(zone, pairs)
 
 
 def _done(svc: Services, files: list) -> None:
@@ -354,8 +392,8 @@ def ingest_files(svc: Services, files: list, batch_id: str, *, actor: str) -> li
     1. fetch and inspect each one (several at once, no catalog write); the plaintext exists on this
        host only while this runs, in its 0700 scratch folder;
     2. register every file in **one** commit, before any upload (a rerun finds each by its id);
-    3. store each one (the archive, or quarantine with its reason), each copy recorded with the
-       object's VALIDATED in its own commit, several at once;
+    3. store each one (the archive, or quarantine with its reason), several at once, then record every
+       copy, each with its object's VALIDATED, in **one** commit;
     4. drop every staged row in one commit and their staged copies in one multi-delete.
 
     A crash anywhere leaves the staged rows, so the rerun's claim adopts them and this runs again:
@@ -382,12 +420,14 @@ def ingest_files(svc: Services, files: list, batch_id: str, *, actor: str) -> li
         got = svc.map(fetched, files)
         with svc.catalog.transaction() as conn:  # 2. every file registered: one commit
             regs = [_register(svc, f, batch_id, actor=actor, session=conn) for f in got]
-        outcomes = svc.map(lambda job: _ingest_registered(svc, *job, actor=actor), list(zip(got, regs, strict=True)))
+        uploads = svc.map(lambda job: _ingest_registered(svc, *job, actor=actor), list(zip(got, regs, strict=True)))
     finally:
         for path in plaintexts:
             path.unlink(missing_ok=True)
+    _record(svc, [put for _, put in uploads if put is not None], actor=actor)  # 3. every copy: one commit
+    faults.point("ingest.after_store")
     _done(svc, files)
-    return outcomes
+    return [outcome for outcome, _ in uploads]
 
 
 def _register(svc: Services, f: _Fetched, batch_id: str, *, actor: str, session):  # noqa: ANN001, ANN202
@@ -407,44 +447,40 @@ def _register(svc: Services, f: _Fetched, batch_id: str, *, actor: str, session)
     )
 
 
-def _ingest_registered(svc: Services, f: _Fetched, reg, *, actor: str) -> str:  # noqa: ANN001
+def _ingest_registered(svc: Services, f: _Fetched, reg, *, actor: str) -> tuple[str, _Put | None]:  # noqa: ANN001
+    """One registered file's outcome name, and its upload (to the archive, or quarantine), if any."""
     from imaging_lifecycle.catalog import states
 
     oid, path, insp = f.staged.object_id, f.path, f.insp
     if f.problem:
-        return f"quarantined:{f.problem}"
+        return f"quarantined:{f.problem}", None
     if not insp.ok:
-        _store(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", actor=actor, fresh=reg.created)
-        return f"quarantined:{insp.reason}"
+        put = _upload(svc, oid, path, zone="quarantine", scope_id=f"quarantine:{oid}", fresh=reg.created)
+        return f"quarantined:{insp.reason}", put
     obj = reg.object
     if reg.outcome == "duplicate" and obj.id != oid:
-        return "duplicate"  # same instance, same bytes, stored by an earlier file: nothing to keep
+        return "duplicate", None  # same instance, same bytes, stored by an earlier file: nothing to keep
     if reg.outcome == "conflict" or obj.state == states.QUARANTINED:
-        _store(svc, obj.id, path, zone="quarantine", scope_id=f"quarantine:{obj.id}", actor=actor,
-               fresh=reg.created and obj.id == oid)
-        return "quarantined:DUPLICATE_CONFLICT"
-    if obj.state == states.RECEIVED:
-        # Classified from the header inspection just parsed (the file's one parse), under the policy in
-        # force, failing closed. This is a proposal: the copy is bound to its tier, and protect's classify
-        # step, after the ingest gate, takes it on (or, under another policy, classifies again).
-        proposed = classify(insp.dataset, svc.policy, source=sender_of(f.staged.source))
-        done: list[bool] = []
+        put = _upload(svc, obj.id, path, zone="quarantine", scope_id=f"quarantine:{obj.id}",
+                      fresh=reg.created and obj.id == oid)
+        return "quarantined:DUPLICATE_CONFLICT", put
+    if obj.state != states.RECEIVED:
+        return "stored", None  # VALIDATED by the run that died after recording it
+    # Classified from the header inspection just parsed (the file's one parse), under the policy in
+    # force, failing closed. This is a proposal: the copy is bound to its tier, and protect's classify
+    # step, after the ingest gate, takes it on (or, under another policy, classifies again).
+    proposed = classify(insp.dataset, svc.policy, source=sender_of(f.staged.source))
 
-        def validated(conn, copy) -> None:  # noqa: ANN001 (recorded and VALIDATED: one commit)
-            # The staged row goes only after this commit (_done): a crash here leaves it for the rerun's
-            # claim to adopt, so the object's batch is gated; dropped with the copy, it would stay OPEN.
-            svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive", session=conn,
-                                   ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id, tier=proposed.tier,
-                                   rule_id=proposed.rule_id, policy_fingerprint=svc.policy.fingerprint)
-            done.append(True)
+    def validated(conn, copy) -> None:  # noqa: ANN001 (recorded and VALIDATED: one commit)
+        # The staged row goes only after this commit (_done): a crash here leaves it for the rerun's
+        # claim to adopt, so the object's batch is gated; dropped with the copy, it would stay OPEN.
+        svc.catalog.transition(obj.id, states.VALIDATED, actor=actor, zone="archive", session=conn,
+                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id, tier=proposed.tier,
+                               rule_id=proposed.rule_id, policy_fingerprint=svc.policy.fingerprint)
 
-        copy = _store(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}", actor=actor,
-                      fresh=reg.created and obj.id == oid, tier=proposed.tier, then=validated)
-        faults.point("ingest.after_store")
-        if not done and svc.catalog.get(obj.id).state == states.RECEIVED:  # a copy recorded on its own earlier
-            with svc.catalog.transaction() as conn:
-                validated(conn, copy)
-    return "stored"
+    put = _upload(svc, obj.id, path, zone="archive", scope_id=f"study:{obj.study_key}",
+                  fresh=reg.created and obj.id == oid, tier=proposed.tier, then=validated)
+    return "stored", put
 
 
 def run_chunk(svc: Services, batch_id: str, chunk: int, *, actor: str) -> dict:
