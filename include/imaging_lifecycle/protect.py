@@ -44,19 +44,31 @@ REID_PREFIX = "reid/"
 CHUNK = 100  # at most, per mapped task; chunks are made even (services.even_chunks)
 
 
-def _archive_copy(svc: Services, obj):
-    """The object's own content in the archive (not its re-identification map beside it)."""
-    found = svc.catalog.content_copies(obj, ("archive", RESEARCH_ZONE))
-    return found[0] if found else None
+class NoArchiveCopy(LookupError):
+    """An object to be read back has no live copy of its content in the archive (names ids only)."""
+
+
+def originals(svc: Services, objs: list) -> dict:
+    """Each object's archived original as (copy, sealed): its own content in the archive (not its
+    re-identification map beside it), and what reads it back. Two catalog reads for all of them."""
+    found = svc.catalog.content_copies_of(objs, ("archive", RESEARCH_ZONE))
+    missing = [o.id for o in objs if not found[o.id]]
+    if missing:
+        raise NoArchiveCopy(f"{len(missing)} object(s) have no archive copy, e.g. {missing[0]}")
+    sealed = svc.catalog.sealed_many([(found[o.id][0], o.sha256, o.size) for o in objs])
+    return {o.id: (found[o.id][0], sd) for o, sd in zip(objs, sealed, strict=True)}
 
 
 @contextmanager
-def plaintext_file(svc: Services, obj):
-    """The object's original, decrypted and verified into a private temp file, removed afterwards."""
+def plaintext_file(svc: Services, obj, sealed=None):  # noqa: ANN001
+    """The object's original, decrypted and verified into a private temp file, removed afterwards.
+
+    ``sealed``: its archive copy as :func:`originals` read it for a whole chunk (else read here)."""
+    sealed = sealed or originals(svc, [obj])[obj.id][1]
     # restore_to decrypts into an exclusive 0600 temp file and renames it here only once the content verified.
     path = private_tmp(svc.settings, ".dcm")
     try:
-        svc.encrypted.restore_to(svc.catalog.sealed(_archive_copy(svc, obj), obj.sha256, obj.size), obj.id, path)
+        svc.encrypted.restore_to(sealed, obj.id, path)
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -77,8 +89,9 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     policy = svc.policy
     counts: dict[str, int] = {}
     decided = []
+    objs = svc.catalog.get_many(ids)
     for oid in ids:
-        obj = svc.catalog.get(oid)
+        obj = objs.get(oid) or svc.catalog.get(oid)  # an unknown id raises UnknownObject
         if obj.state != states.VALIDATED:
             continue  # done by an earlier attempt
         if obj.tier is not None and obj.rule_id and obj.policy_fingerprint == policy.fingerprint:
@@ -109,20 +122,21 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
     policy = svc.policy
     now = now or dt.datetime.now(dt.timezone.utc)
 
-    def ready(oid: str):  # noqa: ANN202
-        """(object, its archive copy) once bound to the object's tier, re-encrypting if need be; else None."""
-        obj = svc.catalog.get(oid)
-        # NEEDS_REVIEW holds back the derivative, never the original: it is stored all the same.
-        if held(obj) or obj.state not in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW,
-                                          states.PROTECTED):
-            return None
-        copy = _archive_copy(svc, obj)
-        sealed = svc.catalog.sealed(copy, obj.sha256, obj.size)
+    objs = svc.catalog.get_many(ids)
+    # NEEDS_REVIEW holds back the derivative, never the original: it is stored all the same.
+    due = [o for o in (objs.get(oid) or svc.catalog.get(oid) for oid in ids)
+           if not held(o) and o.state in (states.CLASSIFIED, states.DEIDENTIFIED, states.NEEDS_REVIEW,
+                                          states.PROTECTED)]
+    found = originals(svc, due)
+
+    def ready(obj):  # noqa: ANN001, ANN202
+        """(object, its archive copy) once bound to the object's tier, re-encrypting if need be."""
+        copy, sealed = found[obj.id]
         if sealed.tier != obj.tier:
             copy = _reencrypt(svc, obj, copy, sealed, actor=actor)  # S3-bound: a few objects at once
         return obj, copy
 
-    todo = [r for r in svc.map(ready, ids) if r is not None]
+    todo = svc.map(ready, due)
     if todo:
         with svc.catalog.transaction() as conn:  # one commit for the chunk; each change audited in it
             for obj, copy in todo:
@@ -136,7 +150,7 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
 
 def _reencrypt(svc: Services, obj, old_copy, old_sealed, *, actor: str):
     """Encrypt the original again, bound to its real tier; retire the staged version and its key."""
-    with plaintext_file(svc, obj) as path:
+    with plaintext_file(svc, obj, old_sealed) as path:
         sealed = svc.encrypted.put(path, catalog_id=obj.id, zone="archive", tier=obj.tier,
                                scope_id=f"study:{obj.study_key}", key=old_copy.key)
     new_copy = svc.encrypted.record(svc.catalog, obj.id, sealed, actor=actor)
@@ -206,10 +220,11 @@ def deidentify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
     objs = svc.catalog.get_many(ids)
     todo = [o for o in (objs.get(oid) or svc.catalog.get(oid) for oid in ids)
             if o.state == states.CLASSIFIED and not held(o) and policy.tier(o.tier).handling.deidentify]
+    sealed = {oid: sd for oid, (_copy, sd) in originals(svc, todo).items()}
 
     def made_from(obj) -> tuple:  # noqa: ANN001 (several at once: the GET and AES-GCM release the GIL)
         """(object, original dataset, engine result), or (object, the engine's reason code, None)."""
-        with plaintext_file(svc, obj) as path:
+        with plaintext_file(svc, obj, sealed[obj.id]) as path:
             try:
                 original = read_dataset(path)
                 return obj, original, engine.deidentify(original, source=sender(obj), in_place=False)

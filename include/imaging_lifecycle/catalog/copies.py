@@ -86,15 +86,26 @@ class CopiesMixin(CatalogBase):
     def sealed(self, copy: CopyRecord, plaintext_sha256: str, size: int | None = None):
         """The :class:`~imaging_lifecycle.catalog.records.Sealed` needed to read ``copy`` back
         (raises if its key is gone)."""
+        return self.sealed_many([(copy, plaintext_sha256, size)])[0]
 
+    def sealed_many(self, items: list[tuple[CopyRecord, str, int | None]]) -> list:
+        """:meth:`sealed` for many (copy, plaintext SHA-256, size) at once: one read per 500 data keys."""
+        keys = {}
+        ids = sorted({copy.key_id for copy, _sha, _size in items if copy.key_id})
         with self.db.read() as conn:
-            key = conn.execute(select(data_keys).where(data_keys.c.id == copy.key_id)).first()
-        if key is None or key.wrapped is None:
-            from imaging_lifecycle.crypto import KeyUnavailable
+            for i in range(0, len(ids), 500):
+                for key in conn.execute(select(data_keys).where(data_keys.c.id.in_(ids[i:i + 500]))):
+                    keys[key.id] = key
+        out = []
+        for copy, plaintext_sha256, size in items:
+            key = keys.get(copy.key_id)
+            if key is None or key.wrapped is None:
+                from imaging_lifecycle.crypto import KeyUnavailable
 
-            raise KeyUnavailable(f"the data key of copy {copy.id} is destroyed or unknown")
-        return Sealed(copy.zone, copy.bucket, copy.key, copy.version_id, key.id, key.kek_ref, bytes(key.wrapped),
-                      key.aad_tier, plaintext_sha256, copy.ciphertext_sha256, size or 0, 0)
+                raise KeyUnavailable(f"the data key of copy {copy.id} is destroyed or unknown")
+            out.append(Sealed(copy.zone, copy.bucket, copy.key, copy.version_id, key.id, key.kek_ref,
+                              bytes(key.wrapped), key.aad_tier, plaintext_sha256, copy.ciphertext_sha256, size or 0, 0))
+        return out
 
     # -- checks and deletion --------------------------------------------------
 
@@ -165,8 +176,16 @@ class CopiesMixin(CatalogBase):
         that key (a rerun between a re-encryption and the state change that records its key) every live
         copy there counts, newest first.
         """
-        live = [c for c in reversed(self.copies(obj.id)) if c.zone in zones]
-        return [c for c in live if c.key_id == obj.key_id] or live
+        return self.content_copies_of([obj], zones)[obj.id]
+
+    def content_copies_of(self, objs: list, zones: tuple[str, ...] | list[str]) -> dict[str, list[CopyRecord]]:
+        """:meth:`content_copies` of many objects at once (one read per 500): object id -> copies."""
+        have = self.copies_of([o.id for o in objs])
+        out = {}
+        for o in objs:
+            live = [c for c in reversed(have[o.id]) if c.zone in zones]
+            out[o.id] = [c for c in live if c.key_id == o.key_id] or live
+        return out
 
     def copies_of(self, object_ids: list[str], *, session: Connection | None = None) -> dict[str, list[CopyRecord]]:
         """Live copies of many objects at once: object id -> copies (batch form of :meth:`copies`)."""
