@@ -77,6 +77,7 @@ def main() -> dict:
         assert not failures and not list(store.versions("cache", "bare/"))
 
         rate = N / ours_s
+        phases = {f"phase_{k}_s": round(v, 2) for k, v in out["phase_seconds"].items()}
         return {
             "objects": N,
             "setup_s": round(setup_s, 1),
@@ -85,6 +86,7 @@ def main() -> dict:
             "bare_batched_delete_s": round(bare_s, 2),
             "bare_objects_per_s": round(N / bare_s, 1),
             "ratio_secure_vs_bare_time": round(ours_s / bare_s, 2),
+            **phases,
             "extrapolated_100k_s": round(GOAL_N / rate, 0),
             "goal_100k_within_300s": GOAL_N / rate <= GOAL_S,
         }

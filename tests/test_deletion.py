@@ -96,6 +96,7 @@ def test_an_expired_object_is_erased_purged_verified_and_certified(env, dicom_fi
     assert sweep(services(env), T - dt.timedelta(seconds=1), actor=ACTOR)["candidates"] == 0
     out = sweep(services(env), T, actor=ACTOR)
     assert out["objects_deleted"] == 1 and out["certificates"] == 1 and out["gate"]["success"]
+    assert list(out["phase_seconds"]) == ["gate", "erase", "purge", "verify", "certify"]  # the sweeper's log
     assert_gone(env, cat, oid)
     assert open_default_keystore(env).is_destroyed(kek)  # the whole study expired: its KEK went too
     (cert,) = cat.certificates(oid)

@@ -31,7 +31,10 @@ Everything returned is counts and catalog ids (XCom-safe).
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from imaging_lifecycle import faults, keyseal, staging
@@ -215,17 +218,23 @@ def _run(svc: Services, targets: list[Target], now: dt.datetime, *, actor: str) 
         keyseal.reseal_if_needed(svc, actor=actor)  # a rotation's destroyed versions, or a crash after erase
         return out
     now = now.astimezone(dt.timezone.utc)
-    result = check(gate_rows(svc, targets, now))
-    out["gate"] = result.summary()
-    enforce_recorded(svc.catalog, result, actor=actor)  # GateFailed: nothing was touched
-    _erase(svc, targets, actor=actor)
+    seconds = out["phase_seconds"] = {}  # where a sweep's time goes (the sweeper's log, make bench)
+    with _timed(seconds, "gate"):
+        result = check(gate_rows(svc, targets, now))
+        out["gate"] = result.summary()
+        enforce_recorded(svc.catalog, result, actor=actor)  # GateFailed: nothing was touched
+    with _timed(seconds, "erase"):
+        _erase(svc, targets, actor=actor)
     faults.point("deletion.after_erase")
-    _purge(svc, targets)
+    with _timed(seconds, "purge"):
+        _purge(svc, targets)
     faults.point("deletion.after_purge")
-    _remove_local(svc, targets)
-    _verify(svc, targets)
+    with _timed(seconds, "verify"):
+        _remove_local(svc, targets)
+        _verify(svc, targets)
     faults.point("deletion.before_certify")
-    done = _certify(svc, targets, actor=actor)
+    with _timed(seconds, "certify"):
+        done = _certify(svc, targets, actor=actor)
     out["certificates"] = len(done)
     out["objects_deleted"] = sum(1 for t in done if t.kind == "object")
     out["copies_deleted"] = sum(len(t.copies) for t in done)
@@ -233,6 +242,15 @@ def _run(svc: Services, targets: list[Target], now: dt.datetime, *, actor: str) 
     out["pending_locked"] = sum(1 for t in targets if t.locked and t not in done)
     out["failed"] = len(targets) - len(done) - out["pending_locked"]
     return out
+
+
+@contextmanager
+def _timed(into: dict, phase: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[phase] = round(time.perf_counter() - t, 3)
 
 
 def _erase(svc: Services, targets: list[Target], *, actor: str) -> None:
