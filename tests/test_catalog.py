@@ -165,6 +165,31 @@ def test_every_illegal_transition_is_refused_and_changes_nothing(cat):
     assert {s: cat.get(i).state for s, i in ids.items()} == {s: s for s in everything}
 
 
+def test_many_transitions_return_what_a_fresh_read_gives_and_fail_all_or_nothing(cat):
+    """transition_many builds its records without reading the rows back: they must equal a fresh read."""
+    ids = [new(cat, name) for name in FILES[:3]]
+    for oid in ids:
+        drive(cat, oid, CLASSIFIED)
+    paris = dt.timezone(dt.timedelta(hours=1))  # a deadline given in another zone is stored and read as UTC
+    moves = [(oid, {"ciphertext_sha256": f"{i:064x}", "key_id": f"{i:032x}"}, {"n": i}) for i, oid in enumerate(ids)]
+    with cat.transaction() as s:
+        cat.transition_many(PROTECTED, moves, actor=ACTOR, session=s)
+        got = cat.transition_many(STORED, [
+            (oid, {"zone": "archive", "retention_deadline": dt.datetime(2031, 1, 1, 12, 30, 15, 250, tzinfo=paris)},
+             None) for oid in ids], actor=ACTOR, session=s)
+    assert got == [cat.get(oid) for oid in ids]
+    assert got[0].retention_deadline == dt.datetime(2031, 1, 1, 11, 30, 15, 250, tzinfo=dt.timezone.utc)
+    assert [r.detail["n"] for r in cat.audit.records() if r.action == "object.protect"] == [0, 1, 2]
+    cat.transition(ids[1], BACKED_UP, actor=ACTOR)  # one of them moves on: the next batch is refused whole
+    head = cat.audit.head()
+    with pytest.raises(IllegalTransition, match=f"object {ids[1]}: BACKED_UP -> BACKED_UP is not allowed"):
+        cat.transition_many(BACKED_UP, [(oid, {}, None) for oid in ids], actor=ACTOR)
+    assert [cat.get(oid).state for oid in ids] == [STORED, BACKED_UP, STORED] and cat.audit.head() == head
+    with pytest.raises(ValueError, match="more than once"):
+        cat.transition_many(BACKED_UP, [(ids[0], {}, None), (ids[0], {}, None)], actor=ACTOR)
+    assert cat.get(ids[0]).state == STORED and cat.audit.verify().ok
+
+
 def test_required_fields_on_entry(cat):
     oid = new(cat)
     cat.transition(oid, VALIDATED, actor=ACTOR)
