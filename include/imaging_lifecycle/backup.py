@@ -244,9 +244,10 @@ def replicate(
     proven = [p for _oid, _outcome, _mine, p in done if p is not None]
     if proven:
         with catalog.transaction() as conn:
-            for p in proven:
-                _backed_up(catalog, p.obj.id, _record(catalog, store, p, actor=actor, session=conn), p.how,
-                           actor=actor, session=conn)
+            recorded = [_record(catalog, store, p, actor=actor, session=conn) for p in proven]
+            catalog.transition_many(states.BACKED_UP, [(p.obj.id, {}, {"copy": c.id, "how": p.how})
+                                                       for p, c in zip(proven, recorded, strict=True)],
+                                    actor=actor, session=conn)
     for oid, outcome, mine, _p in done:
         for k, v in mine.items():
             counts[k] += v

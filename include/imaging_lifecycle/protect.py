@@ -107,12 +107,12 @@ def classify_objects(svc: Services, ids: list[str], *, actor: str) -> dict:
         decided.append((oid, result))
     if decided:
         with svc.catalog.transaction() as conn:  # one commit for the chunk; each change audited in it
-            for oid, result in decided:
-                svc.catalog.transition(oid, states.CLASSIFIED, actor=actor, tier=result.tier, rule_id=result.rule_id,
-                                       policy_fingerprint=policy.fingerprint, session=conn,
-                                       detail={"tier": result.tier, "rule": result.rule_id,
-                                               "policy": policy.fingerprint})
-                counts[f"tier{result.tier}"] = counts.get(f"tier{result.tier}", 0) + 1
+            svc.catalog.transition_many(states.CLASSIFIED, [
+                (oid, {"tier": r.tier, "rule_id": r.rule_id, "policy_fingerprint": policy.fingerprint},
+                 {"tier": r.tier, "rule": r.rule_id, "policy": policy.fingerprint}) for oid, r in decided],
+                actor=actor, session=conn)
+        for _oid, result in decided:
+            counts[f"tier{result.tier}"] = counts.get(f"tier{result.tier}", 0) + 1
     return counts
 
 
@@ -139,12 +139,12 @@ def store_objects(svc: Services, ids: list[str], *, actor: str, now: dt.datetime
     todo = svc.map(ready, due)
     if todo:
         with svc.catalog.transaction() as conn:  # one commit for the chunk; each change audited in it
-            for obj, copy in todo:
-                if obj.state != states.PROTECTED:
-                    svc.catalog.transition(obj.id, states.PROTECTED, actor=actor, session=conn,
-                                           ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
-                svc.catalog.transition(obj.id, states.STORED, actor=actor, zone="archive", session=conn,
-                                       retention_deadline=now + policy.retention_for(obj.tier, "archive"))
+            svc.catalog.transition_many(states.PROTECTED, [
+                (obj.id, {"ciphertext_sha256": copy.ciphertext_sha256, "key_id": copy.key_id}, None)
+                for obj, copy in todo if obj.state != states.PROTECTED], actor=actor, session=conn)
+            svc.catalog.transition_many(states.STORED, [
+                (obj.id, {"zone": "archive", "retention_deadline": now + policy.retention_for(obj.tier, "archive")},
+                 None) for obj, _copy in todo], actor=actor, session=conn)
     return {"stored": len(todo)}
 
 
@@ -285,24 +285,25 @@ def release_derivatives(svc: Services, items: list, policy, *, actor: str, advan
     paths = [private_tmp(svc.settings, ".deid.dcm") for _ in items]  # named first: all removed in the end
     try:
         svc.map(lambda job: write_dataset(job[0][1].dataset, job[1]), list(zip(items, paths, strict=True)))
-        derived = []
         with svc.catalog.transaction() as conn:  # 1. registered, validated and classified: one commit
+            derived = []
             for (parent, result), path in zip(items, paths, strict=True):
                 ds = result.dataset
-                d = svc.catalog.register(
+                derived.append(svc.catalog.register(
                     actor=actor, source=f"derived:{parent.id}", sha256=sha256_file(path), size=path.stat().st_size,
                     sop_instance_uid=str(ds.SOPInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
                     series_instance_uid=str(ds.SeriesInstanceUID), sop_class_uid=str(ds.SOPClassUID),
                     batch_id=parent.batch_id, session=conn,
-                ).object
-                if d.state == states.RECEIVED:
-                    d = svc.catalog.transition(d.id, states.VALIDATED, actor=actor, session=conn)
-                if d.state == states.VALIDATED:
-                    c = classify(ds, policy, deidentified=True)
-                    d = svc.catalog.transition(d.id, states.CLASSIFIED, actor=actor, tier=c.tier, rule_id=c.rule_id,
-                                               policy_fingerprint=policy.fingerprint, session=conn,
-                                               detail={"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint})
-                derived.append(d)
+                ).object)
+            derived = _moved(derived, svc.catalog.transition_many(
+                states.VALIDATED, [(d.id, {}, None) for d in derived if d.state == states.RECEIVED],
+                actor=actor, session=conn))
+            proposed = {d.id: classify(result.dataset, policy, deidentified=True)
+                        for d, (_parent, result) in zip(derived, items, strict=True) if d.state == states.VALIDATED}
+            derived = _moved(derived, svc.catalog.transition_many(states.CLASSIFIED, [
+                (oid, {"tier": c.tier, "rule_id": c.rule_id, "policy_fingerprint": policy.fingerprint},
+                 {"tier": c.tier, "rule": c.rule_id, "policy": policy.fingerprint}) for oid, c in proposed.items()],
+                actor=actor, session=conn))
         have = svc.catalog.copies_of([d.id for d in derived] + [p.id for p, _r in items])
 
         def uploaded(job) -> tuple:  # noqa: ANN001 (2. the uploads: S3-bound, several at once)
@@ -325,20 +326,28 @@ def release_derivatives(svc: Services, items: list, policy, *, actor: str, advan
         for path in paths:
             path.unlink(missing_ok=True)
     with svc.catalog.transaction() as conn:  # 3. recorded, PROTECTED, STORED and DEIDENTIFIED: one commit
-        for (parent, _result), d, (copy, sealed, sealed_map) in zip(items, derived, done, strict=True):
-            if d.state in (states.CLASSIFIED, states.PROTECTED):  # else stored by an earlier attempt
-                if sealed is not None:
-                    copy = svc.encrypted.record(svc.catalog, d.id, sealed, actor=actor, session=conn)
-                if d.state == states.CLASSIFIED:
-                    d = svc.catalog.transition(d.id, states.PROTECTED, actor=actor, session=conn,
-                                               ciphertext_sha256=copy.ciphertext_sha256, key_id=copy.key_id)
-                deadline = dt.datetime.now(dt.timezone.utc) + policy.retention_for(d.tier, RESEARCH_ZONE)
-                svc.catalog.transition(d.id, states.STORED, actor=actor, zone=RESEARCH_ZONE,
-                                       retention_deadline=deadline, session=conn)
+        cat, now = svc.catalog, dt.datetime.now(dt.timezone.utc)
+        due = [(d, copy if sealed is None else svc.encrypted.record(cat, d.id, sealed, actor=actor, session=conn))
+               for d, (copy, sealed, _map) in zip(derived, done, strict=True)
+               if d.state in (states.CLASSIFIED, states.PROTECTED)]  # else stored by an earlier attempt
+        cat.transition_many(states.PROTECTED, [
+            (d.id, {"ciphertext_sha256": copy.ciphertext_sha256, "key_id": copy.key_id}, None)
+            for d, copy in due if d.state == states.CLASSIFIED], actor=actor, session=conn)
+        cat.transition_many(states.STORED, [
+            (d.id, {"zone": RESEARCH_ZONE, "retention_deadline": now + policy.retention_for(d.tier, RESEARCH_ZONE)},
+             None) for d, _copy in due], actor=actor, session=conn)
+        for (parent, _result), (_copy, _sealed, sealed_map) in zip(items, done, strict=True):
             if sealed_map is not None:
-                svc.encrypted.record(svc.catalog, parent.id, sealed_map, actor=actor, session=conn)
-            if advance:
-                svc.catalog.transition(parent.id, states.DEIDENTIFIED, actor=actor, session=conn)
+                svc.encrypted.record(cat, parent.id, sealed_map, actor=actor, session=conn)
+        if advance:
+            cat.transition_many(states.DEIDENTIFIED, [(parent.id, {}, None) for parent, _result in items],
+                                actor=actor, session=conn)
+
+
+def _moved(objs: list, moved: list) -> list:
+    """``objs`` with each one that ``moved`` holds replaced by its new record, in order."""
+    new = {o.id: o for o in moved}
+    return [new.get(o.id, o) for o in objs]
 
 
 def reid_scope(study_key: str) -> str:
